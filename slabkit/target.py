@@ -1,0 +1,182 @@
+"""Where commands run and kernel files are read: this machine (optionally under a fake root).
+
+Every fact slabkit reads (``/proc/slabinfo``, ``/sys/kernel/slab``, tracefs formats, kallsyms)
+goes through a :class:`Target`, so tests can point it at a fake tree and the SSH target
+(``slabkit.remote``) can read the same files on another machine. Paths given to a target are
+always absolute paths *on the target* (``/proc/slabinfo``); a local target with ``root`` set
+maps them under that folder.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import IO, Union
+
+from .errors import InvalidInput, PermissionNeeded
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    """Ask the kernel to SIGTERM the child when its parent dies, so no tracer outlives us."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except Exception:  # pragma: no cover - best effort, the process group still helps
+        pass
+
+
+class Target:
+    """The interface every target offers. See :class:`LocalTarget` for the semantics."""
+
+    name: str = "local"
+    root: Path = Path("/")
+
+    # --- files ---------------------------------------------------------------------------
+    def read_text(self, path: str) -> str:
+        raise NotImplementedError
+
+    def read_many(self, paths: list[str]) -> dict[str, str | None]:
+        """Read several small files at once (one round trip on remote targets); None if unreadable."""
+        out: dict[str, str | None] = {}
+        for p in paths:
+            try:
+                out[p] = self.read_text(p)
+            except OSError:
+                out[p] = None
+        return out
+
+    def listdir(self, path: str) -> list[str]:
+        raise NotImplementedError
+
+    def readlinks(self, path: str) -> dict[str, str | None]:
+        """Entries of a folder mapped to their symlink target (None for non-links)."""
+        raise NotImplementedError
+
+    def exists(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def write_text(self, path: str, text: str) -> None:
+        raise NotImplementedError
+
+    def mkdir(self, path: str) -> None:
+        raise NotImplementedError
+
+    def rmdir(self, path: str) -> None:
+        raise NotImplementedError
+
+    # --- processes -----------------------------------------------------------------------
+    def which(self, program: str) -> str | None:
+        raise NotImplementedError
+
+    def run(self, argv: list[str], *, timeout: float = 60, input: str | None = None
+            ) -> subprocess.CompletedProcess:
+        raise NotImplementedError
+
+    def popen(self, argv: list[str], *, stdout: IO, stderr: IO, env: dict | None = None
+              ) -> subprocess.Popen:
+        raise NotImplementedError
+
+    def is_root(self) -> bool:
+        raise NotImplementedError
+
+    def hostname(self) -> str:
+        raise NotImplementedError
+
+    def kernel_release(self) -> str:
+        return self.read_text("/proc/sys/kernel/osrelease").strip()
+
+
+class LocalTarget(Target):
+    """This machine. ``root`` re-bases every file path (fake trees in tests); commands still
+    run on this machine."""
+
+    def __init__(self, root: Union[str, os.PathLike] = "/"):
+        self.root = Path(root)
+        self.name = "local" if str(root) == "/" else f"local:{root}"
+
+    def path(self, path: str) -> Path:
+        """The real path of a target path (``/proc/slabinfo`` under ``root``)."""
+        return self.root / str(path).lstrip("/")
+
+    def read_text(self, path: str) -> str:
+        return self.path(path).read_text(errors="replace")
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(os.listdir(self.path(path)))
+
+    def readlinks(self, path: str) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
+        base = self.path(path)
+        with os.scandir(base) as it:
+            for entry in it:
+                out[entry.name] = os.readlink(entry.path) if entry.is_symlink() else None
+        return out
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(self.path(path))
+
+    def write_text(self, path: str, text: str) -> None:
+        with open(self.path(path), "w") as f:
+            f.write(text)
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(self.path(path))
+
+    def rmdir(self, path: str) -> None:
+        os.rmdir(self.path(path))
+
+    def which(self, program: str) -> str | None:
+        return shutil.which(program)
+
+    def run(self, argv: list[str], *, timeout: float = 60, input: str | None = None
+            ) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              input=input, errors="replace")
+
+    def popen(self, argv: list[str], *, stdout: IO, stderr: IO, env: dict | None = None
+              ) -> subprocess.Popen:
+        """Start a long-running tool in its own process group, dying with this process."""
+        full_env = None
+        if env:
+            full_env = dict(os.environ)
+            full_env.update(env)
+        return subprocess.Popen(argv, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
+                                env=full_env, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+
+    def is_root(self) -> bool:
+        return os.geteuid() == 0
+
+    def hostname(self) -> str:
+        return socket.gethostname()
+
+
+def as_target(where: Union[str, os.PathLike, Target, None] = None) -> Target:
+    """Turn what a user passed (None, a root folder, a target) into a :class:`Target`.
+
+    A string that looks like ``user@host`` or ``ssh://...`` is an SSH host (``slabkit.remote``).
+    """
+    if where is None:
+        return LocalTarget("/")
+    if isinstance(where, Target):
+        return where
+    text = os.fspath(where)
+    if text.startswith("ssh://") or ("@" in text and not text.startswith("/")):
+        from .remote import SSHTarget  # imported late: optional feature
+        return SSHTarget(text)
+    if not os.path.isdir(text):
+        raise InvalidInput(f"root folder {text!r} does not exist; pass '/' for this machine")
+    return LocalTarget(text)
+
+
+def require_root(target: Target, what: str) -> None:
+    """Raise :class:`PermissionNeeded` unless the target runs us as root."""
+    if not target.is_root():
+        where = "" if target.name == "local" else f" on {target.name}"
+        raise PermissionNeeded(f"{what} needs root{where}: run it with sudo (or as root)")

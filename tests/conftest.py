@@ -1,0 +1,74 @@
+"""Shared test fixtures.
+
+Live tests (marked ``live``) need root and the kernel's tracing. Where the machine lacks them
+they skip with the reason, except when ``SLABKIT_REQUIRE_LIVE=1`` (set by ``.ci/run``): there a
+skip is a failure, because CI runs on a machine that has everything.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REQUIRE_LIVE = os.environ.get("SLABKIT_REQUIRE_LIVE") == "1"
+TRACEFS = Path("/sys/kernel/tracing")
+HERE = Path(__file__).parent
+FIXTURES = HERE / "fixtures"
+DATA = HERE.parent / "data"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a live test with ``reason``, or fail it where CI demands live tests run."""
+    if REQUIRE_LIVE:
+        pytest.fail(f"live test cannot run (SLABKIT_REQUIRE_LIVE=1): {reason}")
+    pytest.skip(reason)
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        skip_or_fail(f"{name} is not installed (make system installs it)")
+    return path  # type: ignore[return-value]
+
+
+def _tracing_leftovers() -> list[str]:
+    left = []
+    inst = TRACEFS / "instances"
+    if inst.is_dir():
+        left += [f"tracefs instance {p.name}" for p in inst.iterdir() if p.name.startswith("slabkit")]
+    return left
+
+
+def _child_tracers() -> list[str]:
+    """Tracer processes whose parent is this test process (ours to worry about)."""
+    me = os.getpid()
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            comm = stat[stat.index("(") + 1: stat.rindex(")")]
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError):
+            continue
+        if ppid == me and comm in ("bpftrace", "perf", "stap", "staprun", "ssh"):
+            found.append(f"{comm} pid {d.name}")
+    return found
+
+
+@pytest.fixture
+def live():
+    """Root, tracefs mounted: the live kernel can be traced. Checks nothing is left behind."""
+    if os.geteuid() != 0:
+        skip_or_fail("needs root to trace the kernel (run `sudo make test`)")
+    if not (TRACEFS / "events").is_dir():
+        skip_or_fail(f"tracefs is not mounted on {TRACEFS} (make system mounts it)")
+    before = set(_tracing_leftovers())
+    yield
+    after = set(_tracing_leftovers()) - before
+    children = _child_tracers()
+    assert not after, f"capture left tracing state behind: {sorted(after)}"
+    assert not children, f"capture left tracer processes running: {children}"
