@@ -71,11 +71,9 @@ def cmd_caches(args) -> int:
         series = slabinfo.sample(duration_s=args.watch, interval_s=args.interval,
                                  root=_target(args))
         df = slabinfo.growth(series)
-    elif args.file:
-        df = slabinfo.read_slabinfo(args.file)
-        df = df.sort_values("memory_bytes", ascending=False)
     else:
-        df = slabinfo.caches(root=_target(args)).sort_values("memory_bytes", ascending=False)
+        df = slabinfo.caches(root=args.file or _target(args))
+        df = df.sort_values("memory_bytes", ascending=False)
         cols = [c for c in ("name", "kind", "active_objs", "num_objs", "objsize", "memory_bytes",
                             "utilisation", "aliases") if c in df.columns]
         if not (args.json or args.csv):

@@ -1,0 +1,149 @@
+"""Tracer backends. Each one: ``render(plan)`` -> program text/argv (pure), ``run`` -> raw
+output files in the capture folder, ``parse(folder)`` -> tidy tables.
+
+The registry order is the preference order of ``backend="auto"``: in-kernel aggregation
+(bpftrace) first because it is exact and cheapest, then perf and ftrace (streaming: they
+report losses), then SystemTap (needs kprobes and modules).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from ..errors import InvalidInput, TracerUnavailable, expected_one_of
+
+if TYPE_CHECKING:
+    from ..control import RunControl
+    from ..facts import KernelFacts
+    from ..plan import Plan
+    from ..target import Target
+
+
+@dataclass
+class Options:
+    """Backend knobs a user may set; recorded in the capture's meta."""
+
+    stack_sample: int = 1          # bpftrace: take a stack for 1 event in N (all counted)
+    sample_every: int = 1          # perf: record 1 event in N (counts scaled back by N)
+    map_keys: int = 65536          # bpftrace: map size (keys); a full map is reported
+    buffer_kb: int = 8192          # perf/ftrace per-CPU buffer size
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Program:
+    """What will run on the target: argv, environment, and the program text to show."""
+
+    backend: str
+    argv: list[str]
+    text: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """How a tracer run ended: why, exit status, stderr, and the losses it reported."""
+
+    end_reason: str                     # duration | stopped | interrupted | tracer-exited
+    returncode: int | None = None
+    stderr: str = ""
+    attached_s: float = 0.0             # monotonic time the probe became live
+    ended_s: float = 0.0
+    losses: dict[str, int] = field(default_factory=dict)
+    raw_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Parsed:
+    """Tables a backend made of its raw output (``host`` is added by the caller)."""
+
+    allocs: pd.DataFrame
+    frames: pd.DataFrame
+    outstanding: pd.DataFrame | None = None
+    losses: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    estimated: bool = False              # counts per stack are estimates (sampling)
+
+
+class Backend:
+    """Interface every backend implements."""
+
+    name = ""
+    #: events stream to user space one by one (losses possible) vs aggregated in the kernel
+    streaming = False
+    modes: tuple[str, ...] = ("allocs",)
+    package = ""                        # the Debian package that provides the tool
+
+    def unavailable(self, target: "Target", facts: "KernelFacts") -> str | None:
+        """Why this backend cannot run on the target at all, or None."""
+        raise NotImplementedError
+
+    def unsupported(self, plan: "Plan", facts: "KernelFacts") -> str | None:
+        """Why this backend cannot carry out ``plan``, or None."""
+        raise NotImplementedError
+
+    def render(self, plan: "Plan", options: Options, facts: "KernelFacts") -> Program:
+        raise NotImplementedError
+
+    def run(self, target: "Target", program: Program, folder: Path,
+            control: "RunControl") -> RunResult:
+        raise NotImplementedError
+
+    def parse(self, folder: Path, plan: "Plan", meta: dict) -> Parsed:
+        raise NotImplementedError
+
+
+def registry() -> dict[str, Backend]:
+    """The backends in preference order."""
+    from .bpftrace import BpftraceBackend
+    from .ftrace import FtraceBackend
+    from .perf import PerfBackend
+    backends = [BpftraceBackend(), PerfBackend(), FtraceBackend()]
+    try:  # TEMPORARY while stap.py is being written
+        from .stap import StapBackend
+        backends.append(StapBackend())
+    except ImportError:
+        pass
+    return {b.name: b for b in backends}
+
+
+def get_backend(name: str) -> Backend:
+    reg = registry()
+    if name not in reg:
+        raise InvalidInput(expected_one_of("backend", name, ["auto", *reg]))
+    return reg[name]
+
+
+def choose(name: str, plan: "Plan", target: "Target", facts: "KernelFacts"
+           ) -> tuple[Backend, dict[str, str]]:
+    """The backend to use and, for every other one, why it was not used."""
+    reg = registry()
+    if name != "auto":
+        backend = get_backend(name)
+        why = backend.unavailable(target, facts) or backend.unsupported(plan, facts)
+        if plan.mode not in backend.modes and not why:
+            why = f"{backend.name} does not implement mode {plan.mode!r}"
+        if why:
+            raise TracerUnavailable(f"backend {name!r} cannot run this capture: {why}")
+        return backend, {}
+    reasons: dict[str, str] = {}
+    chosen = None
+    for bname, backend in reg.items():
+        why = backend.unavailable(target, facts) or backend.unsupported(plan, facts)
+        if not why and plan.mode not in backend.modes:
+            why = f"does not implement mode {plan.mode!r}"
+        if why:
+            reasons[bname] = why
+        elif chosen is None:
+            chosen = backend
+        else:
+            reasons[bname] = f"{chosen.name} is preferred"
+    if chosen is None:
+        detail = "; ".join(f"{k}: {v}" for k, v in reasons.items())
+        raise TracerUnavailable(f"no backend can capture {plan.cache!r} here ({detail})")
+    return chosen, reasons

@@ -1,0 +1,111 @@
+"""The clock of a running capture: how long, progress, stop requests, per-second side jobs.
+
+A backend calls :meth:`RunControl.wait_attached` until its probe is live, then
+:meth:`RunControl.run_for` which returns why the capture ended: the duration passed, a stop
+was requested (``stop()`` from another thread, e.g. a widget's Stop button), the user pressed
+Ctrl-C (KeyboardInterrupt is caught here so the backend can stop its tracer and keep what it
+captured), or the tracer exited by itself.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from .errors import ProbeFailed
+
+
+class RunControl:
+    def __init__(self, seconds: float, *, progress: bool | Callable[[float, float], None] = True,
+                 stop_event: threading.Event | None = None,
+                 every_second: Callable[[float], None] | None = None,
+                 description: str = "capturing"):
+        self.seconds = seconds
+        self.stop_event = stop_event or threading.Event()
+        self.every_second = every_second
+        self.description = description
+        self._progress = progress
+        self.attached_s: float | None = None
+        self.ended_s: float | None = None
+        self.messages: list[str] = []
+
+    def stop(self) -> None:
+        """Ask the running capture to end now and keep what it has."""
+        self.stop_event.set()
+
+    def note(self, message: str) -> None:
+        self.messages.append(message)
+
+    def wait_attached(self, is_attached: Callable[[], bool], is_running: Callable[[], bool],
+                      *, timeout_s: float = 120.0, what: str = "tracer") -> None:
+        """Wait until the probe is live. Raises ProbeFailed if the tracer dies first."""
+        deadline = time.monotonic() + timeout_s
+        while not is_attached():
+            if not is_running():
+                raise ProbeFailed(f"{what} exited before its probe was attached")
+            if time.monotonic() > deadline:
+                raise ProbeFailed(f"{what} did not attach its probe within {timeout_s:.0f} s")
+            if self.stop_event.is_set():
+                break
+            time.sleep(0.05)
+        self.attached_s = time.monotonic()
+
+    def run_for(self, is_running: Callable[[], bool]) -> str:
+        """Block for the duration; returns duration | stopped | interrupted | tracer-exited."""
+        start = self.attached_s if self.attached_s is not None else time.monotonic()
+        self.attached_s = start
+        bar = self._make_bar()
+        next_tick = start
+        reason = "duration"
+        try:
+            while True:
+                now = time.monotonic()
+                elapsed = now - start
+                if now >= next_tick and self.every_second is not None:
+                    self.every_second(elapsed)
+                    next_tick += 1.0
+                if bar is not None:
+                    bar(min(elapsed, self.seconds), self.seconds)
+                if elapsed >= self.seconds:
+                    break
+                if self.stop_event.is_set():
+                    reason = "stopped"
+                    break
+                if not is_running():
+                    reason = "tracer-exited"
+                    break
+                time.sleep(min(0.1, max(0.0, self.seconds - elapsed)))
+        except KeyboardInterrupt:
+            reason = "interrupted"
+        finally:
+            self.ended_s = time.monotonic()
+            if bar is not None:
+                bar(min(self.ended_s - start, self.seconds), self.seconds, close=True)
+        return reason
+
+    @property
+    def duration_s(self) -> float:
+        if self.attached_s is None or self.ended_s is None:
+            return 0.0
+        return self.ended_s - self.attached_s
+
+    def _make_bar(self):
+        if self._progress is False or self._progress is None:
+            return None
+        if callable(self._progress):
+            cb = self._progress
+
+            def update(done, total, close=False):
+                cb(done, total)
+            return update
+        from tqdm.auto import tqdm
+        bar = tqdm(total=round(self.seconds, 1), desc=self.description, unit="s",
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s",
+                   leave=True)
+
+        def update(done, total, close=False):
+            bar.n = round(done, 1)
+            bar.refresh()
+            if close:
+                bar.close()
+        return update

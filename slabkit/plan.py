@@ -1,0 +1,231 @@
+"""Decide how to catch one cache's allocations on one kernel: pure, testable without root.
+
+``plan_capture(resolved, facts)`` looks at what the kernel offers (``slabkit.facts``) and
+returns a :class:`Plan`: which event or functions, which filter, whether the attribution is
+exact or a size-class estimate, and why. It refuses with a clear reason when nothing works.
+
+The cases (see ``shared/KERNEL-NOTES.md``):
+
+* dedicated cache, ``kmem:kmem_cache_alloc`` has ``name`` (Linux 6.18+): filter on the
+  slabinfo name (plus the object slot size, a cheap integer test that rejects most events
+  before the string compare). Exact.
+* dedicated cache, no ``name`` field: kprobe/fentry on the allocation functions the kernel has
+  (``kmem_cache_alloc``, ``_lru``, ``_node``, or their 6.10+ ``_noprof`` names), comparing
+  ``cachep->name``. Exact. Without kprobes or fentry: refused.
+* the kmalloc family: ``kmem:kmalloc`` (and ``kmalloc_node`` where it exists) with
+  ``bytes_alloc`` equal to the size class and the gfp bits that select the cache type.
+  Exact unless random kmalloc copies or slab buckets share the size class.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+from .errors import InvalidInput, TracerUnavailable, expected_one_of
+from .facts import KernelFacts, gfp_bits
+from .names import check_cache_name, check_comm, check_pid
+
+MODES = ("allocs", "outstanding")
+
+#: largest kmalloc slab size class (2 pages); bigger kmallocs go to the page allocator
+#: and still fire ``kmem:kmalloc`` with bytes_alloc = PAGE_SIZE << order.
+def kmalloc_max_cache_size(page_size: int) -> int:
+    return 2 * page_size
+
+
+@dataclass
+class Plan:
+    """How a capture will catch the cache's allocations, and why. JSON-serialisable."""
+
+    cache: str                      # slabinfo name the kernel reports
+    requested: str                  # what the user asked for
+    kind: str                       # dedicated | kmalloc | bucket
+    strategy: str                   # tracepoint-name | kprobe-cachep | kmalloc-size-class
+    exact: bool
+    reason: str
+    alloc_events: list[str] = field(default_factory=list)   # "kmem:kmem_cache_alloc"
+    functions: list[str] = field(default_factory=list)      # kprobe/fentry targets
+    match_name: str | None = None   # compare against the event's / cachep's name
+    match_bytes_alloc: int | None = None
+    gfp_type: str | None = None     # normal | cg | rcl | dma for kmalloc plans
+    gfp_require: int = 0            # bits that must be set
+    gfp_forbid: int = 0             # bits that must be clear
+    free_events: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)
+    mode: str = "allocs"
+    pid: int | None = None
+    comm: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Plan":
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def tracefs_filter(self) -> str:
+        """The filter expression for a tracefs event / ``perf --filter`` (kernel-side)."""
+        terms = []
+        if self.match_bytes_alloc is not None:
+            terms.append(f"bytes_alloc == {int(self.match_bytes_alloc)}")
+        if self.strategy == "tracepoint-name" and self.match_name:
+            check_cache_name(self.match_name)
+            terms.append(f'name == "{self.match_name}"')
+        if self.gfp_require:
+            terms.append(f"gfp_flags & {self.gfp_require:#x}")
+        if self.gfp_forbid:
+            terms.append(f"!(gfp_flags & {self.gfp_forbid:#x})")
+        if self.pid is not None:
+            terms.append(f"common_pid == {int(self.pid)}")
+        return " && ".join(terms)
+
+
+def _kmalloc_gfp(gfp_type: str, bits: dict[str, int], has_cg: bool) -> tuple[int, int]:
+    """(require, forbid) gfp masks that send a kmalloc to a cache of ``gfp_type``.
+
+    Mirrors ``kmalloc_type()``: DMA wins, then RECLAIMABLE, then ACCOUNT (only when
+    kmalloc-cg caches exist, i.e. memcg kmem accounting is on), else normal.
+    """
+    dma = bits.get("__GFP_DMA", 0)
+    rcl = bits.get("__GFP_RECLAIMABLE", 0)
+    acct = bits.get("__GFP_ACCOUNT", 0) if has_cg else 0
+    if gfp_type == "normal" or gfp_type == "rnd":
+        return 0, dma | rcl | acct
+    if gfp_type == "dma":
+        if not dma:
+            raise TracerUnavailable("this kernel's kmalloc event does not decode __GFP_DMA")
+        return dma, 0
+    if gfp_type == "rcl":
+        return rcl, dma
+    if gfp_type == "cg":
+        return acct, dma | rcl
+    raise InvalidInput(expected_one_of("kmalloc type", gfp_type, ("normal", "cg", "rcl", "dma")))
+
+
+def plan_capture(resolved, facts: KernelFacts, *, mode: str = "allocs", pid: int | None = None,
+                 comm: str | None = None, cache_names: Iterable[str] = ()) -> Plan:
+    """Plan a capture of ``resolved`` (a ``slabinfo.ResolvedCache``) on the kernel ``facts``.
+
+    ``cache_names`` is every slabinfo name on that kernel: used to see whether random kmalloc
+    copies, kmalloc-cg caches or slab buckets exist. Raises :class:`TracerUnavailable` with
+    what is missing when no exact or estimated attribution is possible.
+    """
+    if mode not in MODES:
+        raise InvalidInput(expected_one_of("mode", mode, MODES))
+    pid = check_pid(pid) if pid is not None else None
+    comm = check_comm(comm) if comm is not None else None
+    name = check_cache_name(resolved.name)
+    names = set(cache_names)
+    common = dict(cache=name, requested=resolved.requested, aliases=list(resolved.aliases),
+                  mode=mode, pid=pid, comm=comm)
+    notes: list[str] = []
+    if resolved.via_alias:
+        notes.append(f"{resolved.requested!r} is merged into {name!r}: the kernel reports its "
+                     f"allocations under {name!r}")
+    if resolved.aliases:
+        notes.append(f"{name!r} is shared by merged caches {', '.join(resolved.aliases)}: "
+                     "their allocations are counted together")
+
+    if not facts.tracefs:
+        raise TracerUnavailable("tracefs is not mounted: run `mount -t tracefs nodev "
+                                "/sys/kernel/tracing` as root (make system does it)")
+
+    if resolved.kind in ("kmalloc", "bucket"):
+        return _plan_kmalloc(resolved, facts, names, notes, common)
+    return _plan_dedicated(resolved, facts, notes, common)
+
+
+def _free_events(facts: KernelFacts, mode: str) -> list[str]:
+    if mode != "outstanding":
+        return []
+    events = [e for e in ("kmem/kmem_cache_free", "kmem/kfree") if facts.event(e)]
+    if not events:
+        raise TracerUnavailable("outstanding mode needs the kmem:kmem_cache_free / kmem:kfree "
+                                "tracepoints, which this kernel lacks")
+    for e in events:
+        if not facts.event(e).has("ptr"):  # type: ignore[union-attr]
+            raise TracerUnavailable(f"tracepoint {e} has no ptr field: cannot match frees")
+    return [e.replace("/", ":") for e in events]
+
+
+def _plan_dedicated(resolved, facts: KernelFacts, notes: list[str], common: dict) -> Plan:
+    ev = facts.event("kmem/kmem_cache_alloc")
+    slot = int(resolved.slab_size) if resolved.slab_size else None
+    free = _free_events(facts, common["mode"])
+    if ev is not None and ev.has("name"):
+        if slot is not None and ev.has("bytes_alloc"):
+            notes.append(f"kernel filter tests bytes_alloc == {slot} (the slot size) before the "
+                         "name, so most other caches' events are dropped by an integer compare")
+        return Plan(kind=resolved.kind, strategy="tracepoint-name", exact=True,
+                    reason="kmem:kmem_cache_alloc carries the cache name on this kernel",
+                    alloc_events=["kmem:kmem_cache_alloc"], match_name=resolved.name,
+                    match_bytes_alloc=int(slot) if slot and ev.has("bytes_alloc") else None,
+                    free_events=free, notes=notes, **common)
+    missing_name = ("kmem:kmem_cache_alloc has no name field" if ev is not None
+                    else "this kernel has no kmem:kmem_cache_alloc tracepoint")
+    functions = [f for f in ("kmem_cache_alloc", "kmem_cache_alloc_lru", "kmem_cache_alloc_node",
+                             "kmem_cache_alloc_noprof", "kmem_cache_alloc_lru_noprof",
+                             "kmem_cache_alloc_node_noprof") if f in facts.functions]
+    if functions and (facts.kprobes or facts.fentry):
+        return Plan(kind=resolved.kind, strategy="kprobe-cachep", exact=True,
+                    reason=f"{missing_name}; probing {', '.join(functions)} and comparing "
+                           "the cache's name through its first argument",
+                    functions=functions, match_name=resolved.name, free_events=free,
+                    notes=notes, **common)
+    what = "kprobes or fentry" if functions else "allocation functions in /proc/kallsyms"
+    raise TracerUnavailable(
+        f"cannot attribute allocations to {resolved.name!r} on this kernel: {missing_name}, "
+        f"and it offers no {what}. A kernel with CONFIG_KPROBES (or 6.18+'s named "
+        "tracepoint) is needed")
+
+
+def _plan_kmalloc(resolved, facts: KernelFacts, names: set[str], notes: list[str],
+                  common: dict) -> Plan:
+    events = [e for e in ("kmem/kmalloc", "kmem/kmalloc_node") if facts.event(e)]
+    if not events:
+        raise TracerUnavailable("this kernel has no kmem:kmalloc tracepoint")
+    ev = facts.event(events[0])
+    assert ev is not None
+    size = resolved.size_class or resolved.slab_size
+    if not size:
+        raise TracerUnavailable(f"cannot tell the size class of {resolved.name!r}")
+    if size > kmalloc_max_cache_size(facts.page_size):
+        raise InvalidInput(f"{resolved.name!r} is bigger than the largest kmalloc slab")
+    bits = {}
+    for e in events:
+        bits.update(gfp_bits(facts.event(e).print_fmt))  # type: ignore[union-attr]
+    has_cg = any(n.startswith("kmalloc-cg-") for n in names)
+    gfp_type = resolved.kmalloc_type or "normal"
+    if resolved.kind == "bucket":
+        gfp_type = "normal"
+    require, forbid = _kmalloc_gfp(gfp_type, bits, has_cg)
+    exact = True
+    why = [f"kmalloc fires kmem:kmalloc without a cache name; matching bytes_alloc == {size} "
+           f"and the gfp bits of {gfp_type} kmalloc caches"]
+    same_size = sorted(n for n in names if n != resolved.name and _same_class(n, size))
+    if resolved.kind == "bucket" or gfp_type == "rnd" or any(
+            n.startswith("kmalloc-rnd-") for n in same_size):
+        exact = False
+        why.append("other caches of this size class (random kmalloc copies or slab buckets: "
+                   f"{', '.join(same_size) or 'see slabinfo'}) fire the same event: the count "
+                   "is a size-class estimate")
+    buckets = [n for n in same_size if not n.startswith(("kmalloc", "dma-kmalloc", "size-"))]
+    if buckets and exact:
+        exact = False
+        why.append(f"slab buckets of this size ({', '.join(buckets)}) fire the same event: "
+                   "size-class estimate")
+    if not has_cg and bits.get("__GFP_ACCOUNT"):
+        notes.append("no kmalloc-cg caches: __GFP_ACCOUNT allocations go to the normal caches")
+    return Plan(kind=resolved.kind, strategy="kmalloc-size-class", exact=exact,
+                reason="; ".join(why), alloc_events=[e.replace("/", ":") for e in events],
+                match_bytes_alloc=int(size), gfp_type=gfp_type, gfp_require=require,
+                gfp_forbid=forbid, free_events=_free_events(facts, common["mode"]),
+                notes=notes, **common)
+
+
+def _same_class(name: str, size: int) -> bool:
+    suffix = name.rsplit("-", 1)[-1]
+    mult = 1024 if suffix.endswith("k") else 1
+    digits = suffix[:-1] if suffix.endswith("k") else suffix
+    return digits.isdigit() and int(digits) * mult == size
