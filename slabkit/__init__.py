@@ -1,2 +1,57 @@
-"""slabkit: who allocates from a Linux slab cache."""
+"""slabkit: who allocates from a Linux slab cache.
+
+The public API (stable; see README "Python API" and ``slabkit.schema`` for the tables)::
+
+    slabkit.caches(root="/")                 # the slab cache table
+    slabkit.resolve_cache("eventpoll_pwq")   # alias -> the slabinfo name it lives in
+    slabkit.sample(10, 1) / slabkit.growth(series)
+    cap = slabkit.capture("filp", seconds=10, backend="auto", mode="allocs",
+                          pid=None, comm=None, host=None, out=None)
+    cap = slabkit.load(path)                 # a capture folder, folders/globs, or raw output
+    slabkit.list_captures()
+    slabkit.by_process(cap), by_module, by_frame, top_stacks, callers, callees, matrix,
+    diff(a, b), to_folded(cap)
+    slabkit.plot_top_processes(cap), plot_top_callsites, plot_process_module_heatmap,
+    plot_flame, plot_slab_growth
+
+Imports are lazy so ``import slabkit`` is quick and matplotlib loads only when plotting.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "caches": "slabinfo", "resolve_cache": "slabinfo", "read_slabinfo": "slabinfo",
+    "sample": "slabinfo", "growth": "slabinfo",
+    "capture": "capturing", "prepare": "capturing",
+    "load": "loading", "merge": "loading",
+    "list_captures": "store",
+    "Capture": "tables",
+    "by_process": "analysis", "by_module": "analysis", "by_frame": "analysis",
+    "top_stacks": "analysis", "callers": "analysis", "callees": "analysis",
+    "matrix": "analysis", "diff": "analysis", "to_folded": "analysis",
+    "write_folded": "analysis",
+    "plot_top_processes": "plots", "plot_top_callsites": "plots",
+    "plot_process_module_heatmap": "plots", "plot_flame": "plots", "plot_slab_growth": "plots",
+    "SlabkitError": "errors", "InvalidInput": "errors", "UnknownCache": "errors",
+    "PermissionNeeded": "errors", "TracerUnavailable": "errors", "ProbeFailed": "errors",
+    "ParseError": "errors", "CaptureNotFound": "errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'slabkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -5,9 +5,7 @@ Every :class:`~slabkit.errors.SlabkitError` becomes one line on stderr and exit 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from . import __version__
 from .errors import SlabkitError
@@ -48,7 +46,132 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(p)
     p.set_defaults(func=cmd_caches)
 
+    p = sub.add_parser("capture", help="capture who allocates from CACHE for a while")
+    p.add_argument("cache", help="slab cache name as /proc/slabinfo shows it (or a merged alias)")
+    p.add_argument("-d", "--duration", type=float, default=10.0, metavar="SECONDS",
+                   help="how long to capture (default 10)")
+    p.add_argument("-b", "--backend", default="auto",
+                   help="auto (default), bpftrace, perf, ftrace or stap")
+    p.add_argument("--outstanding", action="store_true",
+                   help="track frees too and report objects still allocated at the end")
+    p.add_argument("--pid", default=None, help="only this process id")
+    p.add_argument("--comm", default=None, help="only processes with this name")
+    p.add_argument("-o", "--output", default=None, metavar="DIR",
+                   help="capture folder to write (default: new folder in data/captures)")
+    p.add_argument("--stack-sample", type=int, default=None, metavar="N",
+                   help="bpftrace: take a stack for 1 event in N, count all (default 8)")
+    p.add_argument("--full-stacks", action="store_true", help="a stack for every event")
+    p.add_argument("--sample-every", type=int, default=1, metavar="N",
+                   help="perf: record 1 event in N and scale counts back (default 1)")
+    p.add_argument("--print-program", action="store_true",
+                   help="show the plan and the program that would run, and exit")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="rows in the summary")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_target(p)
+    p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("list", help="saved captures")
+    p.add_argument("where", nargs="*", help="folders or globs (default data/captures)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="summary of a saved capture (or raw tracer output)")
+    p.add_argument("path", nargs="+", help="capture folder(s), glob, or raw output file")
+    p.add_argument("--reparse", action="store_true", help="rebuild tables from the raw output")
+    p.add_argument("--top", type=int, default=10, metavar="N")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("cleanup", help="stop tracers and remove tracefs instances a killed "
+                                       "slabkit run left behind")
+    p.set_defaults(func=cmd_cleanup)
+
+    p = sub.add_parser("demo", help="the README's demo: caches, then a capture and a report")
+    p.add_argument("-d", "--duration", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--cache", default=None, help="capture this cache (default: the busiest)")
+    p.set_defaults(func=cmd_demo)
+
     return parser
+
+
+def cmd_capture(args) -> int:
+    from .capturing import capture, prepare
+    stack_sample = 1 if args.full_stacks else args.stack_sample
+    opts = dict(backend=args.backend, mode="outstanding" if args.outstanding else "allocs",
+                pid=args.pid, comm=args.comm, host=_target(args), stack_sample=stack_sample,
+                sample_every=args.sample_every)
+    if args.print_program:
+        from .names import check_seconds
+        check_seconds(args.duration)
+        prep = prepare(args.cache, **opts)
+        plan = prep.plan
+        print(f"# cache {plan.cache} ({plan.kind}), strategy {plan.strategy}, "
+              f"{'exact' if plan.exact else 'estimate'}: {plan.reason}")
+        for note in plan.notes:
+            print(f"# note: {note}")
+        print(f"# backend {prep.backend.name}; not used: " + "; ".join(
+            f"{k}: {v}" for k, v in prep.not_used.items()) if prep.not_used else
+            f"# backend {prep.backend.name}")
+        if prep.program.env:
+            print("# environment: " + " ".join(f"{k}={v}" for k, v in prep.program.env.items()))
+        print(prep.program.text if prep.program.text else " ".join(prep.program.argv))
+        return 0
+    cap = capture(args.cache, args.duration, out=args.output, progress=not args.quiet, **opts)
+    print_summary(cap, top=args.top)
+    return 0
+
+
+def print_summary(cap, *, top: int = 10, file=None) -> None:
+    """The end-of-capture summary: where it is, what was lost, top processes and call sites."""
+    from . import analysis
+    out = file or sys.stdout
+    m = cap.meta
+    print(f"{m.get('cache')}: {m.get('total_allocs', 0)} allocations in "
+          f"{float(m.get('duration_s') or 0):.1f} s via {m.get('backend')} "
+          f"({m.get('status')}); saved in {cap.path}", file=out)
+    lost = int(m.get("lost_total") or 0)
+    if lost:
+        print(f"WARNING: the tracer reported {lost} lost events/updates: {m.get('losses')}",
+              file=out)
+    for note in m.get("notes", []):
+        print(f"note: {note}", file=out)
+    if not len(cap.allocs):
+        print("no allocations were seen", file=out)
+        return
+    import pandas as pd
+    with pd.option_context("display.width", 160, "display.max_colwidth", 60):
+        print("\nTop processes:", file=out)
+        print(analysis.by_process(cap).head(top).to_string(), file=out)
+        if len(cap.frames):
+            print("\nTop call sites:", file=out)
+            print(analysis.by_frame(cap).head(top).to_string(), file=out)
+
+
+def cmd_list(args) -> int:
+    from .store import list_captures
+    df = list_captures(args.where or None)
+    if df.empty:
+        print("no captures found")
+    else:
+        _print_table(df, args)
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .loading import load
+    cap = load(args.path if len(args.path) > 1 else args.path[0], reparse=args.reparse)
+    print_summary(cap, top=args.top)
+    return 0
+
+
+def cmd_cleanup(args) -> int:
+    from .runner import cleanup_leftovers
+    done = cleanup_leftovers()
+    print("\n".join(done) if done else "nothing left behind")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(duration=args.duration, cache=args.cache)
 
 
 def _print_table(df, args) -> None:

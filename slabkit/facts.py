@@ -75,9 +75,9 @@ def parse_format(text: str, system: str = "", name: str = "") -> EventFormat:
 
 
 _GFP_SHIFT_RE = re.compile(
-    r"\{\s*\(\s*unsigned long\s*\)\s*\(\(\s*(?:__force\s+)?gfp_t\s*\)\s*\(+\s*1UL\s*\)+\s*<<\s*\(?\s*(\d+)\s*\)?\s*\)+\s*,\s*\"(__GFP_[A-Z_0-9]+)\"")
+    r"\{\s*\(\s*unsigned long\s*\)\s*\(\(\s*(?:__force\s+)?gfp_t\s*\)\s*\(+\s*1UL\s*\)+\s*<<\s*\(?\s*(\d+)\s*\)?\s*\)+\s*,\s*\"(_*GFP_[A-Z_0-9]+)\"")
 _GFP_HEX_RE = re.compile(
-    r"\{\s*\(\s*unsigned long\s*\)\s*\(\(\s*(?:__force\s+)?gfp_t\s*\)\s*(0x[0-9a-fA-F]+)u?\s*\)\s*,\s*\"(__GFP_[A-Z_0-9]+)\"")
+    r"\{\s*\(\s*unsigned long\s*\)\s*\(\(\s*(?:__force\s+)?gfp_t\s*\)\s*(0x[0-9a-fA-F]+)u?\s*\)\s*,\s*\"(_*GFP_[A-Z_0-9]+)\"")
 
 
 def gfp_bits(print_fmt: str) -> dict[str, int]:
@@ -87,7 +87,11 @@ def gfp_bits(print_fmt: str) -> dict[str, int]:
         bits.setdefault(m.group(2), 1 << int(m.group(1)))
     for m in _GFP_HEX_RE.finditer(print_fmt):
         bits.setdefault(m.group(2), int(m.group(1), 16))
-    return bits
+    # Some kernels list only the composite name of a one-bit flag ("GFP_DMA" for __GFP_DMA).
+    for name, value in list(bits.items()):
+        if not name.startswith("__") and value and value & (value - 1) == 0:
+            bits.setdefault("__" + name, value)
+    return {k: v for k, v in bits.items() if k.startswith("__GFP_")}
 
 
 @dataclass

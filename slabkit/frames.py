@@ -10,6 +10,9 @@ The forms, with a labelled sample of each::
     SystemTap print_stack()     0xc045d717 : kmem_cache_alloc+0x2/0x4f []
                                 ^address     ^function        ^off ^size ^module ([] = vmlinux)
     SystemTap 4.x               0xffffffff8123f0a1 : d_alloc+0x11/0xa0 [kernel]      ([kernel] = vmlinux)
+    SystemTap, no symbol        0xffffffffc0a1b2c3 : 0xffffffffc0a1b2c3 [ext4+0x1b2c3/0x9a000]
+                                ^address                                 ^module (offset is into
+                                                                          the module: dropped)
     sprint_symbol / %pS         ext3_readdir+0x9c/0x5f4 [ext3]
                                 ^function    ^off  ^size ^module (no bracket = vmlinux)
     bpftrace kstack             kmem_cache_alloc+556
@@ -81,7 +84,7 @@ _UNKNOWN = frozenset({"unknown", "[unknown]"})
 def _module_name(raw: str) -> str | None:
     """Normalise a printed module: ``[]``/``kernel``/``[kernel.kallsyms]`` -> vmlinux, paths and
     ``.ko`` suffixes -> the module name, ``unknown`` -> None."""
-    name = raw.strip().strip("[]").strip()
+    name = raw.strip().strip("[]").strip().split("+", 1)[0]  # stap: [ext4+0x1234/0x5000]
     if name in _UNKNOWN:
         return None
     if "/" in name:  # perf prints a path when it found the module file
@@ -107,6 +110,8 @@ def parse_frame(text: str) -> Frame:
     s = text.strip()
     if s.startswith("=>"):  # ftrace
         s = s[2:].lstrip()
+    if s.endswith("(inexact)"):  # stap's print_backtrace() on an unreliable unwind
+        s = s[:-9].rstrip()
     if not s:
         raise ParseError("empty line where a stack frame was expected", line=text)
     address: int | None = None

@@ -19,7 +19,9 @@ The cases (see ``shared/KERNEL-NOTES.md``):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
+
+import pandas as pd
 
 from .errors import InvalidInput, TracerUnavailable, expected_one_of
 from .facts import KernelFacts, gfp_bits
@@ -104,19 +106,24 @@ def _kmalloc_gfp(gfp_type: str, bits: dict[str, int], has_cg: bool) -> tuple[int
 
 
 def plan_capture(resolved, facts: KernelFacts, *, mode: str = "allocs", pid: int | None = None,
-                 comm: str | None = None, cache_names: Iterable[str] = ()) -> Plan:
+                 comm: str | None = None, cache_table=None) -> Plan:
     """Plan a capture of ``resolved`` (a ``slabinfo.ResolvedCache``) on the kernel ``facts``.
 
-    ``cache_names`` is every slabinfo name on that kernel: used to see whether random kmalloc
-    copies, kmalloc-cg caches or slab buckets exist. Raises :class:`TracerUnavailable` with
-    what is missing when no exact or estimated attribution is possible.
+    ``cache_table`` is ``slabinfo.caches()`` of that kernel (name, kind, size_class): used to
+    see whether random kmalloc copies, kmalloc-cg caches or slab buckets share the size class.
+    Raises :class:`TracerUnavailable` with what is missing when no exact or estimated
+    attribution is possible.
     """
     if mode not in MODES:
         raise InvalidInput(expected_one_of("mode", mode, MODES))
     pid = check_pid(pid) if pid is not None else None
     comm = check_comm(comm) if comm is not None else None
     name = check_cache_name(resolved.name)
-    names = set(cache_names)
+    names: dict[str, tuple[str, int | None]] = {}
+    if cache_table is not None and len(cache_table):
+        for n, kind, size in zip(cache_table["name"], cache_table["kind"],
+                                 cache_table["size_class"]):
+            names[str(n)] = (str(kind), None if pd.isna(size) else int(size))
     common = dict(cache=name, requested=resolved.requested, aliases=list(resolved.aliases),
                   mode=mode, pid=pid, comm=comm)
     notes: list[str] = []
@@ -180,7 +187,8 @@ def _plan_dedicated(resolved, facts: KernelFacts, notes: list[str], common: dict
         "tracepoint) is needed")
 
 
-def _plan_kmalloc(resolved, facts: KernelFacts, names: set[str], notes: list[str],
+def _plan_kmalloc(resolved, facts: KernelFacts, names: dict[str, tuple[str, int | None]],
+                  notes: list[str],
                   common: dict) -> Plan:
     events = [e for e in ("kmem/kmalloc", "kmem/kmalloc_node") if facts.event(e)]
     if not events:
@@ -203,14 +211,15 @@ def _plan_kmalloc(resolved, facts: KernelFacts, names: set[str], notes: list[str
     exact = True
     why = [f"kmalloc fires kmem:kmalloc without a cache name; matching bytes_alloc == {size} "
            f"and the gfp bits of {gfp_type} kmalloc caches"]
-    same_size = sorted(n for n in names if n != resolved.name and _same_class(n, size))
+    same_size = sorted(n for n, (kind, cls) in names.items()
+                       if n != resolved.name and kind in ("kmalloc", "bucket") and cls == size)
     if resolved.kind == "bucket" or gfp_type == "rnd" or any(
             n.startswith("kmalloc-rnd-") for n in same_size):
         exact = False
         why.append("other caches of this size class (random kmalloc copies or slab buckets: "
                    f"{', '.join(same_size) or 'see slabinfo'}) fire the same event: the count "
                    "is a size-class estimate")
-    buckets = [n for n in same_size if not n.startswith(("kmalloc", "dma-kmalloc", "size-"))]
+    buckets = [n for n in same_size if names[n][0] == "bucket"]
     if buckets and exact:
         exact = False
         why.append(f"slab buckets of this size ({', '.join(buckets)}) fire the same event: "
@@ -223,9 +232,3 @@ def _plan_kmalloc(resolved, facts: KernelFacts, names: set[str], notes: list[str
                 gfp_forbid=forbid, free_events=_free_events(facts, common["mode"]),
                 notes=notes, **common)
 
-
-def _same_class(name: str, size: int) -> bool:
-    suffix = name.rsplit("-", 1)[-1]
-    mult = 1024 if suffix.endswith("k") else 1
-    digits = suffix[:-1] if suffix.endswith("k") else suffix
-    return digits.isdigit() and int(digits) * mult == size

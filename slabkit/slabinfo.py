@@ -43,16 +43,22 @@ import os
 import posixpath
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
 
 import pandas as pd
 
-from .errors import InvalidInput, ParseError, PermissionNeeded, SlabkitError, UnknownCache
+from .errors import (
+    InvalidInput,
+    ParseError,
+    PermissionNeeded,
+    SlabkitError,
+    UnknownCache,
+)
 from .names import check_cache_name, check_seconds
 from .target import LocalTarget, Target, as_target
 
-Root = Union[str, os.PathLike, Target]
+Root = str | os.PathLike | Target
 
 SLABINFO = "/proc/slabinfo"
 SYS_SLAB = "/sys/kernel/slab"
@@ -63,13 +69,10 @@ SYSFS_COLUMNS = ("object_size", "slab_size", "order", "reclaim_account")
 CACHE_COLUMNS = ["name", *COUNT_COLUMNS, "memory_bytes", "active_bytes", "utilisation", "kind",
                  "kmalloc_type", "size_class", *SYSFS_COLUMNS, "merged_dir", "aliases"]
 
-# A data line, e.g. (SLUB, 6.18):
-#   pid   357  357  192  21  1 : tunables  0  0  0 : slabdata  17  17  0
-#   name  |    |    |    |   pagesperslab           active_slabs |   sharedavail
-#         |    |    |    objperslab                              num_slabs
-#         |    |    objsize
-#         |    num_objs
-#         active_objs
+# A data line (SLUB, 6.18) and the name of each number, in order:
+#   pid  357 357 192 21 1 : tunables 0 0 0 : slabdata 17 17 0
+#   name, active_objs num_objs objsize objperslab pagesperslab,
+#   tunables: limit batchcount sharedfactor (SLAB only), slabdata: active_slabs num_slabs sharedavail
 # SLAB kernels with statistics append ": globalstat ..." and ": cpustat ..."; we ignore them.
 _LINE_RE = re.compile(
     r"^(?P<name>\S.*?)\s+(?P<counts>(?:\S+\s+){4}\S+)\s+:\s+tunables\s+(?:\S+\s+){2}\S+"
@@ -303,10 +306,15 @@ def caches(root: Root = "/") -> pd.DataFrame:
     kinds, types, sizes = [], [], []
     for name in names:
         km = kmalloc_class(name)
-        kinds.append("kmalloc" if km else "bucket" if name in buckets else "dedicated")
+        if km:
+            kind, size = "kmalloc", km[1]
+        elif name in buckets:
+            kind, size = "bucket", _size_bytes(_SIZED_NAME_RE.match(name).group("size"))
+        else:
+            kind, size = "dedicated", None
+        kinds.append(kind)
         types.append(km[0] if km else None)
-        m = _SIZED_NAME_RE.match(name)
-        sizes.append(km[1] if km else _size_bytes(m.group("size")) if name in buckets else None)
+        sizes.append(size)
     df["kind"] = pd.array(kinds, dtype="string")
     df["kmalloc_type"] = pd.array(types, dtype="string")
     df["size_class"] = pd.array(sizes, dtype="Int64")
@@ -348,8 +356,8 @@ class ResolvedCache:
         return text
 
 
-def _na(value):
-    return None if pd.isna(value) else value
+def _int(value) -> int | None:
+    return None if pd.isna(value) else int(value)
 
 
 def _resolve(table: pd.DataFrame, name: str) -> ResolvedCache:
@@ -366,15 +374,18 @@ def _resolve(table: pd.DataFrame, name: str) -> ResolvedCache:
     row = rows.iloc[0]
     aliases = row["aliases"] if isinstance(row["aliases"], list) else []
     return ResolvedCache(
-        name=row["name"], requested=name, via_alias=via_alias, aliases=tuple(aliases),
-        kind=row["kind"], kmalloc_type=_na(row["kmalloc_type"]),
-        size_class=_na(row["size_class"]), object_size=_na(row["object_size"]),
-        slab_size=_na(row["slab_size"]))
+        name=str(row["name"]), requested=name, via_alias=via_alias, aliases=tuple(aliases),
+        kind=str(row["kind"]),
+        kmalloc_type=None if pd.isna(row["kmalloc_type"]) else str(row["kmalloc_type"]),
+        size_class=_int(row["size_class"]), object_size=_int(row["object_size"]),
+        slab_size=_int(row["slab_size"]))
 
 
-def resolve_cache(name: str, root: Root = "/") -> ResolvedCache:
+def resolve_cache(name: str, root: Root = "/", *, table: pd.DataFrame | None = None
+                  ) -> ResolvedCache:
     """Map a cache name (a slabinfo name or an alias of a merged cache) to the kernel's name.
 
+    ``table`` is a :func:`caches` table of the same root already read (saves reading it again).
     Raises :class:`~slabkit.errors.InvalidInput` for characters no cache name has and
     :class:`~slabkit.errors.UnknownCache` (with close matches) for a name this kernel lacks.
 
@@ -383,7 +394,7 @@ def resolve_cache(name: str, root: Root = "/") -> ResolvedCache:
     ('pid', True)
     """
     check_cache_name(name)
-    return _resolve(caches(root), name)
+    return _resolve(caches(root) if table is None else table, name)
 
 
 # --- sampling over time -------------------------------------------------------------------

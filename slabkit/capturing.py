@@ -58,10 +58,10 @@ def prepare(cache: str, *, backend: str = "auto", mode: str = "allocs",
     target = as_target(host)
     require_root(target, "capturing slab allocations (reading /proc/slabinfo and tracing)")
     table = cache_table(target)
-    resolved = resolve_cache(cache, target)
+    resolved = resolve_cache(cache, target, table=table)
     facts = gather_facts(target)
     plan = plan_capture(resolved, facts, mode=mode, pid=pid, comm=comm,
-                        cache_names=table["name"].tolist())
+                        cache_table=table)
     options = Options(stack_sample=_positive_int(
         DEFAULT_STACK_SAMPLE if stack_sample is None else stack_sample, "stack_sample"),
         sample_every=_positive_int(sample_every, "sample_every"),

@@ -1,0 +1,403 @@
+"""SystemTap backend, the pure parts: the script, its command line, and the output parsers.
+
+slabkit's own script is ``slabkit.stp`` beside this module (see its header for the argument
+scheme and output format). It probes the kernel's allocation functions with
+``kernel.function(...)`` (kprobes plus the kernel's debuginfo, for ``$s->name``), keeps the
+calls whose ``kmem_cache->name`` equals the cache given as argument ``@1``, and aggregates in
+the kernel by ``[pid(), tid(), execname(), backtrace()]``.
+
+Arguments (always all three, so the script text never depends on what the user typed)::
+
+    stap slabkit.stp CACHE PID MS
+         @1 CACHE   slab cache name (checked against a strict character set first)
+         $2 PID     only this process; 0 = every process
+         $3 MS      stop after this many milliseconds; 0 = until SIGINT/SIGTERM
+
+:func:`parse_classic` also reads the output of the classic ``slab.stp`` script that slabkit
+replaces (``shared/reference/slab.stp``).
+
+Limits of this backend: stap's ``backtrace()`` keeps at most ``MAXBACKTRACE`` (20) frames, and
+a table of ``max_stacks`` distinct (pid, tid, comm, stack) keys; when it fills, stap stops with
+"Array overflow", runs ``probe error`` (which still prints the counts so far) and
+:func:`parse_stderr` reports ``overflow``.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import schema
+from ..errors import InvalidInput, ParseError
+from ..frames import frames_table
+from ..names import check_cache_name, check_pid, check_seconds
+
+SCRIPT_NAME = "slabkit.stp"
+#: distinct (pid, tid, comm, stack) keys the script's table holds (stap preallocates them)
+DEFAULT_MAX_STACKS = 20000
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def script_template() -> str:
+    """The text of ``slabkit.stp`` with its ``@@...@@`` markers unfilled."""
+    return resources.files(__package__).joinpath(SCRIPT_NAME).read_text()
+
+
+def render(cache: str, seconds: float | None, *, function_names: Sequence[str], param: str,
+           max_stacks: int = DEFAULT_MAX_STACKS) -> str:
+    """slabkit's SystemTap script for one capture.
+
+    ``function_names``: the kernel allocation functions to probe, as the plan found them on
+    this kernel, e.g. ``["kmem_cache_alloc", "kmem_cache_alloc_lru"]`` (5.18-6.9) or
+    ``["kmem_cache_alloc_noprof", "kmem_cache_alloc_lru_noprof"]`` (6.10+).
+    ``param``: the name of their ``struct kmem_cache *`` parameter: ``"s"`` on 6.1,
+    ``"cachep"`` on older kernels.
+
+    ``cache`` and ``seconds`` are checked here but are NOT written into the script: they are
+    passed as arguments by :func:`argv` (``@1`` and ``$3``), as is the pid filter (``$2``).
+    Raises :class:`~slabkit.errors.InvalidInput` for a bad name, duration or size.
+    """
+    check_cache_name(cache)
+    if seconds is not None:
+        check_seconds(seconds)
+    names = list(function_names)
+    if not names:
+        raise InvalidInput("no kernel allocation function to probe (function_names is empty)")
+    for name in [*names, param]:
+        if not isinstance(name, str) or not _IDENT.match(name):
+            raise InvalidInput(f"{name!r} is not a kernel identifier (letters, digits, _)")
+    if isinstance(max_stacks, bool) or not isinstance(max_stacks, int) \
+            or not 1 <= max_stacks <= 1_000_000:
+        raise InvalidInput(f"max_stacks must be an integer in 1..1000000, not {max_stacks!r}")
+    points = ",\n      ".join(f'kernel.function("{n}")' for n in names)
+    return (script_template()
+            .replace("@@MAX_STACKS@@", str(max_stacks))
+            .replace("@@PROBE_POINTS@@", points)
+            .replace("@@PARAM@@", param))
+
+
+def argv(script_path: str | Path, cache: str, seconds: float | None, pid: int | None = None,
+         *, last_pass: int | None = None, stap: str = "stap") -> list[str]:
+    """The command line that runs ``script_path`` (from :func:`render`) for ``cache``.
+
+    ``seconds=None`` runs until the tracer is sent SIGINT; ``pid`` traces one process.
+    ``last_pass`` (1-5) stops stap after that pass (``-p``): 1 parses the script, 4 builds the
+    module without loading it.
+
+    >>> argv("/tmp/c/slabkit.stp", "dentry", 10)
+    ['stap', '/tmp/c/slabkit.stp', 'dentry', '0', '10000']
+    """
+    check_cache_name(cache)
+    ms = 0 if seconds is None else max(1, round(check_seconds(seconds) * 1000))
+    pid_arg = 0 if pid is None else check_pid(pid)
+    cmd = [stap]
+    if last_pass is not None:
+        if last_pass not in (1, 2, 3, 4, 5):
+            raise InvalidInput(f"last_pass must be 1..5, not {last_pass!r}")
+        cmd.append(f"-p{last_pass}")
+    return [*cmd, str(script_path), cache, str(pid_arg), str(ms)]
+
+
+# --------------------------------------------------------------------------------------------
+# slabkit's own output
+
+_BEGIN = re.compile(r"^slabkit-stap begin format=(?P<format>\d+) pid_filter=(?P<pid>\d+) "
+                    r"ms=(?P<ms>\d+) cache=(?P<cache>.*)$")
+_STACK = re.compile(r"^slabkit-stap stack count=(?P<count>\d+) pid=(?P<pid>-?\d+) "
+                    r"tid=(?P<tid>-?\d+) comm=(?P<len>\d+):(?P<comm>.*)$")
+_END_STACK = "slabkit-stap end-stack"
+_DONE = re.compile(r"^slabkit-stap done how=(?P<how>\w+) entries=(?P<entries>\d+) "
+                   r"allocs=(?P<allocs>\d+) elapsed_ms=(?P<ms>-?\d+)$")
+_STAP_DIAG = ("WARNING:", "ERROR:", "Pass ", "semantic error:", "Tip:")
+
+
+def _blen(text: str) -> int:
+    return len(text.encode("utf-8", "surrogateescape"))
+
+
+_Block = tuple[int, int, int, str, tuple[str, ...]]
+
+
+def _read_own(text: str, path: str | None) -> tuple[list[_Block], dict[str, Any]]:
+    """Blocks ``(count, pid, tid, comm, frame lines)`` and the begin/done facts."""
+    lines = text.splitlines()
+    blocks: list[_Block] = []
+    info: dict[str, Any] = {}
+    i = 0
+    n = len(lines)
+    while i < n:
+        line = lines[i]
+        i += 1
+        m = _STACK.match(line)
+        if m:
+            want = int(m.group("len"))
+            comm = m.group("comm")
+            # a comm holding a newline continues on the next lines
+            while _blen(comm) < want and i < n and not lines[i].startswith("slabkit-stap "):
+                comm += "\n" + lines[i]
+                i += 1
+            frames: list[str] = []
+            while i < n and lines[i] != _END_STACK:
+                if lines[i].startswith("slabkit-stap "):
+                    raise ParseError(f"stack block not closed by {_END_STACK!r}", path=path,
+                                     lineno=i + 1, line=lines[i])
+                if lines[i].strip():
+                    frames.append(lines[i].strip())
+                i += 1
+            if i >= n:
+                info["truncated"] = True  # output cut inside a block: keep what is there
+            i += 1
+            blocks.append((int(m.group("count")), int(m.group("pid")), int(m.group("tid")),
+                           comm, tuple(frames)))
+            continue
+        if (m := _BEGIN.match(line)) is not None:
+            info.update(format=int(m.group("format")), pid_filter=int(m.group("pid")),
+                        ms=int(m.group("ms")), cache=m.group("cache"))
+            continue
+        if (m := _DONE.match(line)) is not None:
+            info.update(how=m.group("how"), entries=int(m.group("entries")),
+                        allocs=int(m.group("allocs")), elapsed_ms=int(m.group("ms")))
+            continue
+        if not line.strip() or line.startswith(_STAP_DIAG):
+            continue
+        raise ParseError("unexpected line in slabkit stap output", path=path, lineno=i, line=line)
+    return blocks, info
+
+
+def parse(text: str, *, object_size: int | None = None, path: str | None = None
+          ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read slabkit's own stap output (format in ``slabkit.stp``) into ``(allocs, frames)``.
+
+    One ``allocs`` row per printed block: pid, tid and comm as stap saw them, ``count`` from
+    ``@count``; ``bytes`` is ``count * object_size`` where the caller knows the cache's slot
+    size (``/sys/kernel/slab/<cache>/slab_size``), else missing; ``host`` and ``cgroup`` are
+    missing (the capture fills ``host``). Identical stacks share one ``stack_id``
+    (0, 1, ... in order of first appearance). ``path`` is only used in error messages.
+    """
+    blocks, _ = _read_own(text, path)
+    stack_ids: dict[tuple[str, ...], int] = {}
+    rows_sid = []
+    for count, pid, tid, comm, frames in blocks:
+        rows_sid.append(stack_ids.setdefault(frames, len(stack_ids)) if frames else -1)
+    counts = np.array([b[0] for b in blocks], dtype=np.int64)
+    allocs = pd.DataFrame({
+        "host": pd.array([pd.NA] * len(blocks), dtype="string"),
+        "pid": pd.array([b[1] for b in blocks], dtype="Int64"),
+        "tid": pd.array([b[2] for b in blocks], dtype="Int64"),
+        "comm": pd.array([b[3] for b in blocks], dtype="string"),
+        "cgroup": pd.array([pd.NA] * len(blocks), dtype="string"),
+        "stack_id": pd.array(rows_sid, dtype="Int64"),
+        "count": pd.array(counts, dtype="Int64"),
+        "bytes": _bytes(counts, object_size),
+    })
+    frames = frames_table({sid: list(fr) for fr, sid in stack_ids.items()})
+    return schema.validate(allocs, "allocs", source=path), schema.validate(frames, "frames",
+                                                                              source=path)
+
+
+def _bytes(counts: np.ndarray, object_size: int | None):
+    if object_size is None:
+        return pd.array([pd.NA] * len(counts), dtype="Int64")
+    return pd.array(counts * int(object_size), dtype="Int64")
+
+
+def parse_meta(stdout: str, stderr: str = "") -> dict[str, Any]:
+    """What slabkit's stap output says about the run itself.
+
+    Keys: ``cache``, ``pid_filter`` (None for all), ``duration_s`` (stap's own clock),
+    ``entries`` and ``allocs`` (totals the script printed), ``complete`` (the ``done`` line was
+    printed after an ordinary end), ``how`` (``end`` or ``error``), ``truncated`` (output cut
+    inside a block), plus everything :func:`parse_stderr` finds.
+    """
+    _, info = _read_own(stdout, None)
+    out: dict[str, Any] = {
+        "cache": info.get("cache"),
+        "pid_filter": info.get("pid_filter") or None,
+        "duration_s": info["elapsed_ms"] / 1000 if "elapsed_ms" in info else None,
+        "entries": info.get("entries"),
+        "allocs": info.get("allocs"),
+        "how": info.get("how"),
+        "truncated": bool(info.get("truncated", False)),
+    }
+    out["complete"] = out["how"] == "end" and not out["truncated"]
+    out.update(parse_stderr(stderr))
+    return out
+
+
+_ERRORS_SKIPPED = re.compile(r"Number of errors: (\d+), skipped probes: (\d+)")
+_SKIPPED_DUE = re.compile(r"Skipped due to (.+?): (\d+)")
+_TRANSPORT = re.compile(r"There were (\d+) transport failures")
+
+
+def parse_stderr(text: str) -> dict[str, Any]:
+    """Losses and errors stap reports on stderr at the end of a run.
+
+    Returns ``errors`` and ``skipped`` (from "WARNING: Number of errors: N, skipped probes:
+    M"; probes skipped were calls not counted), ``skipped_reasons`` (``{"reentrancy": 2, ...}``
+    from "Skipped due to ...: N"), ``transport_failures`` (output lost between kernel and
+    stap), ``overflow`` (the stack table filled: raise ``max_stacks``) and ``error_lines``
+    (every line starting with ``ERROR:``). Counts are 0 when stap printed nothing about them.
+    """
+    errors = skipped = transport = 0
+    reasons: dict[str, int] = {}
+    error_lines = []
+    for line in text.splitlines():
+        if m := _ERRORS_SKIPPED.search(line):
+            errors, skipped = int(m.group(1)), int(m.group(2))
+        elif m := _SKIPPED_DUE.search(line):
+            reasons[m.group(1)] = reasons.get(m.group(1), 0) + int(m.group(2))
+        elif m := _TRANSPORT.search(line):
+            transport = int(m.group(1))
+        if line.lstrip().startswith("ERROR:"):
+            error_lines.append(line.strip())
+    return {
+        "errors": errors,
+        "skipped": skipped,
+        "skipped_reasons": reasons,
+        "transport_failures": transport,
+        "overflow": any("Array overflow" in e or "MAXMAPENTRIES" in e for e in error_lines),
+        "error_lines": error_lines,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the classic slab.stp output
+
+_CLASSIC_HEADER = re.compile(r"^Number of (?P<cache>.*) slab allocations by process\s*$")
+_CLASSIC_TOTAL = re.compile(r"^(?P<comm>.*):[ \t]+(?P<count>\d+)\s*$")
+_CLASSIC_BT = "Backtrace of processes when allocating"
+_CLASSIC_EXEC = re.compile(r"^Exec: (?P<comm>.*) Name: (?P<cache>\S*)\s+Count: (?P<count>\d+)\s*$")
+_CLASSIC_SEP = re.compile(r"^-{3,}\s*$")
+_ELISION = "[...]"
+
+
+def _read_classic(text: str, path: str | None):
+    lines = text.splitlines()
+    start = next((i for i, l in enumerate(lines) if _CLASSIC_HEADER.match(l)), None)
+    if start is None:
+        raise ParseError("not the classic slab.stp output: no line 'Number of CACHE slab "
+                         "allocations by process'", path=path)
+    cache = _CLASSIC_HEADER.match(lines[start]).group("cache")  # type: ignore[union-attr]
+    totals: dict[str, int] = {}
+    blocks: list[tuple[str, int, list[str]]] = []
+    elided_totals = elided_stacks = False
+    i = start + 1
+    while i < len(lines) and lines[i].strip() != _CLASSIC_BT:
+        line = lines[i]
+        i += 1
+        if not line.strip():
+            continue
+        if line.strip() == _ELISION:
+            elided_totals = True
+            continue
+        m = _CLASSIC_TOTAL.match(line)
+        if not m:
+            raise ParseError("expected 'comm: count' in the per-process totals", path=path,
+                             lineno=i, line=line)
+        totals[m.group("comm")] = totals.get(m.group("comm"), 0) + int(m.group("count"))
+    i += 1
+    current: tuple[str, int, list[str]] | None = None
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if (m := _CLASSIC_EXEC.match(line)) is not None:
+            current = (m.group("comm"), int(m.group("count")), [])
+            blocks.append(current)
+        elif _CLASSIC_SEP.match(line):
+            current = None
+        elif line.strip() == _ELISION:
+            elided_stacks = True
+            current = None  # the listing was cut here: the rest of this stack is not shown
+        elif not line.strip():
+            continue
+        elif current is not None:
+            current[2].append(line.strip())
+        else:
+            raise ParseError("frame line outside an 'Exec: ...' block", path=path, lineno=i,
+                             line=line)
+    return cache, totals, blocks, elided_totals, elided_stacks
+
+
+def parse_classic(text: str, *, object_size: int | None = None, path: str | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read the output of the classic ``slab.stp`` into ``(allocs, frames)``.
+
+    The classic output has two sections::
+
+        Number of size-32 slab allocations by process      <- header: the cache
+        crond:  2                                          <- comm: total allocations
+        Backtrace of processes when allocating
+        Exec: crond Name: size-32  Count: 2                <- one stack of one comm
+        0xc045d717 : kmem_cache_alloc+0x2/0x4f []          <- frames, innermost first
+        -------------------------------------------------------
+        [...]                                              <- the listing was cut here
+
+    The per-process totals of the first section are authoritative. Every printed stack is one
+    ``allocs`` row; whatever part of a process's total its printed stacks do not cover
+    (stacks elided by ``[...]``) goes to one row with ``stack_id`` -1, so the counts summed by
+    comm equal the first section. A stack cut by ``[...]`` keeps the frames shown. The script
+    records no pid, tid or cgroup: those are missing, never invented; ``bytes`` is
+    ``count * object_size`` when the caller passes the cache's slot size.
+
+    Raises :class:`~slabkit.errors.ParseError` when the text is not this format or the printed
+    stacks of a comm add up to more than its total.
+    """
+    cache, totals, blocks, elided_totals, _ = _read_classic(text, path)
+    stack_ids: dict[tuple[str, ...], int] = {}
+    by_comm: dict[str, list[tuple[int, int]]] = {}
+    for comm, count, frames in blocks:
+        sid = stack_ids.setdefault(tuple(frames), len(stack_ids)) if frames else -1
+        by_comm.setdefault(comm, []).append((sid, count))
+    comms: list[str] = []
+    sids: list[int] = []
+    counts: list[int] = []
+    for comm in [*totals, *(c for c in by_comm if c not in totals)]:
+        printed = by_comm.get(comm, [])
+        shown = sum(c for _, c in printed)
+        for sid, c in printed:
+            comms.append(comm)
+            sids.append(sid)
+            counts.append(c)
+        if comm not in totals:
+            if not elided_totals:
+                raise ParseError(f"stacks of {comm!r} are printed but the totals do not list it",
+                                 path=path)
+            continue
+        rest = totals[comm] - shown
+        if rest < 0:
+            raise ParseError(f"the printed stacks of {comm!r} add up to {shown}, more than its "
+                             f"total of {totals[comm]}", path=path)
+        if rest > 0:
+            comms.append(comm)
+            sids.append(-1)
+            counts.append(rest)
+    n = len(comms)
+    counts_a = np.array(counts, dtype=np.int64)
+    allocs = pd.DataFrame({
+        "host": pd.array([pd.NA] * n, dtype="string"),
+        "pid": pd.array([pd.NA] * n, dtype="Int64"),
+        "tid": pd.array([pd.NA] * n, dtype="Int64"),
+        "comm": pd.array(comms, dtype="string"),
+        "cgroup": pd.array([pd.NA] * n, dtype="string"),
+        "stack_id": pd.array(sids, dtype="Int64"),
+        "count": pd.array(counts_a, dtype="Int64"),
+        "bytes": _bytes(counts_a, object_size),
+    })
+    frames = frames_table({sid: list(fr) for fr, sid in stack_ids.items()})
+    return schema.validate(allocs, "allocs", source=path), schema.validate(frames, "frames",
+                                                                              source=path)
+
+
+def parse_classic_meta(text: str) -> dict[str, Any]:
+    """Facts about a classic ``slab.stp`` output: ``cache`` (from its header), ``elided``
+    (``[...]`` cut the listing), ``complete`` (nothing was cut), and ``allocs`` (the sum of the
+    per-process totals)."""
+    cache, totals, _, elided_totals, elided_stacks = _read_classic(text, None)
+    return {"cache": cache, "elided": elided_totals or elided_stacks,
+            "complete": not (elided_totals or elided_stacks),
+            "allocs": sum(totals.values())}

@@ -1,0 +1,42 @@
+"""Kernel-matrix tests: boot Debian's stock kernels under QEMU and test through SSH.
+
+They are opt-in, because each kernel boot costs ~10-20 s of 2 emulated CPUs and the first run
+downloads ~180 MB of kernel packages: they run when tests/kernels is named on the command line
+(``make test-kernels``, ``.venv/bin/pytest tests/kernels -q``), with ``-m kernels``, or with
+``SLABKIT_KERNELS=1``; a plain ``pytest`` over the whole tree skips them with that reason.
+Where they run but cannot (not root, no apt, download failure) they skip with the reason, or
+fail where ``SLABKIT_REQUIRE_KERNELS=1``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "kernels: boots real kernels under QEMU (opt-in: make test-kernels)")
+
+
+def _opted_in(config) -> bool:
+    if os.environ.get("SLABKIT_KERNELS") == "1" or os.environ.get("SLABKIT_REQUIRE_KERNELS") == "1":
+        return True
+    if "kernels" in (config.getoption("markexpr", "") or ""):
+        return True
+    for arg in config.args:
+        p = Path(arg.split("::")[0]).resolve()
+        if p == HERE or HERE in p.parents:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _opted_in(config):
+        return
+    skip = pytest.mark.skip(reason="kernel-matrix tests are opt-in: make test-kernels (or pytest tests/kernels)")
+    for item in items:
+        if "kernels" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,45 @@
+"""Run a real capture around a workload whose allocation count the test knows."""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import slabkit.capturing as capture_mod
+from slabkit.tables import Capture
+
+
+def capture_around(cache: str, work: Callable[[], None], *, seconds: float = 60,
+                   settle_s: float = 0.2, **kw) -> Capture:
+    """Start ``capture(cache)``, wait until its probe is live, run ``work()``, then stop it.
+
+    The capture ends through its stop event (as a widget's Stop button does), so it is marked
+    ``interrupted``; tests that check ``complete`` use a short fixed duration instead.
+    """
+    attached = threading.Event()
+    stop = threading.Event()
+    result: dict = {}
+
+    def progress(done, total):
+        attached.set()
+
+    def run():
+        try:
+            result["cap"] = capture_mod.capture(cache, seconds, progress=progress,
+                                                stop_event=stop, **kw)
+        except BaseException as e:  # handed to the test thread below
+            result["error"] = e
+            attached.set()
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        assert attached.wait(120), "the probe never attached"
+        if "error" not in result:
+            work()
+            threading.Event().wait(settle_s)
+    finally:
+        stop.set()
+        t.join(180)
+    if "error" in result:
+        raise result["error"]
+    return result["cap"]

@@ -1,0 +1,203 @@
+"""Real captures with bpftrace on the live kernel, checked against workloads of known size."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import slabkit
+from slabkit.errors import CaptureNotFound, UnknownCache
+from bench.workload import Workload
+from conftest import require_tool
+from live_capture import capture_around
+
+N = 3000
+SYSCALL_PATH = {"do_sys_openat2", "__x64_sys_openat", "path_openat", "do_filp_open"}
+
+
+@pytest.fixture
+def bpftrace(live):
+    require_tool("bpftrace")
+
+
+def pid_rows(cap, pid):
+    return cap.allocs[cap.allocs["pid"] == pid]
+
+
+def functions_of(cap, stack_ids):
+    f = cap.frames[cap.frames["stack_id"].isin(list(stack_ids))]
+    return set(f["function"].dropna())
+
+
+def test_filp_count_is_exact_and_stacks_show_the_open_path(bpftrace, tmp_path):
+    with Workload("open", N, "/etc/hostname") as w:
+        cap = capture_around("filp", w.go, backend="bpftrace", base=tmp_path, stack_sample=1)
+    rows = pid_rows(cap, w.pid)
+    assert int(rows["count"].sum()) == N
+    assert set(rows["comm"]) == {"slabwork"}
+    assert int(rows["bytes"].sum()) == N * cap.meta["slab_size"]
+    assert SYSCALL_PATH & functions_of(cap, rows["stack_id"])
+    assert cap.meta["status"] == "interrupted" and cap.meta["lost_total"] == 0
+    assert cap.meta["plan"]["strategy"] == "tracepoint-name"
+    # what was saved loads back the same
+    again = slabkit.load(cap.path)
+    assert int(pid_rows(again, w.pid)["count"].sum()) == N
+    assert len(again.frames) == len(cap.frames)
+
+
+def test_sampled_stacks_keep_exact_counts_per_process(bpftrace, tmp_path):
+    with Workload("open", N, "/etc/hostname") as w:
+        cap = capture_around("filp", w.go, backend="bpftrace", base=tmp_path, stack_sample=16)
+    rows = pid_rows(cap, w.pid)
+    assert int(rows["count"].sum()) == N
+    assert cap.meta["estimated_stacks"] is True
+    assert any("sampled 1 in 16" in n for n in cap.meta["notes"])
+    assert SYSCALL_PATH & functions_of(cap, rows["stack_id"][rows["stack_id"] >= 0])
+
+
+def test_dentry_from_lookups_of_missing_names(bpftrace, tmp_path):
+    with Workload("stat", N, str(tmp_path)) as w:
+        cap = capture_around("dentry", w.go, backend="bpftrace", base=tmp_path / "caps")
+    assert int(pid_rows(cap, w.pid)["count"].sum()) == N
+
+
+def test_kmalloc_size_class_count_is_exact_for_eventfd(bpftrace, tmp_path):
+    with Workload("eventfd", N) as w:
+        cap = capture_around("kmalloc-64", w.go, backend="bpftrace", base=tmp_path,
+                             stack_sample=1)
+    rows = pid_rows(cap, w.pid)
+    assert int(rows["count"].sum()) == N
+    assert cap.meta["plan"]["strategy"] == "kmalloc-size-class"
+    assert int(rows["bytes_req"].sum()) > 0 and int(rows["bytes_req"].sum()) <= N * 64
+    assert "do_eventfd" in functions_of(cap, rows["stack_id"])
+
+
+def test_a_merged_cache_is_captured_through_its_alias(bpftrace, tmp_path):
+    table = slabkit.caches()
+    merged = table[table["aliases"].map(len) > 0]
+    row = merged[merged["name"] == "filp"] if "filp" in set(merged["name"]) else merged.head(0)
+    if row.empty:
+        # filp is not merged on this kernel: use any alias of a merged cache that the open
+        # path allocates from? Not guaranteed; fall back to checking resolution + plan only.
+        alias = merged.iloc[0]["aliases"][0]
+        prep = slabkit.prepare(alias, backend="bpftrace")
+        assert prep.plan.cache == merged.iloc[0]["name"] and prep.plan.requested == alias
+        assert f'"{prep.plan.cache}"' in prep.program.text
+        return
+    alias = row.iloc[0]["aliases"][0]
+    with Workload("open", N, "/etc/hostname") as w:
+        cap = capture_around(alias, w.go, backend="bpftrace", base=tmp_path)
+    assert cap.meta["cache"] == "filp" and cap.meta["requested"] == alias
+    assert int(pid_rows(cap, w.pid)["count"].sum()) == N
+
+
+def test_pid_filter_sees_only_that_process(bpftrace, tmp_path):
+    with Workload("open", N, "/etc/hostname") as w, Workload("open", N, "/etc/hostname") as other:
+        def both():
+            w.go()
+            other.go()
+        cap = capture_around("filp", both, backend="bpftrace", base=tmp_path, pid=w.pid)
+    assert set(cap.allocs["pid"]) == {w.pid}
+    assert int(cap.allocs["count"].sum()) == N
+
+
+def test_a_full_duration_capture_is_complete_and_has_the_slab_series(bpftrace, tmp_path):
+    cap = slabkit.capture("filp", 2, backend="bpftrace", base=tmp_path, progress=False)
+    assert cap.meta["status"] == "complete"
+    assert 1.9 <= cap.meta["duration_s"] <= 3.5
+    assert len(cap.slabinfo) >= 3 and set(cap.slabinfo["name"]) == {"filp"}
+
+
+def test_unknown_cache_lists_close_matches(live):
+    with pytest.raises(UnknownCache, match="did you mean.*'filp'"):
+        slabkit.prepare("flip")
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "slabkit", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_capture_stopped_by_a_signal_keeps_data_and_leaves_nothing(bpftrace, tmp_path, sig):
+    out = tmp_path / "cap"
+    proc = _cli("capture", "filp", "-d", "60", "-o", str(out), "--quiet",
+                start_new_session=True)
+    _wait_attached(out)
+    time.sleep(0.5)
+    os.kill(proc.pid, sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "interrupted" and meta["end_reason"] == "interrupted"
+    assert "Top processes" in stdout
+    assert not _bpftrace_children(proc.pid)
+
+
+def test_killed_run_never_loads_as_complete_and_cleanup_ends_its_tracer(bpftrace, tmp_path):
+    out = tmp_path / "cap"
+    proc = _cli("capture", "filp", "-d", "60", "-o", str(out), "--quiet",
+                start_new_session=True)
+    _wait_attached(out)
+    tracer = _bpftrace_children(proc.pid)
+    assert tracer
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    with pytest.raises(CaptureNotFound, match="did not finish saving"):
+        slabkit.load(out)
+    # the parent-death signal ends the tracer; `slabkit cleanup` covers the rest
+    res = subprocess.run([sys.executable, "-m", "slabkit", "cleanup"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0
+    deadline = time.time() + 15
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in tracer):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{p}").exists() for p in tracer)
+    # the raw output is still there, and the tables can be rebuilt from it
+    assert (out / "bpftrace.jsonl").exists()
+
+
+def _wait_attached(out: Path, timeout_s: float = 60) -> None:
+    raw = out / "bpftrace.jsonl"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if raw.is_file() and b"slabkit-attached" in raw.read_bytes()[:4096]:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the capture's probe never attached")
+
+
+def _bpftrace_children(pid: int) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1: stat.rindex(")")]
+            if comm == "bpftrace":
+                # its session leader chain starts at the CLI (own process group)
+                if _has_ancestor(int(d.name), pid):
+                    found.append(int(d.name))
+    return found
+
+
+def _has_ancestor(pid: int, ancestor: int) -> bool:
+    for _ in range(10):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat[stat.rindex(")") + 2:].split()[1])
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+    return False

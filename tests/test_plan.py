@@ -1,0 +1,141 @@
+"""The probe planner on facts recorded from real kernels (6.1, 6.12 under QEMU; this 6.18)."""
+from __future__ import annotations
+
+import pytest
+
+from slabkit import slabinfo
+from slabkit.backends.bpftrace import render_program
+from slabkit.backends import Options
+from slabkit.errors import InvalidInput, TracerUnavailable
+from slabkit.facts import gather_facts, gfp_bits, parse_format
+from slabkit.plan import plan_capture
+from slabkit.target import LocalTarget
+
+from kernel_tree import KERNELS, build_root, kernel_dirs
+
+
+def kernel(tmp_path, release_prefix: str):
+    matches = [d for d in kernel_dirs() if d.name.startswith(release_prefix)]
+    assert matches, f"no recorded kernel {release_prefix}* in {KERNELS}"
+    root = LocalTarget(build_root(matches[0], tmp_path / "root"))
+    return root, gather_facts(root), slabinfo.caches(root)
+
+
+def plan_for(tmp_path, release, cache, **kw):
+    root, facts, table = kernel(tmp_path, release)
+    resolved = slabinfo.resolve_cache(cache, root, table=table)
+    return plan_capture(resolved, facts, cache_table=table, **kw), facts, resolved
+
+
+def test_recorded_formats_say_which_kernel_has_the_name_field():
+    by_release = {d.name: parse_format((d / "events/kmem/kmem_cache_alloc/format").read_text())
+                  for d in kernel_dirs()}
+    assert by_release, "no recorded kernels"
+    for release, fmt in by_release.items():
+        assert {"call_site", "ptr", "bytes_req", "bytes_alloc", "gfp_flags"} <= set(fmt.fields)
+        major, minor = (int(x) for x in release.split(".")[:2])
+        assert fmt.has("name") == ((major, minor) >= (6, 18)), release
+        assert fmt.fields.get("name", "__data_loc char[]") == "__data_loc char[]"
+
+
+def test_gfp_bits_read_from_each_kernels_print_fmt():
+    for d in kernel_dirs():
+        bits = gfp_bits(parse_format((d / "events/kmem/kmalloc/format").read_text()).print_fmt)
+        # the three flags that pick a kmalloc cache type must decode on every kernel
+        assert bits["__GFP_DMA"] == 0x1, d.name
+        assert bits["__GFP_RECLAIMABLE"] == 0x10, d.name
+        assert bits["__GFP_ACCOUNT"] in (0x400000, 0x100000, 0x200000), d.name
+
+
+def test_6_18_dedicated_cache_filters_on_the_tracepoint_name(tmp_path):
+    plan, facts, resolved = plan_for(tmp_path, "6.18", "filp")
+    assert plan.strategy == "tracepoint-name" and plan.exact
+    assert plan.alloc_events == ["kmem:kmem_cache_alloc"]
+    assert plan.match_name == "filp" and plan.match_bytes_alloc == resolved.slab_size
+    assert plan.tracefs_filter() == f'bytes_alloc == {resolved.slab_size} && name == "filp"'
+    text = render_program(plan, Options(stack_sample=1))
+    assert 'str(args->name, 6) == "filp"' in text and "kstack" in text
+
+
+def test_6_1_has_no_name_so_kprobes_on_its_function_names(tmp_path):
+    plan, facts, _ = plan_for(tmp_path, "6.1.", "dentry")
+    assert not facts.event("kmem/kmem_cache_alloc").has("name")
+    assert plan.strategy == "kprobe-cachep" and plan.exact
+    assert set(plan.functions) == {"kmem_cache_alloc", "kmem_cache_alloc_lru",
+                                   "kmem_cache_alloc_node"}
+    text = render_program(plan, Options())
+    assert "kprobe:kmem_cache_alloc, kprobe:kmem_cache_alloc_lru" in text
+    assert 'str(((struct kmem_cache *)arg0)->name, 8) == "dentry"' in text
+
+
+def test_6_12_uses_the_noprof_names(tmp_path):
+    plan, _, _ = plan_for(tmp_path, "6.12", "dentry")
+    assert plan.strategy == "kprobe-cachep"
+    assert plan.functions and all(f.endswith("_noprof") for f in plan.functions)
+    assert "kmem_cache_alloc_noprof" in plan.functions
+
+
+def test_a_kernel_without_name_or_kprobes_is_refused_with_what_is_missing(tmp_path):
+    root_dir = [d for d in kernel_dirs() if d.name.startswith("6.1.")][0]
+    root = LocalTarget(build_root(root_dir, tmp_path / "root"))
+    (tmp_path / "root/sys/kernel/tracing/kprobe_events").unlink()
+    (tmp_path / "root/sys/kernel/btf/vmlinux").unlink()
+    facts = gather_facts(root)
+    table = slabinfo.caches(root)
+    with pytest.raises(TracerUnavailable, match="kprobes or fentry"):
+        plan_capture(slabinfo.resolve_cache("dentry", root, table=table), facts, cache_table=table)
+
+
+@pytest.mark.parametrize("release", ["6.1.", "6.12", "6.18"])
+def test_kmalloc_plans_by_size_class_and_gfp_type(tmp_path, release):
+    root, facts, table = kernel(tmp_path, release)
+    for name, require, forbid in [("kmalloc-64", 0, 0x400011), ("kmalloc-cg-64", 0x400000, 0x11),
+                                  ("kmalloc-rcl-64", 0x10, 0x1), ("dma-kmalloc-64", 0x1, 0)]:
+        if name not in set(table["name"]) and name not in {a for al in table["aliases"] for a in al}:
+            continue
+        r = slabinfo.resolve_cache(name, root, table=table)
+        if r.kind != "kmalloc":
+            continue
+        plan = plan_capture(r, facts, cache_table=table)
+        assert plan.strategy == "kmalloc-size-class", name
+        assert plan.match_bytes_alloc == 64
+        assert (plan.gfp_require, plan.gfp_forbid) == (require, forbid), name
+        assert "kmem:kmalloc" in plan.alloc_events
+
+
+def test_kmalloc_is_an_estimate_where_buckets_share_the_size(tmp_path):
+    plan, _, _ = plan_for(tmp_path, "6.18", "kmalloc-96")
+    assert not plan.exact and "msg_msg-96" in plan.reason
+    plan61, _, _ = plan_for(tmp_path / "b", "6.1.", "kmalloc-96")
+    assert plan61.exact, plan61.reason
+
+
+def test_merged_alias_plans_for_the_slabinfo_name_and_says_so(tmp_path):
+    root, facts, table = kernel(tmp_path, "6.18")
+    merged = table[table["aliases"].map(len) > 0].iloc[0]
+    alias = merged["aliases"][0]
+    plan = plan_capture(slabinfo.resolve_cache(alias, root, table=table), facts, cache_table=table)
+    assert plan.cache == merged["name"] and plan.requested == alias
+    assert alias in plan.aliases
+    assert any("merged into" in n for n in plan.notes)
+
+
+def test_outstanding_mode_plans_free_events(tmp_path):
+    plan, _, _ = plan_for(tmp_path, "6.18", "filp", mode="outstanding")
+    assert plan.free_events == ["kmem:kmem_cache_free", "kmem:kfree"]
+    text = render_program(plan, Options())
+    assert "@live[args->ptr] = nsecs" in text and "tracepoint:kmem:kmem_cache_free" in text
+
+
+def test_bad_filters_and_modes_are_refused_before_any_program_text(tmp_path):
+    root, facts, table = kernel(tmp_path, "6.18")
+    r = slabinfo.resolve_cache("filp", root, table=table)
+    with pytest.raises(InvalidInput):
+        plan_capture(r, facts, cache_table=table, comm='x" || 1 == 1 || "')
+    with pytest.raises(InvalidInput):
+        plan_capture(r, facts, cache_table=table, pid="1; rm")
+    with pytest.raises(InvalidInput, match="mode must be one of"):
+        plan_capture(r, facts, cache_table=table, mode="leaks")
+    plan = plan_capture(r, facts, cache_table=table, pid=42, comm="nginx worker")
+    text = render_program(plan, Options())
+    assert "pid == 42" in text and 'comm == "nginx worker"' in text
