@@ -17,8 +17,9 @@ Common columns of the ``by_*`` pivots:
 How frames are named (the "label" of a frame): its function; for an unresolved frame its
 address as ``0xffffffffc0a1b2c3`` (plus `` [module]`` where known), else ``[unknown]``.
 Two special labels keep totals whole: ``[no stack]`` for allocations recorded without a stack
-(``stack_id`` -1, e.g. the part of the classic slab.stp output that was cut) and
-``[allocator only]`` for a stack made of allocator frames alone.
+(``stack_id`` -1, e.g. the part of the classic slab.stp output that was cut, or a stack_id
+that has no rows in ``frames``) and ``[allocator only]`` for a stack made of allocator frames
+alone.
 
 The allocator frames at the inner end of every stack (``kmem_cache_alloc``, ``___slab_alloc``,
 the tracer's own glue, ...) say nothing about who allocated; :data:`ALLOCATOR_FUNCTIONS` lists
@@ -57,32 +58,33 @@ OUTERMOST = "[outermost]"
 #: any ``.isra.0``/``.constprop.0``/``.cold`` suffix removed; why it is here).
 ALLOCATOR_FUNCTIONS: tuple[tuple[str, str], ...] = (
     (r"_*kmem_cache_alloc\w*|kmem_cache_zalloc",
-     "the slab API entry points and their variants: _node, _lru (5.18+), _trace (<6.1), _bulk,"
-     " _from_sheaf (6.18), the *_noprof names of 6.10+ and the 6.1 __kmem_cache_alloc_node"),
+     ("the slab API entry points and their variants: _node, _lru (5.18+), _trace (<6.1), "
+      "_bulk, _from_sheaf (6.18), the *_noprof names of 6.10+ and 6.1's "
+      "__kmem_cache_alloc_node")),
     (r"_*kv?[mz]alloc\w*|_*kv?calloc\w*|_*kv?realloc\w*|kmalloc_array\w*",
-     "kmalloc and friends: __kmalloc, __kmalloc_node, kmalloc_trace, kmalloc_node_trace,"
-     " kmalloc_large, __kmalloc_cache_noprof, __do_kmalloc_node, kvmalloc_node, krealloc"),
-    (r"_*slab_alloc\w*|new_slab|allocate_slab|alloc_slab_page|get_partial\w*|get_any_partial"
+     ("kmalloc and friends: __kmalloc, __kmalloc_node, kmalloc_trace, kmalloc_node_trace, "
+      "kmalloc_large, __kmalloc_cache_noprof, __do_kmalloc_node, kvmalloc_node, krealloc")),
+    ((r"_*slab_alloc\w*|new_slab|allocate_slab|alloc_slab_page|get_partial\w*|get_any_partial"
      r"|get_freelist|slab_pre_alloc_hook|slab_post_alloc_hook|_*memcg_slab_post_alloc_hook"
-     r"|alloc_tagging_slab_alloc_hook|alloc_from_pcs\w*|__pcs_\w+",
-     "SLUB internals: the fast path (slab_alloc_node), the slow path (__slab_alloc,"
-     " ___slab_alloc), refilling from partial or new slabs, hooks, 6.18 per-CPU sheaves"),
+     r"|alloc_tagging_slab_alloc_hook|alloc_from_pcs\w*|__pcs_\w+"),
+     ("SLUB internals: the fast path (slab_alloc_node), the slow path (__slab_alloc, "
+      "___slab_alloc), refilling from partial or new slabs, hooks, 6.18 per-CPU sheaves")),
     (r"_*cache_alloc\w*|cache_alloc_refill|cache_grow\w*|fallback_alloc",
-     "SLAB internals (removed in 6.8): __cache_alloc, ____cache_alloc, cache_alloc_refill"),
+     "SLAB internals (SLAB was removed in 6.8): __cache_alloc, cache_alloc_refill"),
     (r"trace_\w+|perf_trace_\w+|__traceiter_\w+|__bpf_trace_\w+|bpf_trace_run\d*",
-     "tracepoint glue: trace_kmem_cache_alloc, trace_event_raw_event_*, perf_trace_* and the"
-     " functions that run BPF programs attached to a tracepoint"),
-    (r"bpf_prog_\w+|bpf_trampoline_\w+|_*bpf_get_stack\w*|bpf_overflow_handler"
-     r"|__bpf_prog_enter\w*|trace_call_bpf",
+     ("tracepoint glue: trace_kmem_cache_alloc, trace_event_raw_event_*, perf_trace_* and "
+      "the functions that run BPF programs attached to a tracepoint")),
+    ((r"bpf_prog_\w+|bpf_trampoline_\w+|_*bpf_get_stack\w*|bpf_overflow_handler"
+     r"|__bpf_prog_enter\w*|trace_call_bpf"),
      "BPF programs and trampolines (bpftrace, fentry) and the helpers that take the stack"),
-    (r"stack_trace_save\w*|_*ftrace_trace_stack|event_triggers_call|stacktrace_\w*trigger"
-     r"|ftrace_\w*call\w*|arch_ftrace_ops_list_func|kprobe_ftrace_handler",
-     "ftrace: the stacktrace trigger (stack_trace_save, __ftrace_trace_stack,"
-     " event_triggers_call, trace_event_buffer_commit) and ftrace-based kprobes"),
-    (r"perf_tp_event\w*|perf_swevent_\w+|perf_event_output\w*|_*perf_event_overflow"
-     r"|perf_callchain\w*|get_perf_callchain|perf_prepare_sample",
-     "perf: the sample path of a tracepoint event (only these names: perf_event_alloc and"
-     " other perf_* callers of the allocator are real allocators of perf objects)"),
+    ((r"stack_trace_save\w*|_*ftrace_trace_stack|event_triggers_call|stacktrace_\w*trigger"
+     r"|ftrace_\w*call\w*|arch_ftrace_ops_list_func|kprobe_ftrace_handler"),
+     ("ftrace: the stacktrace trigger (stack_trace_save, __ftrace_trace_stack, "
+      "event_triggers_call, trace_event_buffer_commit) and ftrace-based kprobes")),
+    ((r"perf_tp_event\w*|perf_swevent_\w+|perf_event_output\w*|_*perf_event_overflow"
+     r"|perf_callchain\w*|get_perf_callchain|perf_prepare_sample"),
+     ("perf: the sample path of a tracepoint event; only these names, because "
+      "perf_event_alloc and other perf_* functions really do allocate perf's own objects")),
     (r"kprobe_\w+|pre_handler_kretprobe|kretprobe_\w+|asm_exc_int3|exc_int3|do_int3|_stp_\w+",
      "kprobes (SystemTap, perf probe): the int3 trap and dispatch, and stap's runtime"),
 )
@@ -139,10 +141,14 @@ class _Stacks:
     def n(self) -> int:
         return len(self.stack_ids)
 
-    def caller_rows(self) -> np.ndarray:
-        """Rows at or beyond the callsite (all rows of an allocator-only stack)."""
+    def caller_rows(self, *, allocator_only_stacks: bool = True) -> np.ndarray:
+        """Rows at or beyond the callsite; for a stack of allocator frames only, all its rows
+        (or none, with ``allocator_only_stacks=False``)."""
         fc = self.first_caller[self.row_stack]
-        return (self.pos >= fc) | (fc == self.lengths[self.row_stack])
+        rows = self.pos >= fc
+        if allocator_only_stacks:
+            rows |= fc == self.lengths[self.row_stack]
+        return rows
 
 
 def _codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -212,6 +218,7 @@ class _Weights:
     count: np.ndarray         # per stack index (len n + 1)
     bytes: np.ndarray         # float, NA as 0
     bytes_known: np.ndarray   # per stack index: some row had bytes
+    rows: np.ndarray          # per stack index: allocs rows on it
 
     def total(self, value: str) -> float:
         return float(self.count.sum() if value == "count" else self.bytes.sum())
@@ -229,7 +236,8 @@ def _weights(allocs: pd.DataFrame, st: _Stacks) -> _Weights:
     return _Weights(idx,
                     np.bincount(idx, weights=count, minlength=st.n + 1),
                     np.bincount(idx, weights=np.where(known, b, 0.0), minlength=st.n + 1),
-                    np.bincount(idx, weights=known, minlength=st.n + 1) > 0)
+                    np.bincount(idx, weights=known, minlength=st.n + 1) > 0,
+                    np.bincount(idx, minlength=st.n + 1))
 
 
 def _runs(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -263,7 +271,7 @@ def _sum_by(codes: np.ndarray, stacks: np.ndarray, names: np.ndarray, w: _Weight
     count = np.bincount(codes, weights=w.count[stacks], minlength=k)
     byt = np.bincount(codes, weights=w.bytes[stacks], minlength=k)
     known = np.bincount(codes, weights=w.bytes_known[stacks], minlength=k) > 0
-    used = np.bincount(codes, minlength=k) > 0
+    used = np.bincount(codes, weights=w.rows[stacks], minlength=k) > 0  # some allocs row
     return pd.DataFrame({
         "count": pd.array(np.rint(count[used]).astype(np.int64), dtype="Int64"),
         "bytes": pd.arrays.IntegerArray(np.rint(byt[used]).astype(np.int64), ~known[used]),
@@ -410,8 +418,8 @@ def by_frame(cap: CaptureLike, how: str = "callsite", *, keep_allocator: bool = 
     ``how="callsite"``: each stack counted under its callsite, the first frame going outwards
     that is not an allocator frame (:data:`ALLOCATOR_FUNCTIONS`); ``keep_allocator=True``
     counts it under its innermost frame instead. ``how="inclusive"``: each function counted
-    once per stack it appears on; the allocator frames at the inner end are left out unless
-    ``keep_allocator``.
+    once per stack it appears on; the allocator frames at the inner end (and so stacks made of
+    nothing else) are left out unless ``keep_allocator``.
 
     Index: ``function``. Columns: count, bytes, share, per_s.
     """
@@ -427,7 +435,8 @@ def by_frame(cap: CaptureLike, how: str = "callsite", *, keep_allocator: bool = 
         codes, names = _with_specials(st, per_stack, st.labels)
         df = _sum_by(codes, np.arange(st.n + 1), names, w)
     elif how == "inclusive":
-        rows = np.ones(len(st.label), bool) if keep_allocator else st.caller_rows()
+        rows = (np.ones(len(st.label), bool) if keep_allocator
+                else st.caller_rows(allocator_only_stacks=False))
         k = max(len(st.labels), 1)
         pair = _unique(st.row_stack[rows].astype(np.int64) * k + st.label[rows])
         names = np.append(st.labels, NO_STACK)
@@ -606,7 +615,7 @@ def _joined_stacks(st: _Stacks, sep: str, *, root_first: bool) -> np.ndarray:
 
 def _stack_keys(cap: CaptureLike) -> pd.DataFrame:
     """Per (stack text) totals for diff: stacks compared by function names, not offsets."""
-    allocs, frames, meta = _unpack(cap)
+    allocs, frames, _ = _unpack(cap)
     st = _prepare(frames)
     w = _weights(allocs, st)
     texts = np.append(_joined_stacks(st, " <- ", root_first=False), NO_STACK)
@@ -706,3 +715,79 @@ def write_folded(cap: CaptureLike, path: str | Path) -> Path:
     p = Path(path)
     p.write_text(to_folded(cap))
     return p
+
+
+# --------------------------------------------------------------------------------------------
+# icicle / flame layout
+
+
+def icicle(cap: CaptureLike, *, min_share: float = 0.005) -> pd.DataFrame:
+    """The layout of an icicle (upside-down flame) chart of the capture, ready to draw.
+
+    The tree: level 0 is everything (``"all"``), level 1 the process (comm), then the stack
+    frames from the outermost (syscall entry) inwards to the allocator. Siblings are in
+    alphabetical order, as in FlameGraph. Nodes narrower than ``min_share`` of all
+    allocations are left out, and so are their descendants.
+
+    Index: a RangeIndex. Columns: ``level`` (int), ``label`` (function or comm), ``count``
+    (allocations through this node), ``x0`` and ``width`` (its position and width as shares
+    of all allocations, 0..1), ``kind`` (``"all"``, ``"comm"`` or ``"frame"``).
+    """
+    allocs, frames, _ = _unpack(cap)
+    st = _prepare(frames)
+    w = _weights(allocs, st)
+    comms = np.array([_clean_comm(c) for c in allocs["comm"].to_numpy(object)], dtype=object)
+    ccode, cnames = pd.factorize(comms, sort=True)
+    pairs = pd.DataFrame({"c": ccode, "s": w.alloc_stack,
+                          "n": allocs["count"].to_numpy(np.float64, na_value=0.0)})
+    g = pairs.groupby(["c", "s"], sort=False)["n"].sum()
+    g = g[g > 0]
+    total = float(g.sum())
+    columns = ["level", "label", "count", "x0", "width", "kind"]
+    if total <= 0:
+        return pd.DataFrame({c: [] for c in columns})
+    # frames of each stack, root first, as alphabetical ranks of their labels; -1 pads
+    rank = np.empty(len(st.labels), dtype=np.int64)
+    rank[np.argsort(st.labels.astype(str), kind="stable")] = np.arange(len(st.labels))
+    maxlen = int(st.lengths.max()) if st.n else 0
+    S = np.full((st.n + 1, maxlen), -1, dtype=np.int64)  # last row: "no stack"
+    if st.n:
+        S[st.row_stack, st.lengths[st.row_stack] - 1 - st.pos] = rank[st.label]
+    c_idx = g.index.get_level_values(0).to_numpy(np.int64)
+    s_idx = g.index.get_level_values(1).to_numpy(np.int64)
+    P = np.column_stack([c_idx, S[s_idx]])
+    weight = g.to_numpy(np.float64)
+    order = np.lexsort(P.T[::-1])
+    P, weight = P[order], weight[order]
+    cum = np.concatenate([[0.0], np.cumsum(weight)])
+    by_rank = st.labels[np.argsort(rank)]
+
+    parts = [pd.DataFrame({"level": [0], "label": ["all"], "count": [total], "x0": [0.0],
+                           "width": [1.0], "kind": ["all"]})]
+    cnames = np.asarray(cnames, dtype=object)
+    boundary = np.zeros(len(P), dtype=bool)
+    boundary[0] = True
+    alive = np.ones(len(P), dtype=bool)  # rows whose ancestors were all wide enough
+    for level in range(P.shape[1]):
+        col = P[:, level]
+        change = np.empty(len(P), dtype=bool)
+        change[0] = True
+        np.not_equal(col[1:], col[:-1], out=change[1:])
+        boundary |= change
+        starts = np.flatnonzero(boundary)
+        ends = np.append(starts[1:], len(P))
+        wsum = cum[ends] - cum[starts]
+        keep = (col[starts] >= 0) & alive[starts] & (wsum >= min_share * total)
+        alive &= np.repeat(keep, ends - starts)  # rows under a dropped node die below it
+        if not keep.any():
+            break
+        codes = col[starts[keep]]
+        parts.append(pd.DataFrame({
+            "level": level + 1,
+            "label": cnames[codes] if level == 0 else by_rank[codes],
+            "count": wsum[keep], "x0": cum[starts[keep]] / total, "width": wsum[keep] / total,
+            "kind": "comm" if level == 0 else "frame"}))
+    df = pd.concat(parts, ignore_index=True)
+    df["count"] = df["count"].round().astype("Int64")
+    df["label"] = df["label"].astype("string")
+    return df

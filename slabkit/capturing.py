@@ -48,7 +48,7 @@ class Prepared:
 def prepare(cache: str, *, backend: str = "auto", mode: str = "allocs",
             pid: int | str | None = None, comm: str | None = None,
             host: Union[str, Target, None] = None, stack_sample: int | None = None,
-            sample_every: int = 1, map_keys: int = 65536) -> Prepared:
+            sample_every: int = 1, map_keys: int | None = None) -> Prepared:
     """Resolve ``cache``, read the kernel's facts, plan, choose a backend and render its program.
 
     Raises :class:`~slabkit.errors.SlabkitError` subclasses with what to do when something is
@@ -65,7 +65,7 @@ def prepare(cache: str, *, backend: str = "auto", mode: str = "allocs",
     options = Options(stack_sample=_positive_int(
         DEFAULT_STACK_SAMPLE if stack_sample is None else stack_sample, "stack_sample"),
         sample_every=_positive_int(sample_every, "sample_every"),
-        map_keys=_positive_int(map_keys, "map_keys"))
+        map_keys=None if map_keys is None else _positive_int(map_keys, "map_keys"))
     chosen, reasons = choose(backend, plan, target, facts)
     program = chosen.render(plan, options, facts)
     return Prepared(target=target, facts=facts, plan=plan, backend=chosen, program=program,
@@ -81,11 +81,13 @@ def _positive_int(value, what: str) -> int:
 
 def capture(cache: str, seconds: float = 10, *, backend: str = "auto", mode: str = "allocs",
             pid: int | str | None = None, comm: str | None = None,
-            host: Union[str, Target, None] = None, out: Union[str, os.PathLike, None] = None,
+            host: Union[str, Target, None] = None,
+            hosts: Union[list[Union[str, Target, None]], None] = None,
+            out: Union[str, os.PathLike, None] = None,
             base: Union[str, os.PathLike, None] = None,
             progress: bool | Callable[[float, float], None] = True,
             stop_event: threading.Event | None = None, stack_sample: int | None = None,
-            sample_every: int = 1, map_keys: int = 65536) -> Capture:
+            sample_every: int = 1, map_keys: int | None = None) -> Capture:
     """Capture allocations from ``cache`` for ``seconds`` and return the saved :class:`Capture`.
 
     >>> cap = slabkit.capture("filp", seconds=5)          # doctest: +SKIP
@@ -96,12 +98,92 @@ def capture(cache: str, seconds: float = 10, *, backend: str = "auto", mode: str
     ``pid``/``comm``: only that process. ``out``: the capture folder (default: a new folder
     under ``data/captures``). ``stop_event``: set it from another thread to end early.
     Ctrl-C also ends early; either way what was captured is kept and marked ``interrupted``.
+
+    ``host``: an SSH destination (``"root@web1"``, ``"user@host:2222"``) to capture there and
+    analyse here. ``hosts=[...]``: several targets at once (``None`` is this machine); returns
+    one merged Capture with a ``host`` column; a host that fails is listed in
+    ``meta["failed_hosts"]`` and the others' results are kept.
     """
     seconds = check_seconds(seconds)
+    if hosts is not None:
+        if host is not None:
+            from .errors import InvalidInput
+            raise InvalidInput("pass either host= or hosts=, not both")
+        return capture_hosts(cache, seconds, hosts, backend=backend, mode=mode, pid=pid,
+                             comm=comm, out=out, base=base, progress=progress,
+                             stop_event=stop_event, stack_sample=stack_sample,
+                             sample_every=sample_every, map_keys=map_keys)
     prep = prepare(cache, backend=backend, mode=mode, pid=pid, comm=comm, host=host,
                    stack_sample=stack_sample, sample_every=sample_every, map_keys=map_keys)
     return run_prepared(prep, seconds, out=out, base=base, progress=progress,
                         stop_event=stop_event)
+
+
+def capture_hosts(cache: str, seconds: float, hosts: list, *, out=None, base=None,
+                  progress=True, stop_event: threading.Event | None = None,
+                  **kw) -> Capture:
+    """Capture ``cache`` on several targets concurrently and merge the results.
+
+    Each host gets its own capture folder (under ``out`` or ``base``); failures are kept in
+    ``meta["failed_hosts"]`` ({host: message}). Raises only when every host failed.
+    """
+    from .errors import InvalidInput, SlabkitError as _Err
+    from .loading import merge
+    if not hosts:
+        raise InvalidInput("hosts= needs at least one host (None stands for this machine)")
+    stop_event = stop_event or threading.Event()
+    results: dict[int, Capture] = {}
+    failures: dict[str, str] = {}
+    folder_base = Path(out) if out is not None else (Path(base) if base is not None else None)
+
+    live: set[int] = set()
+    lock = threading.Lock()
+
+    def progress_for(i: int):
+        """A callable progress is told once every host is live (or has failed)."""
+        if not callable(progress):
+            return progress
+
+        def cb(done: float, total: float) -> None:
+            with lock:
+                live.add(i)
+                ready = len(live) + len(failures) >= len(hosts)
+            if ready and i == min(live):
+                progress(done, total)
+        return cb
+
+    def one(i: int, host) -> None:
+        label = "local" if host is None else str(getattr(host, "name", host))
+        try:
+            prep = prepare(cache, host=host, **kw)
+            results[i] = run_prepared(prep, seconds, base=folder_base, stop_event=stop_event,
+                                      progress=progress_for(i))
+        except (_Err, OSError) as e:
+            with lock:
+                failures[label] = str(e)
+            if callable(progress) and live and len(live) + len(failures) >= len(hosts):
+                progress(0.0, seconds)
+
+    threads = [threading.Thread(target=one, args=(i, h), daemon=True)
+               for i, h in enumerate(hosts)]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    except KeyboardInterrupt:
+        stop_event.set()   # every host stops and keeps what it captured
+        for t in threads:
+            t.join()
+    if not results:
+        raise _Err("every host failed: " + "; ".join(f"{h}: {m}" for h, m in failures.items()))
+    merged = merge([results[i] for i in sorted(results)])
+    merged.meta["failed_hosts"] = failures
+    if failures:
+        merged.meta.setdefault("notes", []).append(
+            "some hosts failed: " + "; ".join(f"{h}: {m}" for h, m in failures.items()))
+    return merged
 
 
 def run_prepared(prep: Prepared, seconds: float, *, out=None, base=None, progress=True,

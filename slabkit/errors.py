@@ -79,6 +79,19 @@ class ParseError(SlabkitError, ValueError):
         super().__init__(text)
 
 
+class TargetUnreachable(SlabkitError):
+    """The SSH connection to a target could not be made, or broke (ssh exit status 255).
+
+    ``host`` is the destination as given, ``stderr`` what ssh said. Deliberately not an
+    OSError, so code that tolerates a missing file cannot hide a lost connection.
+    """
+
+    def __init__(self, message: str, *, host: str = "", stderr: str = ""):
+        self.host = host
+        self.stderr = stderr
+        super().__init__(message)
+
+
 class CaptureNotFound(SlabkitError, FileNotFoundError):
     """A path that holds no complete capture."""
 

@@ -69,7 +69,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .errors import InvalidInput, SlabkitError
+from .errors import TargetUnreachable, InvalidInput, SlabkitError
 from .names import check_seconds
 from .target import Target, _die_with_parent
 
@@ -81,18 +81,6 @@ ENV_OPTIONS = "SLABKIT_SSH_OPTIONS"
 #: Signals :meth:`SSHTarget.signal` and :func:`send_signal` accept (STOP and CONT are left out:
 #: they would also stop the remote supervisor).
 SIGNALS = ("INT", "TERM", "HUP", "QUIT", "KILL", "USR1", "USR2")
-
-
-class TargetUnreachable(SlabkitError):
-    """The SSH connection to a target could not be made, or broke (ssh exit status 255).
-
-    ``host`` is the destination as given, ``stderr`` what ssh said.
-    """
-
-    def __init__(self, message: str, *, host: str = "", stderr: str = ""):
-        self.host = host
-        self.stderr = stderr
-        super().__init__(message)
 
 
 # --- destinations ------------------------------------------------------------------------------

@@ -65,15 +65,17 @@ def signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 def stop_process(proc: subprocess.Popen, *, first: int = signal.SIGINT,
                  grace_s: float = 10.0, target: Target | None = None) -> int:
-    """Stop a tracer politely, then firmly; always reap it. Returns its exit status."""
-    sender = getattr(target, "signal", None) if target is not None else None
+    """Stop a tracer politely, then firmly; always reap it. Returns its exit status.
+
+    On an SSH target the remote supervisor does the same on the far side
+    (``slabkit.remote.stop_process``)."""
+    if target is not None and not isinstance(target, LocalTarget):
+        from .remote import stop_process as remote_stop
+        return remote_stop(target, proc, signame=first, grace_s=grace_s)
     for sig, wait in ((first, grace_s), (signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
         if proc.poll() is not None:
             break
-        if sender is not None and not isinstance(target, LocalTarget):
-            sender(proc, sig)
-        else:
-            signal_group(proc, sig)
+        signal_group(proc, sig)
         try:
             proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:

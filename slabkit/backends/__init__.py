@@ -28,7 +28,8 @@ class Options:
 
     stack_sample: int = 1          # bpftrace: take a stack for 1 event in N (all counted)
     sample_every: int = 1          # perf: record 1 event in N (counts scaled back by N)
-    map_keys: int = 65536          # bpftrace: map size (keys); a full map is reported
+    map_keys: int | None = None    # bpftrace: map size in keys (default 65536; 262144 for
+                                   # outstanding mode); a full map is reported
     buffer_kb: int = 8192          # perf/ftrace per-CPU buffer size
 
     def to_json(self) -> dict[str, Any]:

@@ -133,10 +133,8 @@ class BpftraceBackend(Backend):
 
     def render(self, plan: "Plan", options: Options, facts: "KernelFacts") -> Program:
         text = render_program(plan, options)
-        env = {"BPFTRACE_MAP_KEYS_MAX": str(int(options.map_keys)),
-               "BPFTRACE_STRLEN": "64"}
-        if plan.mode == "outstanding":
-            env["BPFTRACE_MAP_KEYS_MAX"] = str(max(int(options.map_keys), 262144))
+        keys = options.map_keys or (262144 if plan.mode == "outstanding" else 65536)
+        env = {"BPFTRACE_MAP_KEYS_MAX": str(int(keys)), "BPFTRACE_STRLEN": "64"}
         return Program(backend=self.name, argv=["bpftrace", "-f", "json", "-k", "-e", text],
                        text=text, env=env)
 
@@ -304,6 +302,12 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     losses = {("map_updates_failed" if k == "map_update_elem_failed" else k): v
               for k, v in errors.items()}
     notes = []
+    failed = losses.get("map_updates_failed", 0)
+    if failed:
+        what = ("objects were not tracked: outstanding counts are a lower bound"
+                if plan.mode == "outstanding" else "events were not counted")
+        notes.append(f"WARNING: a bpftrace map was full ({failed} failed updates): {what}; "
+                     "raise map_keys")
     if every > 1:
         notes.append(f"stacks sampled 1 in {every}: counts per process are exact, counts per "
                      "stack are estimates")

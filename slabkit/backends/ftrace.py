@@ -31,9 +31,12 @@ Output (``trace_pipe``, record-tgid on), one event then its stack::
      => alloc_empty_file+0x3c/0x110 <ffffffff816bdd0c>
 
 The first frame is the tracing glue (left in: the analysis layer skips it). ``comm`` and
-``tgid`` are looked up when the line is *printed*, from the kernel's saved_cmdlines / tgid
-maps: a comm can be stale (``bash`` for a pid that exec'ed ``slabwork`` just after) and is
-``<...>`` (read as missing) when the map lost the pid, as is a tgid printed ``(-------)``.
+``tgid`` are looked up when the line is *printed*, from maps the kernel fills at a task's
+next context switch after an event: a comm can be stale (``bash`` for a pid that exec'ed
+``slabwork`` just after), and a task's first events, read at once, print ``<...>-TID
+(-------)`` (a CPU-bound task may print so on every line). Those are filled from the same
+thread's other lines, else from ``saved_tgids``/``saved_cmdlines``/``/proc`` read when the
+capture ends (``ftrace.tasks.txt``); what stays unknown is missing.
 Losses are the instance's ``per_cpu/cpu*/stats`` (``overrun``, ``dropped events``), counted
 in ring-buffer entries (an event and its stack are two); ``trace_pipe`` also prints
 ``CPU:N [LOST M EVENTS]`` lines, reported in the notes.
@@ -71,6 +74,7 @@ if TYPE_CHECKING:
 RAW = "ftrace.txt"
 STDERR = "ftrace.stderr"
 STATS = "ftrace.stats.txt"
+TASKS = "ftrace.tasks.txt"
 
 #: instance options set before enabling (name -> value); absent ones are skipped
 INSTANCE_OPTIONS = {"record-tgid": "1", "stacktrace": "1", "sym-offset": "1", "sym-addr": "1"}
@@ -248,6 +252,79 @@ def read_stats(target: "Target", base: str) -> tuple[dict[str, int], str]:
     return total, "".join(raw)
 
 
+_UNKNOWN_TASK = re.compile(rb"<\.\.\.>-(\d+)|-(\d+) +\(-------\)")
+
+
+def unknown_tids(path: Path, chunk_bytes: int = 1 << 24) -> set[int]:
+    """Thread ids whose lines printed an unknown comm (``<...>``) or tgid (``(-------)``)."""
+    found: set[int] = set()
+    with open(path, "rb") as f:
+        tail = b""
+        while True:
+            data = f.read(chunk_bytes)
+            if not data:
+                break
+            for m in _UNKNOWN_TASK.finditer(tail + data):
+                found.add(int(m.group(1) or m.group(2)))
+            tail = data[-64:]
+    return found
+
+
+def save_unknown_tasks(target: "Target", tracefs: str, raw: Path, out: Path) -> int:
+    """Look up the threads the output printed as unknown and write ``tid tgid comm`` lines.
+
+    ftrace prints comm and tgid from maps the kernel fills at a task's next context switch
+    after an event, so a busy task's lines read at once through trace_pipe print unknown
+    (checked here: a CPU-bound ``slabwork loop`` printed ``<...>-PID (-------)`` on every
+    line). By the end of the capture the kernel's ``saved_tgids`` / ``saved_cmdlines`` usually
+    know them; ``/proc/<tid>/status`` covers live tasks they miss. Returns how many resolved.
+    """
+    tids = unknown_tids(raw)
+    header = "# tid tgid comm: threads ftrace printed as unknown, looked up at the capture's end"
+    if not tids:
+        out.write_text(header + "\n")
+        return 0
+    maps = target.read_many([f"{tracefs}/saved_tgids", f"{tracefs}/saved_cmdlines"])
+    tgid: dict[int, int] = {}
+    comm: dict[int, str] = {}
+    for line in (maps.get(f"{tracefs}/saved_tgids") or "").splitlines():
+        a, _, b = line.partition(" ")
+        if a.isdigit() and b.strip().isdigit() and int(a) in tids and int(b) > 0:
+            tgid[int(a)] = int(b)
+    for line in (maps.get(f"{tracefs}/saved_cmdlines") or "").splitlines():
+        a, _, b = line.partition(" ")
+        if a.isdigit() and int(a) in tids and b and b != "<...>":
+            comm[int(a)] = b
+    missing = sorted(t for t in tids if t not in tgid or t not in comm)[:2000]
+    status = target.read_many([f"/proc/{t}/status" for t in missing])
+    for t in missing:
+        for line in (status.get(f"/proc/{t}/status") or "").splitlines():
+            key, _, value = line.partition(":")
+            if key == "Tgid" and value.strip().isdigit():
+                tgid.setdefault(t, int(value))
+            elif key == "Name":
+                comm.setdefault(t, value.strip())
+    lines = [header]
+    lines += [f"{t}\t{tgid.get(t, '-')}\t{comm.get(t, '')}" for t in sorted(tids)
+              if t in tgid or t in comm]
+    out.write_text("\n".join(lines) + "\n")
+    return len(lines) - 1
+
+
+def read_tasks(path: Path) -> dict[int, tuple[int | None, str | None]]:
+    """``ftrace.tasks.txt`` (see :func:`save_unknown_tasks`): tid -> (tgid, comm)."""
+    out: dict[int, tuple[int | None, str | None]] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(errors="replace").splitlines():
+        if not line or line.startswith("#"):
+            continue
+        tid, tg, comm = (line.split("\t", 2) + ["", ""])[:3]
+        if tid.isdigit():
+            out[int(tid)] = (int(tg) if tg.isdigit() else None, comm or None)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # the backend
 
@@ -316,6 +393,7 @@ class FtraceBackend(Backend):
                     unregister(record)
             stats, stats_text = read_stats(target, base)
             (folder / STATS).write_text(stats_text)
+            save_unknown_tasks(target, program.tracefs, raw, folder / TASKS)
             losses = {"overrun": stats.get("overrun", 0),
                       "dropped_events": stats.get("dropped events", 0)}
         finally:
@@ -325,7 +403,7 @@ class FtraceBackend(Backend):
             raise ProbeFailed("reading trace_pipe stopped early", returncode=reader.returncode,
                               stderr=stderr, raw_path=str(raw))
         return RunResult(end_reason=reason, returncode=reader.returncode, stderr=stderr,
-                         losses=losses, raw_files=[RAW, STDERR, STATS])
+                         losses=losses, raw_files=[RAW, STDERR, STATS, TASKS])
 
     @staticmethod
     def _write(target: "Target", base: str, rel: str, value: str) -> None:
@@ -435,6 +513,41 @@ def _frame_line(line: str) -> str:
     return line.strip()
 
 
+def _fill_unknown_tasks(counts: dict[tuple, list[int]],
+                        known: dict[int, tuple[int | None, str | None]]
+                        ) -> tuple[dict[tuple, list[int]], int]:
+    """Give rows whose tgid/comm printed unknown (``<...>-TID (-------)``) those of another
+    row of the same thread id, else those looked up at the end of the capture (``known``,
+    from :func:`read_tasks`). A thread id keeps its tgid for its life; the first known comm
+    is taken (the comm may change at exec). Returns (counts, events filled)."""
+    pid_of: dict[int, int] = {}
+    comm_of: dict[int, str] = {}
+    for pid, tid, comm, _ in counts:
+        if pid is not None:
+            pid_of.setdefault(tid, pid)
+        if comm is not None:
+            comm_of.setdefault(tid, comm)
+    for tid, (tg, cm) in known.items():
+        if tg is not None:
+            pid_of.setdefault(tid, tg)
+        if cm:
+            comm_of.setdefault(tid, cm)
+    out: dict[tuple, list[int]] = {}
+    filled = 0
+    for (pid, tid, comm, sid), c in counts.items():
+        if (pid is None and tid in pid_of) or (comm is None and tid in comm_of):
+            pid = pid if pid is not None else pid_of.get(tid)
+            comm = comm if comm is not None else comm_of.get(tid)
+            filled += c[0]
+        d = out.get((pid, tid, comm, sid))
+        if d is None:
+            out[(pid, tid, comm, sid)] = list(c)
+        else:
+            d[0] += c[0]
+            d[1] += c[1]
+    return out, filled
+
+
 def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     """Tables from a ``trace_pipe`` text written by :class:`FtraceBackend` (see module doc).
 
@@ -500,6 +613,7 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         for task, req in stack:
             add(task, -1, req)
 
+    counts, filled = _fill_unknown_tasks(counts, read_tasks(path.parent / TASKS))
     lines_by_id = {sid: [_frame_line(l) for l in text.split("\n") if l.strip()]
                    for text, sid in stack_keys.items()}
     allocs, frames = build_tables(counts, {}, plan, meta, frame_lines=lines_by_id)
@@ -507,6 +621,10 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     if lost_lines:
         notes.append(f"trace_pipe printed [LOST ... EVENTS] markers for {lost_lines} entries "
                      "(also counted in the overrun loss)")
+    if filled:
+        notes.append(f"{filled} events were printed before the kernel saved their task's "
+                     "comm/tgid (it does at the next context switch): attributed through the "
+                     f"thread id's other events or {TASKS}")
     if unknown:
         notes.append(f"{unknown} lines of the ftrace output were not events and were skipped")
     return Parsed(allocs=allocs, frames=frames, losses={}, notes=notes, estimated=False)

@@ -347,7 +347,7 @@ def parse_classic(text: str, *, object_size: int | None = None, path: str | None
     Raises :class:`~slabkit.errors.ParseError` when the text is not this format or the printed
     stacks of a comm add up to more than its total.
     """
-    cache, totals, blocks, elided_totals, _ = _read_classic(text, path)
+    _, totals, blocks, elided_totals, _ = _read_classic(text, path)
     stack_ids: dict[tuple[str, ...], int] = {}
     by_comm: dict[str, list[tuple[int, int]]] = {}
     for comm, count, frames in blocks:

@@ -1,0 +1,205 @@
+"""Plots of a capture, seaborn style: each takes the data, keyword options, an optional ``ax``
+(the current Axes by default), draws on it and returns it. The numbers come from
+:mod:`slabkit.analysis`; nothing here computes what a pivot does not already give.
+
+Titles say what is shown and for which cache; axis labels give units.
+"""
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.ticker import FuncFormatter, PercentFormatter
+
+from . import analysis
+from .analysis import CaptureLike, _unpack
+from .errors import InvalidInput, expected_one_of
+
+_VALUE_LABEL = {"count": "allocations", "bytes": "bytes allocated"}
+
+
+def _ax(ax: Axes | None) -> Axes:
+    return ax if ax is not None else plt.gca()
+
+
+def _cache(cap: CaptureLike) -> str:
+    meta = _unpack(cap)[2]
+    cache = meta.get("cache")
+    return f"{cache!r}" if cache else "the cache"
+
+
+def _duration_note(cap: CaptureLike) -> str:
+    d = analysis._duration(_unpack(cap)[2])
+    return f" in {d:g} s" if d else ""
+
+
+def _check_value(value: str) -> None:
+    if value not in _VALUE_LABEL:
+        raise InvalidInput(expected_one_of("value", value, list(_VALUE_LABEL)))
+
+
+def _empty(ax: Axes, title: str) -> Axes:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, "no allocations recorded", ha="center", va="center",
+            transform=ax.transAxes)
+    return ax
+
+
+def _barh(df: pd.DataFrame, label: str, value: str, ax: Axes, title: str, ylabel: str,
+          color) -> Axes:
+    data = pd.DataFrame({label: df.index.astype(str), value: df[value].astype("float64"),
+                         "share": df["share"].astype("float64")})
+    sns.barplot(data=data, x=value, y=label, orient="h", color=color, ax=ax)
+    ax.bar_label(ax.containers[0], labels=[f"{s:.1%}" for s in data["share"]], padding=3,
+                 fontsize="small")
+    ax.set_xlabel(_VALUE_LABEL[value])
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.margins(x=0.12)
+    return ax
+
+
+def plot_top_processes(cap: CaptureLike, *, n: int = 10, value: str = "count",
+                       by: str | Sequence[str] = ("comm",), ax: Axes | None = None) -> Axes:
+    """Horizontal bars: the ``n`` processes that allocated most (``value``: ``"count"`` or
+    ``"bytes"``), each labelled with its share; from :func:`slabkit.analysis.by_process`."""
+    _check_value(value)
+    ax = _ax(ax)
+    df = analysis.by_process(cap, by=by, value=value).head(n)
+    title = f"Top processes allocating from {_cache(cap)}{_duration_note(cap)}"
+    if df.empty:
+        return _empty(ax, title)
+    if isinstance(df.index, pd.MultiIndex):
+        df.index = [" ".join(str(x) for x in t) for t in df.index]
+    return _barh(df, "process", value, ax, title, "process (comm)", sns.color_palette()[0])
+
+
+def plot_top_callsites(cap: CaptureLike, *, n: int = 10, value: str = "count",
+                       how: str = "callsite", ax: Axes | None = None) -> Axes:
+    """Horizontal bars: the ``n`` kernel functions that allocated most, by callsite (the first
+    frame outside the allocator) or ``how="inclusive"``; from
+    :func:`slabkit.analysis.by_frame`."""
+    _check_value(value)
+    ax = _ax(ax)
+    df = analysis.by_frame(cap, how, value=value).head(n)
+    what = "Callsites" if how == "callsite" else "Kernel functions on the stacks"
+    title = f"{what} allocating from {_cache(cap)}{_duration_note(cap)}"
+    if df.empty:
+        return _empty(ax, title)
+    return _barh(df, "function", value, ax, title, "kernel function", sns.color_palette()[1])
+
+
+def plot_process_module_heatmap(cap: CaptureLike, *, cols: str = "module", n_rows: int = 15,
+                                n_cols: int = 12, value: str = "count",
+                                ax: Axes | None = None) -> Axes:
+    """Heatmap of processes (rows) against responsible module or callsite (``cols``), the top
+    ``n_rows`` x ``n_cols`` of :func:`slabkit.analysis.matrix`; cells annotated when few."""
+    _check_value(value)
+    ax = _ax(ax)
+    m = analysis.matrix(cap, rows="comm", cols=cols, value=value)
+    m = m.iloc[:n_rows, :n_cols]
+    title = f"Allocations from {_cache(cap)} by process and {cols}{_duration_note(cap)}"
+    if m.empty:
+        return _empty(ax, title)
+    annot = m.size <= 150
+    sns.heatmap(m, ax=ax, cmap="rocket_r", annot=annot, fmt="d", linewidths=0.5,
+                cbar_kws={"label": _VALUE_LABEL[value]})
+    ax.set_title(title)
+    ax.set_xlabel("responsible module" if cols == "module" else cols)
+    ax.set_ylabel("process (comm)")
+    return ax
+
+
+_SPECIAL_COLORS = {"all": "#b0b0b0", "comm": "#9ab6d6"}
+
+
+def _flame_color(label: str) -> tuple[float, float, float]:
+    """A warm FlameGraph-like colour, stable for a given function name."""
+    h = zlib.crc32(label.encode("utf-8", "surrogateescape"))
+    r = 0.80 + 0.20 * ((h & 0xFF) / 255)
+    g = 0.35 + 0.45 * (((h >> 8) & 0xFF) / 255)
+    b = 0.10 + 0.15 * (((h >> 16) & 0xFF) / 255)
+    return (r, g, b)
+
+
+def plot_flame(cap: CaptureLike, *, ax: Axes | None = None, min_share: float = 0.005) -> Axes:
+    """Icicle chart (a flame graph upside down): "all" at the top, then the processes, then
+    their kernel stacks from the syscall entry down to the allocator; a box's width is its
+    share of all allocations. Boxes narrower than ``min_share`` are left out; a box is labelled
+    with its function where the name fits. Each box is a Rectangle whose ``gid`` is its label.
+    Layout from :func:`slabkit.analysis.icicle`.
+    """
+    ax = _ax(ax)
+    nodes = analysis.icicle(cap, min_share=min_share)
+    title = f"Kernel stacks allocating from {_cache(cap)}{_duration_note(cap)} (root at top)"
+    if nodes.empty:
+        return _empty(ax, title)
+    fig = ax.figure
+    width_px = ax.get_window_extent().width or fig.get_figwidth() * fig.dpi
+    char_px = 0.62 * plt.rcParams["font.size"] * fig.dpi / 72 * 0.8
+    chars_across = max(width_px / char_px, 1.0)
+    for level, grp in nodes.groupby("level", sort=True):
+        labels = grp["label"].astype(str).tolist()
+        colors = [_SPECIAL_COLORS.get(k) or _flame_color(lab)
+                  for k, lab in zip(grp["kind"], labels)]
+        bars = ax.barh(y=level, width=grp["width"].to_numpy(), left=grp["x0"].to_numpy(),
+                       height=0.92, color=colors, edgecolor="white", linewidth=0.4,
+                       align="center")
+        for rect, lab, x0, w in zip(bars.patches, labels, grp["x0"], grp["width"]):
+            rect.set_gid(lab)
+            fit = int(w * chars_across) - 1
+            if fit >= 3:
+                text = lab if len(lab) <= fit else lab[: fit - 2] + ".."
+                ax.text(x0 + w / 2, level, text, ha="center", va="center", fontsize="x-small",
+                        clip_on=True)
+    depth = int(nodes["level"].max())
+    ax.set_ylim(depth + 0.6, -0.6)  # root at top
+    ax.set_xlim(0, 1)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlabel("share of allocations")
+    ax.set_ylabel("stack level (0 = all, 1 = process, then outermost frame first)")
+    ax.set_title(title)
+    ax.grid(False)
+    return ax
+
+
+def plot_slab_growth(series: pd.DataFrame, *, names: Sequence[str] | None = None,
+                     ax: Axes | None = None) -> Axes:
+    """Lines of memory held by each cache's slabs (MiB) over the capture's time (s), one per
+    cache ``name``; ``series`` has the columns of ``slabkit.schema.SLABINFO_SERIES``
+    (``time_s, name, active_objs, num_objs, memory_bytes``). ``names`` picks caches."""
+    ax = _ax(ax)
+    missing = [c for c in ("time_s", "name", "memory_bytes") if c not in series.columns]
+    if missing:
+        raise InvalidInput(f"the slabinfo series lacks columns {missing} "
+                           "(expected time_s, name, active_objs, num_objs, memory_bytes)")
+    df = series
+    if names is not None:
+        wanted = [names] if isinstance(names, str) else list(names)
+        df = df[df["name"].isin(wanted)]
+    title = "Slab cache memory over time"
+    if df.empty:
+        return _empty(ax, title)
+    data = pd.DataFrame({"time_s": df["time_s"].astype("float64"),
+                         "cache": df["name"].astype(str),
+                         "memory_mib": df["memory_bytes"].astype("float64") / 2**20})
+    sns.lineplot(data=data, x="time_s", y="memory_mib", hue="cache", ax=ax, marker="o",
+                 markersize=3)
+    ax.set_xlabel("time since capture start (s)")
+    ax.set_ylabel("memory held by slabs (MiB)")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_title(title)
+    return ax
+
+
+__all__ = [
+    "plot_flame",
+    "plot_process_module_heatmap",
+    "plot_slab_growth",
+    "plot_top_callsites",
+    "plot_top_processes",
+]
