@@ -683,6 +683,15 @@ def _clean_comm(comm: object) -> str:
     return comm.replace(";", "_").replace("\n", " ")
 
 
+def _comm_codes(allocs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per allocs row: a code into the returned comms, cleaned for folded stacks and sorted
+    (two comms that clean to the same text share a code)."""
+    codes, uniq = pd.factorize(allocs["comm"].array, use_na_sentinel=False)
+    cleaned = np.array([_clean_comm(c) for c in uniq], dtype=object)
+    names, inverse = np.unique(cleaned.astype(str), return_inverse=True)
+    return inverse[np.asarray(codes, np.int64)].astype(np.int64), names.astype(object)
+
+
 def to_folded(cap: CaptureLike) -> str:
     """The capture as FlameGraph "folded" stacks: one line per (comm, stack),
     ``comm;outermost;...;innermost count``, root first, sorted; the full stack including the
@@ -696,16 +705,15 @@ def to_folded(cap: CaptureLike) -> str:
     st = _prepare(frames)
     w = _weights(allocs, st)
     folded = np.append(_joined_stacks(st, ";", root_first=True), None)
-    df = pd.DataFrame({"s": w.alloc_stack,
-                       "comm": [_clean_comm(c) for c in allocs["comm"].to_numpy(object)],
-                       "count": allocs["count"].to_numpy(np.int64, na_value=0)})
-    g = df.groupby(["comm", "s"], sort=False)["count"].sum()
-    lines = []
-    for (comm, s), count in zip(g.index, g.to_numpy()):
-        if count <= 0:
-            continue
-        path = folded[s]
-        lines.append(f"{comm};{path} {count}" if path else f"{comm} {count}")
+    ccode, cnames = _comm_codes(allocs)
+    key = ccode * (st.n + 1) + w.alloc_stack
+    count = allocs["count"].to_numpy(np.int64, na_value=0)
+    g = pd.Series(count).groupby(key, sort=False).sum()
+    g = g[g > 0]
+    keys = g.index.to_numpy(np.int64)
+    lines = [f"{c};{p} {n}" if p is not None else f"{c} {n}"
+             for c, p, n in zip(cnames[keys // (st.n + 1)], folded[keys % (st.n + 1)],
+                                g.to_numpy())]
     lines.sort()
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -736,8 +744,7 @@ def icicle(cap: CaptureLike, *, min_share: float = 0.005) -> pd.DataFrame:
     allocs, frames, _ = _unpack(cap)
     st = _prepare(frames)
     w = _weights(allocs, st)
-    comms = np.array([_clean_comm(c) for c in allocs["comm"].to_numpy(object)], dtype=object)
-    ccode, cnames = pd.factorize(comms, sort=True)
+    ccode, cnames = _comm_codes(allocs)
     pairs = pd.DataFrame({"c": ccode, "s": w.alloc_stack,
                           "n": allocs["count"].to_numpy(np.float64, na_value=0.0)})
     g = pairs.groupby(["c", "s"], sort=False)["n"].sum()

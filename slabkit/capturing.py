@@ -229,6 +229,7 @@ def run_prepared(prep: Prepared, seconds: float, *, out=None, base=None, progres
     meta.update(_save_kallsyms(target, folder))
     store.write_running(folder, meta)
     parsed = prep.backend.parse(folder, plan, meta)
+    _trim_kallsyms(folder, meta, parsed.frames)
     meta.pop("cgroups", None)
     losses = {**result.losses, **parsed.losses}
     meta.update(losses=losses, lost_total=int(sum(losses.values())),
@@ -313,3 +314,27 @@ def _save_kallsyms(target: Target, folder: Path) -> dict[str, Any]:
     with gzip.open(path, "wt", compresslevel=3) as f:
         f.write("\n".join(lines) + "\n")
     return {"kallsyms_path": path.name}
+
+
+def _trim_kallsyms(folder: Path, meta: dict, frames: pd.DataFrame) -> None:
+    """Keep only the symbols the stacks need (each frame's symbol and the one after it, which
+    bounds it), so a capture stays small yet re-resolves anywhere."""
+    import bisect
+    import gzip
+    name = meta.get("kallsyms_path")
+    if not name or not len(frames) or frames["address"].isna().all():
+        return
+    path = folder / name
+    with gzip.open(path, "rt") as f:
+        lines = f.read().splitlines()
+    addrs = [int(l[:16], 16) for l in lines]
+    order = sorted(range(len(lines)), key=addrs.__getitem__)
+    sorted_addrs = [addrs[i] for i in order]
+    keep: set[int] = set()
+    for a in frames["address"].dropna().unique():
+        k = bisect.bisect_right(sorted_addrs, int(a)) - 1
+        if k >= 0:
+            keep.update(order[j] for j in (k, k + 1) if j < len(order))
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(lines[i] for i in sorted(keep)) + "\n")
+    meta["kallsyms_trimmed"] = True
