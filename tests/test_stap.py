@@ -172,10 +172,12 @@ def test_parse_stderr_overflow_and_transport():
            "WARNING: Skipped due to missed kprobe on 'kmem_cache_alloc': 4\n")
     info = stap.parse_stderr(err)
     assert info["overflow"] is True and info["errors"] == 1
+    assert info["overload"] is False
     assert info["transport_failures"] == 12
     assert info["skipped_reasons"] == {"missed kprobe on 'kmem_cache_alloc'": 4}
     assert len(info["error_lines"]) == 1
     assert stap.parse_stderr("")["skipped"] == 0
+    assert stap.parse_stderr("ERROR: probe overhead exceeded threshold\n")["overload"] is True
 
 
 def test_own_comm_with_newline_and_truncated_output():
@@ -243,9 +245,9 @@ def test_render_rejects_bad_cache_and_duration():
 
 def test_argv():
     assert stap.argv("/c/slabkit.stp", "dentry", 10) == [
-        "stap", "/c/slabkit.stp", "dentry", "0", "10000"]
+        "stap", "-DMAXSKIPPED=1000000", "/c/slabkit.stp", "dentry", "0", "10000"]
     assert stap.argv(Path("/c/s.stp"), "kmalloc-64", None, pid=4321, last_pass=1) == [
-        "stap", "-p1", "/c/s.stp", "kmalloc-64", "4321", "0"]
+        "stap", "-DMAXSKIPPED=1000000", "-p1", "/c/s.stp", "kmalloc-64", "4321", "0"]
     assert stap.argv("s.stp", "dentry", 0.0004)[-1] == "1"  # never 0 (= run forever)
     with pytest.raises(InvalidInput):
         stap.argv("s.stp", "dentry", 1, pid=-3)

@@ -41,6 +41,10 @@ SCRIPT_NAME = "slabkit.stp"
 #: distinct (pid, tid, comm, stack) keys the script's table holds (stap preallocates them)
 DEFAULT_MAX_STACKS = 20000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: stap stops a session after 100 skipped probes (MAXSKIPPED) by default; slabkit counts
+#: skipped probes as losses (:func:`parse_stderr`) instead of throwing the capture away.
+#: The overload guard (a probe using too much CPU) stays on.
+DEFINES = ("-DMAXSKIPPED=1000000",)
 
 
 def script_template() -> str:
@@ -90,12 +94,12 @@ def argv(script_path: str | Path, cache: str, seconds: float | None, pid: int | 
     module without loading it.
 
     >>> argv("/tmp/c/slabkit.stp", "dentry", 10)
-    ['stap', '/tmp/c/slabkit.stp', 'dentry', '0', '10000']
+    ['stap', '-DMAXSKIPPED=1000000', '/tmp/c/slabkit.stp', 'dentry', '0', '10000']
     """
     check_cache_name(cache)
     ms = 0 if seconds is None else max(1, round(check_seconds(seconds) * 1000))
     pid_arg = 0 if pid is None else check_pid(pid)
-    cmd = [stap]
+    cmd = [stap, *DEFINES]
     if last_pass is not None:
         if last_pass not in (1, 2, 3, 4, 5):
             raise InvalidInput(f"last_pass must be 1..5, not {last_pass!r}")
@@ -240,8 +244,10 @@ def parse_stderr(text: str) -> dict[str, Any]:
     Returns ``errors`` and ``skipped`` (from "WARNING: Number of errors: N, skipped probes:
     M"; probes skipped were calls not counted), ``skipped_reasons`` (``{"reentrancy": 2, ...}``
     from "Skipped due to ...: N"), ``transport_failures`` (output lost between kernel and
-    stap), ``overflow`` (the stack table filled: raise ``max_stacks``) and ``error_lines``
-    (every line starting with ``ERROR:``). Counts are 0 when stap printed nothing about them.
+    stap), ``overflow`` (the stack table filled: raise ``max_stacks``), ``overload`` (stap's
+    guard stopped probes that used too much CPU), ``too_many_skipped`` (MAXSKIPPED reached)
+    and ``error_lines`` (every line starting with ``ERROR:``). Counts are 0 when stap printed
+    nothing about them.
     """
     errors = skipped = transport = 0
     reasons: dict[str, int] = {}
@@ -261,6 +267,8 @@ def parse_stderr(text: str) -> dict[str, Any]:
         "skipped_reasons": reasons,
         "transport_failures": transport,
         "overflow": any("Array overflow" in e or "MAXMAPENTRIES" in e for e in error_lines),
+        "overload": any("probe overhead exceeded" in e for e in error_lines),
+        "too_many_skipped": any("Skipped too many probes" in e for e in error_lines),
         "error_lines": error_lines,
     }
 

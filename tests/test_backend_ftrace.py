@@ -1,0 +1,355 @@
+"""ftrace backend: the rendered tracefs writes (pure), the parser on recorded ``trace_pipe``
+text, instance clean-up, and real captures on the live kernel against workloads of known size.
+
+Parser expectations are derived from the raw fixture text in the test (event lines, stack
+entries, LOST lines), never typed in. ``tests/fixtures/ftrace/record.py`` re-records them.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import slabkit
+import slabkit.capturing as capturing
+from bench.workload import Workload
+from conftest import FIXTURES, TRACEFS
+from live_capture import capture_around
+from slabkit import runner
+from slabkit.backends import Options
+from slabkit.backends.ftrace import (FtraceBackend, FtraceProgram, kernel_filter, parse_output,
+                                     remove_instance)
+from slabkit.control import RunControl
+from slabkit.errors import ProbeFailed
+from slabkit.facts import KernelFacts
+from slabkit.plan import Plan
+from slabkit.target import LocalTarget
+
+N = 2000
+SYSCALL_PATH = {"do_sys_openat2", "__x64_sys_openat", "path_openat", "do_filp_open"}
+FIX = FIXTURES / "ftrace"
+# "   comm-tid   (  tgid) [cpu] flags  time: " then the event name or <stack trace>
+LINE = re.compile(r"^\s*(?P<comm>.*)-(?P<tid>\d+) +\( *(?P<tgid>[\d-]+)\) \[(?P<cpu>\d+)\] "
+                  r"\S+ +[\d.]+: (?P<what>kmem_cache_alloc|kmalloc|<stack trace>)(?P<rest>.*)$",
+                  re.M)
+
+
+def plan_filp(**kw) -> Plan:
+    return Plan(cache="filp", requested="filp", kind="dedicated", strategy="tracepoint-name",
+                exact=True, reason="", alloc_events=["kmem:kmem_cache_alloc"],
+                match_name="filp", match_bytes_alloc=192, **kw)
+
+
+def plan_kmalloc64(**kw) -> Plan:
+    return Plan(cache="kmalloc-64", requested="kmalloc-64", kind="kmalloc",
+                strategy="kmalloc-size-class", exact=True, reason="",
+                alloc_events=["kmem:kmalloc"], match_bytes_alloc=64, gfp_type="normal",
+                gfp_forbid=0x400011, **kw)
+
+
+def lines(text: str):
+    return list(LINE.finditer(text))
+
+
+def expected_by_tid(text: str) -> dict[int, int]:
+    """Allocations per thread, the simple way: every event line, plus every stack entry whose
+    line before (skipping its frames) is not an event of the same thread (its event lost)."""
+    out: dict[int, int] = {}
+    prev_event_tid = None
+    for line in text.splitlines():
+        if line.startswith(" =>"):
+            continue
+        m = LINE.match(line)
+        if m is None:
+            prev_event_tid = None
+            continue
+        tid = int(m["tid"])
+        if m["what"] == "<stack trace>":
+            if prev_event_tid != tid:
+                out[tid] = out.get(tid, 0) + 1
+            prev_event_tid = None
+        else:
+            out[tid] = out.get(tid, 0) + 1
+            prev_event_tid = tid
+    return out
+
+
+def functions_of(frames, stack_ids) -> set[str]:
+    f = frames[frames["stack_id"].isin([int(s) for s in stack_ids if s >= 0])]
+    return set(f["function"].dropna())
+
+
+def copy_fixture(name: str, tmp_path: Path) -> Path:
+    """The parser reads ftrace.tasks.txt next to the output: give each test its own folder."""
+    dst = tmp_path / "ftrace.txt"
+    shutil.copy(FIX / name, dst)
+    return dst
+
+
+# --------------------------------------------------------------------------------------------
+# render (pure)
+
+def test_render_describes_the_instance_writes():
+    facts = KernelFacts(tracefs="/sys/kernel/tracing")
+    prog = FtraceBackend().render(plan_filp(pid=7, comm="slabwork"), Options(buffer_kb=4096),
+                                  facts)
+    assert isinstance(prog, FtraceProgram)
+    assert prog.events == ["kmem/kmem_cache_alloc"] and prog.buffer_kb == 4096
+    assert prog.filter == ('bytes_alloc == 192 && name == "filp" && common_pid == 7 '
+                           '&& comm == "slabwork"')
+    assert prog.argv == ["cat", "/sys/kernel/tracing/instances/{instance}/trace_pipe"]
+    text = prog.text
+    for part in ("mkdir INSTANCE", "echo 4096 > INSTANCE/buffer_size_kb",
+                 "echo 1 > INSTANCE/options/record-tgid", "echo 1 > INSTANCE/options/stacktrace",
+                 f"echo '{prog.filter}' > INSTANCE/events/kmem/kmem_cache_alloc/filter",
+                 "echo 1 > INSTANCE/events/kmem/kmem_cache_alloc/enable",
+                 "cat INSTANCE/trace_pipe", "rmdir INSTANCE"):
+        assert part in text, part
+
+
+def test_kernel_filter_adds_the_comm():
+    assert kernel_filter(plan_kmalloc64()) == "bytes_alloc == 64 && !(gfp_flags & 0x400011)"
+    assert kernel_filter(plan_kmalloc64(comm="a b")).endswith('&& comm == "a b"')
+
+
+def test_unavailable_and_unsupported_say_why(tmp_path):
+    be = FtraceBackend()
+    assert "tracefs is not mounted" in be.unavailable(LocalTarget(tmp_path), KernelFacts())
+    kprobe = Plan(cache="filp", requested="filp", kind="dedicated", strategy="kprobe-cachep",
+                  exact=True, reason="", functions=["kmem_cache_alloc"], match_name="filp")
+    assert "bpftrace" in be.unsupported(kprobe, KernelFacts())
+    assert be.unsupported(plan_filp(mode="outstanding"), KernelFacts())
+    assert be.unsupported(plan_filp(), KernelFacts()) is None
+
+
+# --------------------------------------------------------------------------------------------
+# the parser, on recorded output
+
+def test_parse_filp_pairs_each_event_with_its_stack(tmp_path):
+    text = (FIX / "filp-open.txt").read_text()
+    found = lines(text)
+    events = [m for m in found if m["what"] != "<stack trace>"]
+    stacks = [m for m in found if m["what"] == "<stack trace>"]
+    assert len(events) == len(stacks) >= 150
+    parsed = parse_output(copy_fixture("filp-open.txt", tmp_path), plan_filp(), {})
+    got = {int(k): int(v) for k, v in parsed.allocs.groupby("tid")["count"].sum().items()}
+    assert got == expected_by_tid(text)
+    tgids = {int(m["tgid"]) for m in events if m["tgid"].isdigit()}
+    assert set(parsed.allocs["pid"].dropna()) == tgids
+    assert (parsed.allocs["stack_id"] >= 0).all()        # no event without its stack
+    assert (parsed.allocs["bytes"] == parsed.allocs["count"] * 192).all()
+    assert SYSCALL_PATH & functions_of(parsed.frames, parsed.allocs["stack_id"])
+    # frames keep offsets and addresses (options sym-offset, sym-addr); glue frame first
+    first = parsed.frames[parsed.frames["depth"] == 0]
+    assert set(first["function"]) == {"trace_event_raw_event_kmem_cache_alloc"}
+    assert parsed.frames["offset"].notna().all() and parsed.frames["address"].notna().all()
+    assert set(parsed.frames["module"]) == {"vmlinux"}
+    # one frames row per frame line of each distinct stack
+    entries = re.split(r"\n(?! =>)", text)
+    distinct = {e.split("\n", 1)[1] for e in entries if "<stack trace>" in e.split("\n", 1)[0]}
+    assert len(parsed.frames) == sum(s.count("\n") + 1 for s in distinct)
+    assert parsed.losses == {} and not parsed.estimated
+
+
+def test_parse_kmalloc_sums_bytes_req(tmp_path):
+    text = (FIX / "kmalloc64-eventfd.txt").read_text()
+    events = [m for m in lines(text) if m["what"] == "kmalloc"]
+    req = sum(int(re.search(r"bytes_req=(\d+)", m["rest"]).group(1)) for m in events)
+    parsed = parse_output(copy_fixture("kmalloc64-eventfd.txt", tmp_path), plan_kmalloc64(), {})
+    assert int(parsed.allocs["count"].sum()) == len(events) >= 100
+    assert int(parsed.allocs["bytes_req"].sum()) == req
+    assert "do_eventfd" in functions_of(parsed.frames, parsed.allocs["stack_id"])
+
+
+def test_parse_with_lost_events_counts_orphans_and_notes_the_loss(tmp_path):
+    text = (FIX / "filp-lost.txt").read_text()
+    lost = sum(int(n) for n in re.findall(r"\[LOST (\d+) EVENTS\]", text))
+    assert lost > 0
+    parsed = parse_output(copy_fixture("filp-lost.txt", tmp_path), plan_filp(), {})
+    got = {int(k): int(v) for k, v in parsed.allocs.groupby("tid")["count"].sum().items()}
+    assert got == expected_by_tid(text)
+    assert any(f"for {lost} entries" in n for n in parsed.notes)
+
+
+def test_unknown_comm_and_tgid_are_filled_from_the_same_thread(tmp_path):
+    """ftrace prints ``<...>-TID (-------)`` for a task's events before the kernel saved its
+    comm/tgid: here the first 20 entries of a real recording are rewritten so."""
+    text = (FIX / "filp-open.txt").read_text()
+    m = next(m for m in lines(text) if m["what"] != "<stack trace>")
+    comm, tid, tgid = m["comm"].strip(), m["tid"], m["tgid"]
+    known = f"{comm}-{tid}"
+    out, n = [], 0
+    for line in text.splitlines():
+        if n < 20 and not line.startswith(" =>") and known in line:
+            line = line.replace(known, "<...>-" + tid).replace(f"({tgid.rjust(7)})", "(-------)")
+            n += 1
+        out.append(line)
+    raw = tmp_path / "ftrace.txt"
+    raw.write_text("\n".join(out) + "\n")
+    assert raw.read_text().count("(-------)") == 20
+    parsed = parse_output(raw, plan_filp(), {})
+    assert set(parsed.allocs["pid"]) == {int(tgid)} and set(parsed.allocs["comm"]) == {comm}
+    assert any("20 events" in n or "events were printed" in n for n in parsed.notes)
+    # a thread printed unknown on every line: filled from ftrace.tasks.txt when present
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "ftrace.txt").write_text(
+        re.sub(r"\S+-(\d+) +\( *\d+\)", r"<...>-\1 (-------)", text))
+    bare = parse_output(only / "ftrace.txt", plan_filp(), {})
+    assert bare.allocs["pid"].isna().all() and bare.allocs["comm"].isna().all()
+    (only / "ftrace.tasks.txt").write_text(f"# tid tgid comm\n{tid}\t{tgid}\t{comm}\n")
+    filled = parse_output(only / "ftrace.txt", plan_filp(), {})
+    rows = filled.allocs[filled.allocs["tid"] == int(tid)]
+    assert set(rows["pid"]) == {int(tgid)} and set(rows["comm"]) == {comm}
+
+
+# --------------------------------------------------------------------------------------------
+# live: instances, captures
+
+def our_instances() -> list[str]:
+    """This process's instances (other slabkit runs on the machine have their own)."""
+    mine = f"{runner.INSTANCE_PREFIX}{os.getpid()}-"
+    return sorted(p.name for p in (TRACEFS / "instances").iterdir() if p.name.startswith(mine))
+
+
+def cat_children() -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(os.getpid()), "-x", "cat"], capture_output=True,
+                         text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_remove_instance_clears_enabled_events_triggers_and_filters(live):
+    name = runner.instance_name(990)
+    base = TRACEFS / "instances" / name
+    ev = base / "events/kmem/kmem_cache_alloc"
+    base.mkdir()
+    try:
+        (ev / "filter").write_text('name == "filp"')
+        (ev / "trigger").write_text('stacktrace if name == "filp"')
+        (ev / "enable").write_text("1")
+        reader = subprocess.Popen(["cat", str(base / "trace_pipe")], stdout=subprocess.DEVNULL)
+        time.sleep(0.2)
+        reader.terminate()  # a reader holds the instance busy until it is gone
+        remove_instance(LocalTarget(), str(TRACEFS), name)
+        reader.wait()
+        assert not base.exists()
+        remove_instance(LocalTarget(), str(TRACEFS), name)   # gone already: no error
+    finally:
+        if base.exists():
+            os.rmdir(base)
+
+
+def test_cleanup_removes_an_instance_whose_owner_is_gone(live):
+    name = f"{runner.INSTANCE_PREFIX}999999-12345-0"
+    base = TRACEFS / "instances" / name
+    base.mkdir()
+    (base / "events/kmem/kmem_cache_alloc/enable").write_text("1")
+    done = runner.cleanup_leftovers(str(TRACEFS))
+    assert f"removed tracefs instance {name}" in done and not base.exists()
+
+
+def pid_rows(cap, pid):
+    return cap.allocs[cap.allocs["pid"] == pid]
+
+
+def test_filp_count_is_exact_and_stacks_show_the_open_path(live, tmp_path):
+    before = our_instances()
+    with Workload("open", N, "/etc/hostname") as w:
+        cap = capture_around("filp", w.go, backend="ftrace", base=tmp_path)
+    rows = pid_rows(cap, w.pid)
+    lost, got = cap.meta["lost_total"], int(rows["count"].sum())
+    assert N - lost <= got <= N
+    assert lost == 0 and got == N, cap.meta["losses"]    # 2,000 events never fill 8 MB
+    assert set(cap.meta["losses"]) == {"overrun", "dropped_events"}
+    assert set(rows["comm"]) == {"slabwork"}
+    assert int(rows["bytes"].sum()) == N * cap.meta["slab_size"]
+    assert SYSCALL_PATH & functions_of(cap.frames, rows["stack_id"])
+    assert cap.meta["status"] == "interrupted" and cap.meta["backend"] == "ftrace"
+    for raw in ("ftrace.txt", "ftrace.stats.txt", "ftrace.tasks.txt"):
+        assert (Path(cap.path) / raw).is_file()
+    assert our_instances() == before and not cat_children()
+    again = slabkit.load(cap.path, reparse=True)
+    assert int(pid_rows(again, w.pid)["count"].sum()) == N
+
+
+def test_kmalloc_size_class_count_is_exact_for_eventfd(live, tmp_path):
+    with Workload("eventfd", N) as w:
+        cap = capture_around("kmalloc-64", w.go, backend="ftrace", base=tmp_path)
+    rows = pid_rows(cap, w.pid)
+    assert cap.meta["lost_total"] == 0
+    assert int(rows["count"].sum()) == N
+    assert 0 < int(rows["bytes_req"].sum()) <= N * 64
+    assert "do_eventfd" in functions_of(cap.frames, rows["stack_id"])
+
+
+def test_pid_and_comm_filters_are_applied_in_the_kernel(live, tmp_path):
+    with Workload("open", N, "/etc/hostname") as w, Workload("open", N, "/etc/hostname") as o:
+        def both():
+            w.go()
+            o.go()
+        cap = capture_around("filp", both, backend="ftrace", base=tmp_path / "pid", pid=w.pid)
+        assert set(cap.allocs["pid"]) == {w.pid} and int(cap.allocs["count"].sum()) == N
+    with Workload("open", N, "/etc/hostname") as w:
+        cap = capture_around("filp", w.go, backend="ftrace", base=tmp_path / "comm",
+                             comm="slabwork")
+    assert int(pid_rows(cap, w.pid)["count"].sum()) == N
+
+
+def test_a_full_duration_capture_is_complete(live, tmp_path):
+    cap = slabkit.capture("filp", 2, backend="ftrace", base=tmp_path, progress=False)
+    assert cap.meta["status"] == "complete" and cap.meta["end_reason"] == "duration"
+    assert 1.9 <= cap.meta["duration_s"] <= 4.0
+
+
+def test_stopped_before_any_work_keeps_a_valid_capture(live, tmp_path):
+    cap = capture_around("filp", lambda: None, backend="ftrace", base=tmp_path, settle_s=0)
+    assert cap.meta["status"] == "interrupted"
+    assert (Path(cap.path) / "ftrace.txt").is_file()
+    slabkit.load(cap.path).validate()
+
+
+class _Boom(RunControl):
+    def run_for(self, is_running):
+        raise RuntimeError("boom while capturing")
+
+
+class _CtrlC(RunControl):
+    """Ctrl-C during the capture: RunControl turns it into end reason 'interrupted'."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, every_second=self._raise, **kw)
+
+    @staticmethod
+    def _raise(elapsed):
+        raise KeyboardInterrupt
+
+
+def test_an_error_mid_capture_removes_the_instance_and_stops_the_reader(live, tmp_path):
+    before = our_instances()
+    prep = capturing.prepare("filp", backend="ftrace")
+    with pytest.raises(RuntimeError, match="boom"):
+        prep.backend.run(prep.target, prep.program, tmp_path, _Boom(60, progress=False))
+    assert our_instances() == before and not cat_children()
+
+
+def test_ctrl_c_mid_capture_keeps_the_data_and_cleans_up(live, tmp_path):
+    before = our_instances()
+    prep = capturing.prepare("filp", backend="ftrace")
+    res = prep.backend.run(prep.target, prep.program, tmp_path, _CtrlC(60, progress=False))
+    assert res.end_reason == "interrupted"
+    assert (tmp_path / "ftrace.txt").is_file()
+    assert our_instances() == before and not cat_children()
+
+
+def test_a_bad_filter_fails_with_the_kernels_error_log_and_cleans_up(live, tmp_path):
+    before = our_instances()
+    prep = capturing.prepare("filp", backend="ftrace")
+    prep.program.filter = "no_such_field == 1"
+    with pytest.raises(ProbeFailed, match="filter"):
+        capturing.run_prepared(prep, 10, base=tmp_path, progress=False)
+    assert our_instances() == before and not cat_children()
