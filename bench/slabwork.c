@@ -5,6 +5,12 @@
  *   slabwork eventfd N       N x eventfd()+close: N kmalloc-<sizeof eventfd_ctx> + N filp
  *   slabwork hold N PATH     open N fds of PATH and keep them; on "c" close every other one
  *   slabwork loop SECONDS PATH   open/close PATH as fast as possible; prints ops/s (bench)
+ *   slabwork eventfdloop SECONDS eventfd()+close as fast as possible (kmalloc-64 + filp); ops/s
+ *   slabwork mixloop SECONDS PATH  filp allocations from several call sites in fixed shares,
+ *                                as fast as possible: per 100 filps 60 open(PATH), 20 eventfd,
+ *                                5 pipe (10 filps: 5 pseudo + 5 clone), 4 socket(AF_UNIX),
+ *                                3 epoll_create1, 2 signalfd, 1 memfd_create; prints ops
+ *                                (filps) and "mix open=.. eventfd=.. ..." (bench accuracy)
  *
  * Protocol (so a test can start its probe after the process exists): prints "pid <pid>",
  * waits for a line on stdin ("go"), does the work, prints "done <count>", then waits for
@@ -16,7 +22,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -36,7 +47,7 @@ int main(int argc, char **argv) {
     int nowait = 0;
     if (argc > 1 && strcmp(argv[1], "-n") == 0) { nowait = 1; argv++; argc--; }
     if (argc < 3) {
-        fprintf(stderr, "usage: slabwork [-n] open|stat|eventfd|hold|loop N [PATH]\n");
+        fprintf(stderr, "usage: slabwork [-n] open|stat|eventfd|hold|loop|eventfdloop|mixloop N [PATH]\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -97,6 +108,72 @@ int main(int argc, char **argv) {
             if (now() >= end) break;
         }
         printf("ops %ld seconds %.6f\n", ops, now() - t0);
+        done = ops;
+    } else if (strcmp(mode, "eventfdloop") == 0) {
+        double end = now() + (double)n, t0 = now();
+        long ops = 0;
+        while (1) {
+            for (int k = 0; k < 1000; k++) {
+                int fd = eventfd(0, 0);
+                if (fd < 0) { perror("eventfd"); return 1; }
+                close(fd);
+            }
+            ops += 1000;
+            if (now() >= end) break;
+        }
+        printf("ops %ld seconds %.6f\n", ops, now() - t0);
+        done = ops;
+    } else if (strcmp(mode, "mixloop") == 0) {
+        /* one round = 100 filp allocations from 7 kinds of call sites */
+        static const struct { const char *name; int per_round; } kinds[] = {
+            {"open", 60}, {"eventfd", 20}, {"pipe", 5}, {"socket", 4},
+            {"epoll", 3}, {"signalfd", 2}, {"memfd", 1}};
+        long made[7] = {0};
+        sigset_t mask;
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGUSR1);
+        double end = now() + (double)n, t0 = now();
+        long ops = 0;
+        while (1) {
+            for (int r = 0; r < 10; r++) {
+                int fd, p[2];
+                for (int k = 0; k < kinds[0].per_round; k++) {
+                    if ((fd = open(path, O_RDONLY)) < 0) { perror("open"); return 1; }
+                    close(fd);
+                }
+                for (int k = 0; k < kinds[1].per_round; k++) {
+                    if ((fd = eventfd(0, 0)) < 0) { perror("eventfd"); return 1; }
+                    close(fd);
+                }
+                for (int k = 0; k < kinds[2].per_round; k++) {
+                    if (pipe(p) < 0) { perror("pipe"); return 1; }
+                    close(p[0]); close(p[1]);
+                }
+                for (int k = 0; k < kinds[3].per_round; k++) {
+                    if ((fd = socket(AF_UNIX, SOCK_DGRAM, 0)) < 0) { perror("socket"); return 1; }
+                    close(fd);
+                }
+                for (int k = 0; k < kinds[4].per_round; k++) {
+                    if ((fd = epoll_create1(0)) < 0) { perror("epoll_create1"); return 1; }
+                    close(fd);
+                }
+                for (int k = 0; k < kinds[5].per_round; k++) {
+                    if ((fd = signalfd(-1, &mask, 0)) < 0) { perror("signalfd"); return 1; }
+                    close(fd);
+                }
+                for (int k = 0; k < kinds[6].per_round; k++) {
+                    if ((fd = memfd_create("slabwork", 0)) < 0) { perror("memfd_create"); return 1; }
+                    close(fd);
+                }
+                for (int k = 0; k < 7; k++) made[k] += kinds[k].per_round;
+                ops += 100;
+            }
+            if (now() >= end) break;
+        }
+        printf("ops %ld seconds %.6f\n", ops, now() - t0);
+        printf("mix");
+        for (int k = 0; k < 7; k++) printf(" %s=%ld", kinds[k].name, made[k]);
+        printf("\n");
         done = ops;
     } else {
         fprintf(stderr, "unknown mode %s\n", mode);

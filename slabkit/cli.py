@@ -141,8 +141,13 @@ def print_summary(cap, *, top: int = 10, file=None) -> None:
         print("\nTop processes:", file=out)
         print(analysis.by_process(cap).head(top).to_string(), file=out)
         if len(cap.frames):
-            print("\nTop call sites:", file=out)
+            print("\nTop call sites (first frame outside the allocator):", file=out)
             print(analysis.by_frame(cap).head(top).to_string(), file=out)
+            stacks = analysis.top_stacks(cap, min(top, 5))
+            if len(stacks):
+                print("\nTop stacks (innermost first):", file=out)
+                for _, row in stacks.iterrows():
+                    print(f"{int(row['count']):>10}  {str(row['stack'])[:150]}", file=out)
 
 
 def cmd_list(args) -> int:

@@ -5,30 +5,38 @@ below into one :class:`Frame` ``(function, offset, module, address)``, each part
 the line does not say it (never guessed). Stacks repeat the same frames over and over, so
 :func:`frames_table` parses each *distinct* line once and reuses the result.
 
-The forms, with a labelled sample of each::
+The forms, with a labelled sample of each (parts: A address, F function, O offset, S size,
+M module)::
 
-    SystemTap print_stack()     0xc045d717 : kmem_cache_alloc+0x2/0x4f []
-                                ^address     ^function        ^off ^size ^module ([] = vmlinux)
-    SystemTap 4.x               0xffffffff8123f0a1 : d_alloc+0x11/0xa0 [kernel]      ([kernel] = vmlinux)
-    SystemTap, no symbol        0xffffffffc0a1b2c3 : 0xffffffffc0a1b2c3 [ext4+0x1b2c3/0x9a000]
-                                ^address                                 ^module (offset is into
-                                                                          the module: dropped)
-    sprint_symbol / %pS         ext3_readdir+0x9c/0x5f4 [ext3]
-                                ^function    ^off  ^size ^module (no bracket = vmlinux)
-    bpftrace kstack             kmem_cache_alloc+556
-                                ^function        ^offset, DECIMAL; module not printed (None)
-    bpftrace kstack(perf)       \\tffffffff81638677 kmem_cache_alloc_noprof+551
-                                  ^address          ^function               ^offset, DECIMAL
-    perf script                 ffffffff816380fc kmem_cache_alloc_lru_noprof+0x22c ([kernel.kallsyms])
-                                ^address         ^function                   ^off   ^module (vmlinux)
-    perf script, module         ffffffffc0a1b2c3 ext4_da_write_begin+0x4a ([ext4])   (or ([ext4.ko]),
-                                                                                      or a .ko path)
-    ftrace stacktrace            => d_alloc_parallel          (no offset: module unknown, None)
-    ftrace, sym-offset on        => ext4_lookup+0x1a/0x50 [ext4]
-    an address alone            0x0000000c                   (unresolved: function None)
-    bpftrace, unresolved        0xffffffffc0a1b2c3
-    perf, unresolved            ffffffffc0a1b2c3 [unknown] ([unknown])
-    nothing known               [unknown]
+    SystemTap print_stack(), classic
+        0xc045d717 : kmem_cache_alloc+0x2/0x4f []           ([] = vmlinux)
+        A            F               +O   /S   [M]
+    SystemTap 4.x
+        0xffffffff8123f0a1 : d_alloc+0x11/0xa0 [kernel]     ([kernel] = vmlinux)
+    SystemTap, no symbol (the offset is into the module: dropped)
+        0xffffffffc0a1b2c3 : 0xffffffffc0a1b2c3 [ext4+0x1b2c3/0x9a000]
+        A                                        M
+    the kernel's %pS (sprint_symbol)
+        ext3_readdir+0x9c/0x5f4 [ext3]                      (no [M] = vmlinux)
+    bpftrace kstack (offset DECIMAL, module never printed: None)
+        kmem_cache_alloc+556
+        F               +O
+    bpftrace kstack(perf) (offset DECIMAL)
+        \tffffffff81638677 kmem_cache_alloc_noprof+551
+          A                F                      +O
+    perf script ([kernel.kallsyms] = vmlinux; a module as ([ext4]), ([ext4.ko]) or a .ko path)
+        ffffffff816380fc kmem_cache_alloc_lru_noprof+0x22c ([kernel.kallsyms])
+        A                F                          +O     (M)
+    ftrace stacktrace (no offset: module unknown, None)
+         => d_alloc_parallel
+    ftrace with the sym-offset option
+         => ext4_lookup+0x1a/0x50 [ext4]
+    ftrace with sym-offset and sym-addr
+         => alloc_empty_file+0x3c/0x110 <ffffffff816bdd0c>
+            F               +O   /S     <A>
+    unresolved: an address alone (classic stap, bpftrace), perf's [unknown], nothing at all
+        0x0000000c        0xffffffffc0a1b2c3        ffffffffc0a1b2c3 [unknown] ([unknown])
+        [unknown]
 
 Offsets written ``+0x..`` are hex, ``+123`` decimal (bpftrace). A module printed as ``[]``,
 ``[kernel]``, ``[vmlinux]`` or ``[kernel.kallsyms]`` is the core kernel, reported as
@@ -67,11 +75,14 @@ class Frame(NamedTuple):
 # an address before the symbol. Without "0x" we demand 8+ hex digits so that a function name
 # made of hex letters ("add") is never taken for an address.
 _ADDR_PREFIX = re.compile(
-    r"(?:0[xX](?P<hex0x>[0-9a-fA-F]{1,16})|(?P<hexbare>[0-9a-fA-F]{8,16}))(?:\s*:\s*|\s+)(?P<rest>\S.*)$")
-_ADDR_ALONE = re.compile(r"(?:0[xX])?(?P<hex>[0-9a-fA-F]{1,16})$")
+    r"(?:0[xX](?P<hex0x>[0-9a-fA-F]{1,16})|(?P<hexbare>[0-9a-fA-F]{8,16}))"
+    r"(?:\s*:\s*|\s+)(?P<rest>\S.*)$")
 _ADDR_ALONE_0X = re.compile(r"0[xX](?P<hex>[0-9a-fA-F]{1,16})$")
+# ftrace's sym-addr option appends the address: "func+0x3c/0x110 <ffffffff816bdd0c>"
+_ADDR_SUFFIX = re.compile(r"\s*<(?P<hex>[0-9a-fA-F]{1,16})>$")
 # A trailing module: "[ext3]", "[]" (stap, %pS) or "([kernel.kallsyms])", "(/lib/.../ext4.ko)"
-_MODULE_SUFFIX = re.compile(r"^(?P<sym>.*?)\s*(?:\(\s*(?P<paren>[^()]*?)\s*\)|\[(?P<bracket>[^\[\]]*)\])$")
+_MODULE_SUFFIX = re.compile(
+    r"^(?P<sym>.*?)\s*(?:\(\s*(?P<paren>[^()]*?)\s*\)|\[(?P<bracket>[^\[\]]*)\])$")
 # function, then an optional +offset (hex with 0x, else decimal) and /size (always hex)
 _SYMBOL = re.compile(
     r"(?P<func>[^\s+\[\]()]+)"
@@ -115,6 +126,9 @@ def parse_frame(text: str) -> Frame:
     if not s:
         raise ParseError("empty line where a stack frame was expected", line=text)
     address: int | None = None
+    if s.endswith(">") and (m := _ADDR_SUFFIX.search(s)) is not None:  # ftrace sym-addr
+        address = int(m.group("hex"), 16)
+        s = s[:m.start()].rstrip()
     m = _ADDR_PREFIX.match(s)
     if m:
         address = int(m.group("hex0x") or m.group("hexbare"), 16)
@@ -122,21 +136,17 @@ def parse_frame(text: str) -> Frame:
     elif (m := _ADDR_ALONE_0X.match(s)) is not None:
         return Frame(None, None, None, int(m.group("hex"), 16))
     module: str | None = None
-    had_offset_size = False
     m = _MODULE_SUFFIX.match(s)
+    printed_module = m is not None
     if m:
         raw = m.group("paren") if m.group("paren") is not None else m.group("bracket")
-        sym = m.group("sym")
-        if sym == "" and m.group("bracket") is not None:
-            # the whole thing is "[unknown]" (or "[mod]" alone, which names no function)
-            return Frame(None, None, _module_name(raw) if raw not in _UNKNOWN else None, address)
         module = _module_name(raw)
-        s = sym
-    if s in ("[unknown]", "unknown", ""):
+        s = m.group("sym")
+    if s in ("[unknown]", "unknown", ""):  # "[unknown]" alone, or "[mod]" with no function
         return Frame(None, None, module, address)
-    if address is None and (m := _ADDR_ALONE_0X.match(s)) is not None:
-        return Frame(None, None, module, int(m.group("hex"), 16))
-    if address is not None and _ADDR_ALONE.match(s) and s.lower().startswith("0x"):
+    if (m := _ADDR_ALONE_0X.match(s)) is not None:  # stap: "0x... : 0x... [mod+off/size]"
+        if address is None:
+            address = int(m.group("hex"), 16)
         return Frame(None, None, module, address)
     m = _SYMBOL.match(s)
     if not m:
@@ -144,11 +154,10 @@ def parse_frame(text: str) -> Frame:
     offset: int | None = None
     if m.group("offhex") is not None:
         offset = int(m.group("offhex"), 16)
-        had_offset_size = m.group("size") is not None
+        if not printed_module and m.group("size") is not None:
+            module = "vmlinux"  # %pS / sprint_symbol print " [mod]" for module symbols only
     elif m.group("offdec") is not None:
         offset = int(m.group("offdec"))
-    if module is None and had_offset_size and not _MODULE_SUFFIX.match(text.strip()):
-        module = "vmlinux"  # %pS / sprint_symbol prints " [mod]" for module symbols only
     return Frame(m.group("func"), offset, module, address)
 
 

@@ -34,10 +34,23 @@ def require_tool(name: str) -> str:
 
 
 def _tracing_leftovers() -> list[str]:
+    """slabkit tracefs instances that are ours (this process) or orphaned (owner gone).
+
+    Instances are named ``slabkit-<owner pid>-<owner start time>-<n>``; one whose owner is
+    another live process (a concurrent test run) is not this test's business.
+    """
+    from slabkit.runner import _proc_start_time
     left = []
     inst = TRACEFS / "instances"
     if inst.is_dir():
-        left += [f"tracefs instance {p.name}" for p in inst.iterdir() if p.name.startswith("slabkit")]
+        for p in inst.iterdir():
+            if not p.name.startswith("slabkit"):
+                continue
+            parts = p.name.split("-")
+            owner_alive = (len(parts) >= 3 and parts[1].isdigit()
+                           and _proc_start_time(int(parts[1])) == parts[2])
+            if not owner_alive or int(parts[1]) == os.getpid():
+                left.append(f"tracefs instance {p.name}")
     return left
 
 

@@ -380,3 +380,25 @@ def test_pivots_are_fast_on_100k_stacks():
     # each is well under 1 s on a quiet machine; the bound allows a busy CI box
     slow = {k: round(v, 2) for k, v in timings.items() if v > 5}
     assert not slow, f"pivots too slow on 100k stacks x 30 frames: {slow}"
+
+
+def test_real_bpftrace_sample_on_6_18():
+    """A real capture (bpftrace, Linux 6.18, filp, with the slabwork workload opening 20000
+    files): the *_noprof allocator frame is skipped and every stack's callsite is
+    alloc_empty_file, the one caller of kmem_cache_alloc for filp."""
+    import json
+
+    from conftest import DATA
+    folder = DATA / "samples" / "bpftrace-filp"
+    if not (folder / "frames.parquet").is_file():
+        pytest.skip("sample capture data/samples/bpftrace-filp is not in this checkout")
+    cap = Capture(pd.read_parquet(folder / "allocs.parquet"),
+                  pd.read_parquet(folder / "frames.parquet"),
+                  json.loads((folder / "meta.json").read_text()))
+    total = int(cap.allocs["count"].sum())
+    assert A.by_frame(cap)["count"].to_dict() == {"alloc_empty_file": total}
+    assert A.by_process(cap).loc["slabwork", "count"] == 20000
+    assert A.by_module(cap)["count"].to_dict() == {"vmlinux": total}
+    folded = A.to_folded(cap).splitlines()
+    assert all(line.rsplit(" ", 1)[0].endswith(";alloc_empty_file;kmem_cache_alloc_noprof")
+               for line in folded)

@@ -20,6 +20,7 @@ import slabkit.capturing as capturing
 from bench.workload import Workload
 from conftest import FIXTURES, TRACEFS
 from live_capture import capture_around
+from sshd import sshd_server  # noqa: F401  (fixture)
 from slabkit import runner
 from slabkit.backends import Options
 from slabkit.backends.ftrace import (FtraceBackend, FtraceProgram, kernel_filter, parse_output,
@@ -353,3 +354,17 @@ def test_a_bad_filter_fails_with_the_kernels_error_log_and_cleans_up(live, tmp_p
     with pytest.raises(ProbeFailed, match="filter"):
         capturing.run_prepared(prep, 10, base=tmp_path, progress=False)
     assert our_instances() == before and not cat_children()
+
+
+@pytest.mark.ssh
+def test_a_capture_over_ssh_counts_exactly_and_removes_its_instance(live, sshd_server, tmp_path):
+    from slabkit.remote import SSHTarget
+    before = set(p.name for p in (TRACEFS / "instances").iterdir())
+    with SSHTarget(sshd_server.destination, ssh_options=sshd_server.client_options) as t:
+        with Workload("open", N, "/etc/hostname") as w:
+            cap = capture_around("filp", w.go, backend="ftrace", host=t, base=tmp_path)
+    assert int(pid_rows(cap, w.pid)["count"].sum()) == N
+    assert cap.meta["losses"] == {"overrun": 0, "dropped_events": 0}
+    # the instance is named after this (local) process and is gone from the target
+    assert not [n for n in set(p.name for p in (TRACEFS / "instances").iterdir()) - before
+                if n.startswith(f"{runner.INSTANCE_PREFIX}{os.getpid()}-")]

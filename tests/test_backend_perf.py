@@ -17,6 +17,7 @@ import slabkit.capturing as capturing
 from bench.workload import Workload
 from conftest import FIXTURES, _child_tracers, require_tool
 from live_capture import capture_around
+from sshd import sshd_server  # noqa: F401  (fixture)
 from slabkit.backends import Options
 from slabkit.backends.perf import PerfBackend, mmap_pages, parse_script, render_argv
 from slabkit.control import RunControl
@@ -293,3 +294,17 @@ def test_a_bad_filter_fails_with_perfs_message(perf, tmp_path):
     prep.program.argv[i + 1] = "no_such_field == 1"
     with pytest.raises(ProbeFailed, match="failed to set filter"):
         capturing.run_prepared(prep, 10, base=tmp_path, progress=False)
+
+
+@pytest.mark.ssh
+def test_a_capture_over_ssh_counts_exactly_and_leaves_nothing_on_the_target(perf, sshd_server,
+                                                                           tmp_path):
+    from slabkit.remote import SSHTarget
+    before = set(Path("/tmp").glob("slabkit-perf.*"))
+    with SSHTarget(sshd_server.destination, ssh_options=sshd_server.client_options) as t:
+        with Workload("open", N, "/etc/hostname") as w:
+            cap = capture_around("filp", w.go, backend="perf", host=t, base=tmp_path)
+    assert int(pid_rows(cap, w.pid)["count"].sum()) == N
+    assert (Path(cap.path) / "perf.script.txt").is_file()
+    assert not (Path(cap.path) / "perf.data").exists()   # it was written on the target
+    assert set(Path("/tmp").glob("slabkit-perf.*")) == before

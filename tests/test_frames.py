@@ -18,7 +18,8 @@ K = 0xFFFFFFFF00000000
     # stap print_stack, classic (32-bit, [] = vmlinux)
     ("0xc045d717 : kmem_cache_alloc+0x2/0x4f []",
      Frame("kmem_cache_alloc", 2, "vmlinux", 0xC045D717)),
-    ("0xf890da44 : ext3_readdir+0x9c/0x5f4 [ext3]", Frame("ext3_readdir", 0x9C, "ext3", 0xF890DA44)),
+    ("0xf890da44 : ext3_readdir+0x9c/0x5f4 [ext3]",
+     Frame("ext3_readdir", 0x9C, "ext3", 0xF890DA44)),
     # stap 4.x: leading space, [kernel]
     (" 0xffffffff8123f0a1 : d_alloc+0x11/0xa0 [kernel]",
      Frame("d_alloc", 0x11, "vmlinux", 0xFFFFFFFF8123F0A1)),
@@ -49,6 +50,10 @@ K = 0xFFFFFFFF00000000
     (" => d_alloc_parallel", Frame("d_alloc_parallel", None, None, None)),
     (" => func+0x1a/0x50", Frame("func", 0x1A, "vmlinux", None)),
     (" => ext4_lookup+0x1a/0x50 [ext4]", Frame("ext4_lookup", 0x1A, "ext4", None)),
+    (" => alloc_empty_file+0x3c/0x110 <ffffffff816bdd0c>",
+     Frame("alloc_empty_file", 0x3C, "vmlinux", 0xFFFFFFFF816BDD0C)),
+    (" => ext4_lookup+0x1a/0x50 [ext4] <ffffffffc0a1b2c3>",
+     Frame("ext4_lookup", 0x1A, "ext4", 0xFFFFFFFFC0A1B2C3)),
     # addresses alone
     ("0x0000000c", Frame(None, None, None, 0xC)),
     ("0xffffffffc0a1b2c3", Frame(None, None, None, 0xFFFFFFFFC0A1B2C3)),

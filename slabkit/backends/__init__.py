@@ -104,13 +104,9 @@ def registry() -> dict[str, Backend]:
     from .bpftrace import BpftraceBackend
     from .ftrace import FtraceBackend
     from .perf import PerfBackend
-    backends = [BpftraceBackend(), PerfBackend(), FtraceBackend()]
-    try:  # TEMPORARY while stap.py is being written
-        from .stap import StapBackend
-        backends.append(StapBackend())
-    except ImportError:
-        pass
-    return {b.name: b for b in backends}
+    from .stap import StapBackend
+    return {b.name: b for b in (BpftraceBackend(), PerfBackend(), FtraceBackend(),
+                                StapBackend())}
 
 
 def get_backend(name: str) -> Backend:

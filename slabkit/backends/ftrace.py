@@ -194,8 +194,11 @@ def remove_instance(target: "Target", tracefs: str, name: str, *,
         events = target.listdir(kmem) if target.exists(kmem) else []
     except OSError:
         events = []
+    paths = [f"{kmem}/{ev}/{f}" for ev in events for f in ("trigger", "filter")]
+    texts = target.read_many(paths) if paths else {}   # one round trip on SSH targets
     for ev in events:
-        _clear_event(target, f"{kmem}/{ev}")
+        _clear_event(target, f"{kmem}/{ev}", texts.get(f"{kmem}/{ev}/trigger"),
+                     texts.get(f"{kmem}/{ev}/filter"))
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -209,13 +212,10 @@ def remove_instance(target: "Target", tracefs: str, name: str, *,
             time.sleep(0.1)
 
 
-def _clear_event(target: "Target", evdir: str) -> None:
+def _clear_event(target: "Target", evdir: str, triggers: str | None,
+                 filter_text: str | None) -> None:
     """Remove every trigger and the filter of one event folder; ignore what is not there."""
-    try:
-        text = target.read_text(f"{evdir}/trigger")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
+    for line in (triggers or "").splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -224,11 +224,11 @@ def _clear_event(target: "Target", evdir: str) -> None:
             target.write_text(f"{evdir}/trigger", f"!{cmd}")
         except OSError:
             pass
-    try:
-        if target.read_text(f"{evdir}/filter").strip() not in ("", "none"):
+    if (filter_text or "").strip() not in ("", "none"):
+        try:
             target.write_text(f"{evdir}/filter", "0")
-    except OSError:
-        pass
+        except OSError:
+            pass
 
 
 def read_stats(target: "Target", base: str) -> tuple[dict[str, int], str]:

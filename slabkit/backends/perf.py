@@ -206,9 +206,10 @@ class PerfBackend(Backend):
         if sp.returncode != 0:
             raise ProbeFailed("perf script failed", returncode=sp.returncode,
                               stderr=script_err, raw_path=str(folder))
+        kept = [DATA] if Path(workdir) == Path(folder) else []  # remote: perf.data stays there
         return RunResult(end_reason=reason, returncode=rc,
                          stderr=(record_log + script_err).strip(),
-                         raw_files=[DATA, RAW, RECORD_LOG, SCRIPT_STDERR])
+                         raw_files=kept + [RAW, RECORD_LOG, SCRIPT_STDERR])
 
     def parse(self, folder: Path, plan: "Plan", meta: dict) -> Parsed:
         return parse_script(folder / RAW, plan, meta)

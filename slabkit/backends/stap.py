@@ -409,3 +409,107 @@ def parse_classic_meta(text: str) -> dict[str, Any]:
     return {"cache": cache, "elided": elided_totals or elided_stacks,
             "complete": not (elided_totals or elided_stacks),
             "allocs": sum(totals.values())}
+
+
+# --------------------------------------------------------------------------------------------
+# the backend: run slabkit.stp through stap on the target
+
+RAW = "stap.out"
+STDERR_FILE = "stap.stderr"
+SCRIPT_FILE = "slabkit.stp"
+
+
+class StapBackend:
+    """SystemTap on kernels with kprobes and loadable modules (the classic tool's home).
+
+    Needs stap, the kernel's headers and debuginfo on the target. The script is written into
+    the capture folder (and, for an SSH target, to a temporary file there) and run with the
+    cache, pid filter and duration as arguments; stap is stopped with SIGINT, which runs the
+    script's ``end`` probe that prints the aggregated stacks.
+    """
+
+    name = "stap"
+    streaming = False
+    modes = ("allocs",)
+    package = "systemtap"
+
+    def unavailable(self, target, facts) -> str | None:
+        missing = [what for what, ok in (("kprobes", facts.kprobes),
+                                         ("loadable modules", facts.modules)) if not ok]
+        if missing:
+            return (f"SystemTap needs {' and '.join(missing)}, which this kernel "
+                    f"({facts.release or 'unknown'}) lacks; use bpftrace, perf or ftrace here")
+        if not facts.tracers.get("stap"):
+            return ("SystemTap is not installed (Debian/Ubuntu: apt-get install systemtap "
+                    "linux-headers-$(uname -r), and the kernel's debug symbols)")
+        return None
+
+    def _functions(self, plan, facts) -> list[str]:
+        if plan.functions:
+            return list(plan.functions)
+        from ..facts import ALLOC_FUNCTIONS
+        return [f for f in ALLOC_FUNCTIONS if f in facts.functions]
+
+    def unsupported(self, plan, facts) -> str | None:
+        if plan.kind != "dedicated":
+            return "slabkit's stap script probes dedicated caches only (use bpftrace for kmalloc)"
+        if plan.comm is not None:
+            return "the stap script filters by pid, not by comm"
+        if not self._functions(plan, facts):
+            return "no kmem_cache_alloc* function found in /proc/kallsyms"
+        return None
+
+    def render(self, plan, options, facts):
+        from . import Program
+        functions = self._functions(plan, facts)
+        text = render(plan.cache, None, function_names=functions, param="s")
+        cmd = argv("{folder}/" + SCRIPT_FILE, plan.cache, None, plan.pid)
+        return Program(backend=self.name, argv=cmd, text=text)
+
+    def run(self, target, program, folder, control):
+        import uuid
+        from ..errors import ProbeFailed
+        from ..runner import tracer_process
+        from ..target import LocalTarget
+        from . import RunResult
+        (folder / SCRIPT_FILE).write_text(program.text)
+        if isinstance(target, LocalTarget):
+            script = str(folder / SCRIPT_FILE)
+        else:
+            script = f"/tmp/slabkit-{uuid.uuid4().hex}.stp"
+            target.write_text(script, program.text)
+        cmd = [script if a == "{folder}/" + SCRIPT_FILE else a for a in program.argv]
+        raw, errf = folder / RAW, folder / STDERR_FILE
+        try:
+            with open(raw, "wb") as out, open(errf, "wb") as err:
+                with tracer_process(target, cmd, stdout=out, stderr=err) as proc:
+                    def attached() -> bool:
+                        with open(raw, "rb") as f:
+                            return b"slabkit-stap begin" in f.read(4096)
+                    # compiling the module takes a while: allow it
+                    control.wait_attached(attached, lambda: proc.poll() is None,
+                                          timeout_s=600, what="stap")
+                    reason = control.run_for(lambda: proc.poll() is None)
+        except ProbeFailed as e:
+            e.stderr = errf.read_text(errors="replace") if errf.exists() else ""
+            raise ProbeFailed(str(e).split(" (")[0], stderr=e.stderr, raw_path=str(raw)) from None
+        finally:
+            if not isinstance(target, LocalTarget):
+                try:
+                    target.run(["rm", "-f", script], timeout=30)
+                except Exception:
+                    pass
+        stderr = errf.read_text(errors="replace")
+        info = parse_stderr(stderr)
+        losses = {k: int(info[k]) for k in ("skipped", "transport_failures") if info[k]}
+        if info["overflow"]:
+            losses["table_overflow"] = 1
+        return RunResult(end_reason=reason, returncode=proc.returncode, stderr=stderr,
+                         losses=losses, raw_files=[RAW, STDERR_FILE, SCRIPT_FILE])
+
+    def parse(self, folder, plan, meta):
+        from . import Parsed
+        path = folder / RAW
+        allocs, frames = parse(path.read_text(errors="replace"),
+                               object_size=meta.get("slab_size"), path=str(path))
+        return Parsed(allocs=allocs.drop(columns=["host"]), frames=frames)

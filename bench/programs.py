@@ -1,0 +1,107 @@
+"""Candidate bpftrace programs for slabkit's default capture, and the hand-typed anchors.
+
+Every variant counts the ``filp`` cache on ``kmem:kmem_cache_alloc`` (6.18+: the event has the
+cache name) and changes one thing against slabkit's current program (``CURRENT``), so the
+table in ``bench/results/latest.md`` shows what each piece costs. They run as slabkit runs
+bpftrace (``-f json -k``, ``BPFTRACE_MAP_KEYS_MAX=65536``, ``BPFTRACE_STRLEN=64``).
+"""
+from __future__ import annotations
+
+from .tracers import Bpftrace, FtraceTrigger, PerfRecord
+
+ENV = {"BPFTRACE_MAP_KEYS_MAX": "65536", "BPFTRACE_STRLEN": "64"}
+EVENT = "tracepoint:kmem:kmem_cache_alloc"
+PRE = 'args->bytes_alloc == 192 && str(args->name, 6) == "filp"'   # slabkit's filter
+KEY = "pid, tid, cgroup, comm"                                      # slabkit's key
+COUNT = f"@c[{KEY}] = count();"
+STACK = f"@s[{KEY}, kstack(perf)] = count();"
+
+
+def _prog(body: str, pred: str = PRE) -> str:
+    return f"{EVENT}\n/{pred}/\n{{\n{body}\n}}\n"
+
+
+def sampled(n: int, *, key: str = KEY, stack: str = "kstack(perf)", how: str = "rand") -> str:
+    """slabkit's program shape: exact counts, a stack for 1 event in ``n``."""
+    take = f"@s[{key}, {stack}] = count();"
+    if n == 1:
+        return _prog(f"  {COUNT}\n  {take}")
+    cond = {"rand": f"rand % {n} == 0",
+            "nsecs": f"(nsecs & {n - 1}) == 0",
+            "cpu-counter": f"(uint64)@n[cpu] % {n} == 0"}[how]
+    pre = "  @n[cpu]++;\n" if how == "cpu-counter" else ""
+    return _prog(f"  {COUNT}\n{pre}  if ({cond}) {{ {take} }}")
+
+
+#: (name, what changes, program); the first rows take pieces away, the later ones vary the
+#: stack sampling. ``CURRENT`` is what slabkit runs today (DEFAULT_STACK_SAMPLE = 8).
+VARIANTS: list[tuple[str, str, str]] = [
+    ("filter-int", "probe + `bytes_alloc == 192` only (not exact: the floor)",
+     _prog("", "args->bytes_alloc == 192")),
+    ("filter-str64", "probe + `str(args->name) == \"filp\"` (64-byte compare, no prefilter)",
+     _prog("", 'str(args->name) == "filp"')),
+    ("filter-str6", "probe + `str(args->name, 6) == \"filp\"` (short compare, no prefilter)",
+     _prog("", 'str(args->name, 6) == "filp"')),
+    ("filter", "probe + slabkit's filter (int prefilter, short compare), empty body",
+     _prog("")),
+    ("count", "filter + exact counts `@c[pid, tid, cgroup, comm] = count()`", _prog(f"  {COUNT}")),
+    ("count-incr", "same with `@c[...]++` (shared hash) instead of count() (per-CPU)",
+     _prog(f"  @c[{KEY}]++;")),
+    ("count-tid", "exact counts keyed by `tid` only", _prog("  @c[tid] = count();")),
+    ("count-pid-comm", "exact counts keyed by `pid, comm`", _prog("  @c[pid, comm] = count();")),
+    ("stacks-only", "full stacks, no @c: `@s[pid, tid, cgroup, comm, kstack(perf)] = count()`",
+     _prog(f"  {STACK}")),
+    ("N=1", "slabkit full-stack mode (stack_sample=1): @c + @s every event", sampled(1)),
+    ("N=1 kstack", "same with `kstack` (bpftrace's default format)",
+     sampled(1, stack="kstack")),
+    ("N=4", "@c + stack for 1 in 4 (`rand % 4 == 0`)", sampled(4)),
+    ("N=8 (current)", "slabkit today: @c + stack for 1 in 8 (`rand % 8 == 0`)", sampled(8)),
+    ("N=16", "@c + stack for 1 in 16", sampled(16)),
+    ("N=32", "@c + stack for 1 in 32", sampled(32)),
+    ("N=64", "@c + stack for 1 in 64", sampled(64)),
+    ("N=8 nsecs", "1 in 8 chosen by `(nsecs & 7) == 0`", sampled(8, how="nsecs")),
+    ("N=8 cpu-counter", "1 in 8 by a per-CPU counter `@n[cpu]++` (systematic)",
+     sampled(8, how="cpu-counter")),
+    ("N=8 tid-key", "1 in 8, stack map keyed `@s[tid, kstack(perf)]` (who: from @c by tid)",
+     sampled(8, key="tid")),
+]
+
+#: variants a quick run keeps
+QUICK = ("filter", "count", "N=1", "N=8 (current)", "N=16", "N=64")
+
+CURRENT = "N=8 (current)"
+
+
+def variant_tracers(names: tuple[str, ...] | None = None) -> list[Bpftrace]:
+    return [Bpftrace(name=n, label=what, program=p, env=dict(ENV))
+            for n, what, p in VARIANTS if names is None or n in names]
+
+
+# ------------------------------------------------------------------------------------------
+# the hand-typed anchors of the issue (as typed: plain output, bpftrace's default env)
+
+def anchors_filp() -> list:
+    return [
+        Bpftrace(name="anchor-bpftrace-stacks", label="bpftrace @[comm, kstack] (anchor)",
+                 program=('tracepoint:kmem:kmem_cache_alloc /str(args->name) == "filp"/ '
+                          "{ @[comm, kstack] = count(); }\n"), json=False),
+        Bpftrace(name="anchor-bpftrace-comm", label="bpftrace @[comm] (anchor)",
+                 program=('tracepoint:kmem:kmem_cache_alloc /str(args->name) == "filp"/ '
+                          "{ @[comm] = count(); }\n"), json=False),
+        PerfRecord(name="anchor-perf", label="perf record -g (anchor)",
+                   args=["-e", "kmem:kmem_cache_alloc", "--filter", 'name == "filp"', "-g",
+                         "-a"]),
+        FtraceTrigger(name="anchor-ftrace", label="ftrace stacktrace trigger (anchor)"),
+    ]
+
+
+def anchors_kmalloc64() -> list:
+    return [
+        Bpftrace(name="anchor-bpftrace-stacks", label="bpftrace @[comm, kstack] (anchor)",
+                 program=("tracepoint:kmem:kmalloc /args->bytes_alloc == 64/ "
+                          "{ @[comm, kstack] = count(); }\n"), json=False),
+        PerfRecord(name="anchor-perf", label="perf record -g (anchor)",
+                   args=["-e", "kmem:kmalloc", "--filter", "bytes_alloc == 64", "-g", "-a"]),
+        FtraceTrigger(name="anchor-ftrace", label="ftrace stacktrace trigger (anchor)",
+                      event="kmem/kmalloc", expr="bytes_alloc == 64"),
+    ]
