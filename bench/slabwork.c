@@ -3,6 +3,9 @@
  *   slabwork open N PATH     N x open(PATH)+close: N allocations from the filp cache
  *   slabwork stat N DIR      N x stat(DIR/missing-<pid>-<i>): N negative dentries (dentry)
  *   slabwork eventfd N       N x eventfd()+close: N kmalloc-<sizeof eventfd_ctx> + N filp
+ *   slabwork pipe N          N x pipe()+close: N pipe_inode_info (kmalloc-cg-192) + N pipe
+ *                            buffer arrays (kmalloc-cg-1k), with __GFP_ACCOUNT
+ *   slabwork sleep MS        no allocations: sleep MS milliseconds (attach tests)
  *   slabwork hold N PATH     open N fds of PATH and keep them; on "c" close every other one
  *   slabwork loop SECONDS PATH   open/close PATH as fast as possible; prints ops/s (bench)
  *   slabwork eventfdloop SECONDS eventfd()+close as fast as possible (kmalloc-64 + filp); ops/s
@@ -47,7 +50,7 @@ int main(int argc, char **argv) {
     int nowait = 0;
     if (argc > 1 && strcmp(argv[1], "-n") == 0) { nowait = 1; argv++; argc--; }
     if (argc < 3) {
-        fprintf(stderr, "usage: slabwork [-n] open|stat|eventfd|hold|loop|eventfdloop|mixloop N [PATH]\n");
+        fprintf(stderr, "usage: slabwork [-n] open|stat|eventfd|pipe|sleep|hold|loop|eventfdloop|mixloop N [PATH]\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -79,6 +82,17 @@ int main(int argc, char **argv) {
             close(fd);
             done++;
         }
+    } else if (strcmp(mode, "pipe") == 0) {
+        int p[2];
+        for (long i = 0; i < n; i++) {
+            if (pipe(p) < 0) { perror("pipe"); return 1; }
+            close(p[0]);
+            close(p[1]);
+            done++;
+        }
+    } else if (strcmp(mode, "sleep") == 0) {
+        struct timespec ts = { n / 1000, (n % 1000) * 1000000L };
+        nanosleep(&ts, NULL);
     } else if (strcmp(mode, "hold") == 0) {
         int *fds = calloc(n, sizeof *fds);
         for (long i = 0; i < n; i++) {

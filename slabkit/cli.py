@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "slabkit run left behind")
     p.set_defaults(func=cmd_cleanup)
 
+    p = sub.add_parser("report", help="a self-contained HTML report of a capture "
+                                      "(notebook 02 executed for it)")
+    p.add_argument("capture", help="capture folder or raw tracer output")
+    p.add_argument("-o", "--output", default=None, metavar="HTML",
+                   help="where to write it (default: <capture name>.html here)")
+    p.add_argument("--show-code", action="store_true", help="keep the code cells in the page")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("demo", help="the README's demo: caches, then a capture and a report")
     p.add_argument("-d", "--duration", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--cache", default=None, help="capture this cache (default: the busiest)")
@@ -171,6 +179,14 @@ def cmd_cleanup(args) -> int:
     from .runner import cleanup_leftovers
     done = cleanup_leftovers()
     print("\n".join(done) if done else "nothing left behind")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+    from .report import write_report
+    out = args.output or f"{Path(args.capture).resolve().name}.html"
+    print(f"report: {write_report(args.capture, out, show_code=args.show_code)}")
     return 0
 
 

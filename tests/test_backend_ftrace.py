@@ -258,14 +258,25 @@ def pid_rows(cap, pid):
     return cap.allocs[cap.allocs["pid"] == pid]
 
 
+def assert_count(cap, pid, n):
+    """The workload's count is ``n``, short of it by at most what the tracer reported lost.
+
+    At these rates nothing is lost on a quiet machine (then the count must be exact); the
+    buffers are shared with every other process's allocations from the cache, so a machine
+    busy with other work may overflow them, which the losses must then account for."""
+    lost, got = int(cap.meta["lost_total"]), int(pid_rows(cap, pid)["count"].sum())
+    if lost == 0:
+        assert got == n
+    else:
+        assert n - lost <= got <= n, (got, cap.meta["losses"])
+
+
 def test_filp_count_is_exact_and_stacks_show_the_open_path(live, tmp_path):
     before = our_instances()
     with Workload("open", N, "/etc/hostname") as w:
         cap = capture_around("filp", w.go, backend="ftrace", base=tmp_path)
     rows = pid_rows(cap, w.pid)
-    lost, got = cap.meta["lost_total"], int(rows["count"].sum())
-    assert N - lost <= got <= N
-    assert lost == 0 and got == N, cap.meta["losses"]    # 2,000 events never fill 8 MB
+    assert_count(cap, w.pid, N)
     assert set(cap.meta["losses"]) == {"overrun", "dropped_events"}
     assert set(rows["comm"]) == {"slabwork"}
     assert int(rows["bytes"].sum()) == N * cap.meta["slab_size"]
@@ -275,15 +286,14 @@ def test_filp_count_is_exact_and_stacks_show_the_open_path(live, tmp_path):
         assert (Path(cap.path) / raw).is_file()
     assert our_instances() == before and not cat_children()
     again = slabkit.load(cap.path, reparse=True)
-    assert int(pid_rows(again, w.pid)["count"].sum()) == N
+    assert int(pid_rows(again, w.pid)["count"].sum()) == int(rows["count"].sum())
 
 
 def test_kmalloc_size_class_count_is_exact_for_eventfd(live, tmp_path):
     with Workload("eventfd", N) as w:
         cap = capture_around("kmalloc-64", w.go, backend="ftrace", base=tmp_path)
     rows = pid_rows(cap, w.pid)
-    assert cap.meta["lost_total"] == 0
-    assert int(rows["count"].sum()) == N
+    assert_count(cap, w.pid, N)
     assert 0 < int(rows["bytes_req"].sum()) <= N * 64
     assert "do_eventfd" in functions_of(cap.frames, rows["stack_id"])
 
@@ -298,7 +308,7 @@ def test_pid_and_comm_filters_are_applied_in_the_kernel(live, tmp_path):
     with Workload("open", N, "/etc/hostname") as w:
         cap = capture_around("filp", w.go, backend="ftrace", base=tmp_path / "comm",
                              comm="slabwork")
-    assert int(pid_rows(cap, w.pid)["count"].sum()) == N
+    assert_count(cap, w.pid, N)
 
 
 def test_a_full_duration_capture_is_complete(live, tmp_path):
@@ -357,14 +367,15 @@ def test_a_bad_filter_fails_with_the_kernels_error_log_and_cleans_up(live, tmp_p
 
 
 @pytest.mark.ssh
-def test_a_capture_over_ssh_counts_exactly_and_removes_its_instance(live, sshd_server, tmp_path):
+def test_a_capture_over_ssh_counts_exactly_and_removes_its_instance(live, sshd_server,  # noqa: F811
+                                                                    tmp_path):
     from slabkit.remote import SSHTarget
     before = set(p.name for p in (TRACEFS / "instances").iterdir())
     with SSHTarget(sshd_server.destination, ssh_options=sshd_server.client_options) as t:
         with Workload("open", N, "/etc/hostname") as w:
             cap = capture_around("filp", w.go, backend="ftrace", host=t, base=tmp_path)
-    assert int(pid_rows(cap, w.pid)["count"].sum()) == N
-    assert cap.meta["losses"] == {"overrun": 0, "dropped_events": 0}
+    assert_count(cap, w.pid, N)
+    assert set(cap.meta["losses"]) == {"overrun", "dropped_events"}
     # the instance is named after this (local) process and is gone from the target
     assert not [n for n in set(p.name for p in (TRACEFS / "instances").iterdir()) - before
                 if n.startswith(f"{runner.INSTANCE_PREFIX}{os.getpid()}-")]

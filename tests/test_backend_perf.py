@@ -206,34 +206,44 @@ def pid_rows(cap, pid):
     return cap.allocs[cap.allocs["pid"] == pid]
 
 
+def assert_count(cap, pid, n):
+    """The workload's count is ``n``, short of it by at most what the tracer reported lost.
+
+    At these rates nothing is lost on a quiet machine (then the count must be exact); the
+    buffers are shared with every other process's allocations from the cache, so a machine
+    busy with other work may overflow them, which the losses must then account for."""
+    lost, got = int(cap.meta["lost_total"]), int(pid_rows(cap, pid)["count"].sum())
+    if lost == 0:
+        assert got == n
+    else:
+        assert n - lost <= got <= n, (got, cap.meta["losses"])
+
+
 def test_filp_count_is_exact_and_stacks_show_the_open_path(perf, tmp_path):
     with Workload("open", N, "/etc/hostname") as w:
         cap = capture_around("filp", w.go, backend="perf", base=tmp_path)
     rows = pid_rows(cap, w.pid)
-    lost, got = cap.meta["lost_total"], int(rows["count"].sum())
-    assert N - lost <= got <= N
-    assert lost == 0 and got == N, cap.meta["losses"]    # 2,000 events never fill 8 MB
+    assert_count(cap, w.pid, N)
     assert set(rows["comm"]) == {"slabwork"}
     assert int(rows["bytes"].sum()) == N * cap.meta["slab_size"]
     assert SYSCALL_PATH & functions_of(cap.frames, rows["stack_id"])
     assert cap.meta["status"] == "interrupted" and cap.meta["backend"] == "perf"
-    assert cap.meta["losses"] == {"lost_samples": 0}
+    assert set(cap.meta["losses"]) == {"lost_samples"}
     for raw in ("perf.data", "perf.script.txt", "perf.record.log"):
         assert (Path(cap.path) / raw).is_file()
     assert "Events enabled" in cap.meta["tracer_stderr"]
     # saved tables load back, and re-parsing the raw text gives the same counts
     again = slabkit.load(cap.path)
-    assert int(pid_rows(again, w.pid)["count"].sum()) == N
+    assert int(pid_rows(again, w.pid)["count"].sum()) == int(rows["count"].sum())
     re_parsed = slabkit.load(cap.path, reparse=True)
-    assert int(pid_rows(re_parsed, w.pid)["count"].sum()) == N
+    assert int(pid_rows(re_parsed, w.pid)["count"].sum()) == int(rows["count"].sum())
 
 
 def test_kmalloc_size_class_count_is_exact_for_eventfd(perf, tmp_path):
     with Workload("eventfd", N) as w:
         cap = capture_around("kmalloc-64", w.go, backend="perf", base=tmp_path)
     rows = pid_rows(cap, w.pid)
-    assert cap.meta["lost_total"] == 0
-    assert int(rows["count"].sum()) == N
+    assert_count(cap, w.pid, N)
     assert cap.meta["plan"]["strategy"] == "kmalloc-size-class"
     assert 0 < int(rows["bytes_req"].sum()) <= N * 64
     assert "do_eventfd" in functions_of(cap.frames, rows["stack_id"])
@@ -250,7 +260,7 @@ def test_pid_and_comm_filters_are_applied_in_the_kernel(perf, tmp_path):
         cap = capture_around("filp", w.go, backend="perf", base=tmp_path / "comm",
                              comm="slabwork")
     assert set(cap.allocs["comm"]) == {"slabwork"}
-    assert int(pid_rows(cap, w.pid)["count"].sum()) == N
+    assert_count(cap, w.pid, N)
 
 
 def test_sampling_scales_counts_back_and_marks_them_estimated(perf, tmp_path):
@@ -288,6 +298,25 @@ def test_an_error_mid_capture_stops_perf(perf, tmp_path):
     assert not _child_tracers()          # perf record was stopped and reaped
 
 
+class _CtrlC(RunControl):
+    """Ctrl-C during the capture: RunControl turns it into end reason 'interrupted'."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, every_second=self._raise, **kw)
+
+    @staticmethod
+    def _raise(elapsed):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_mid_capture_keeps_the_data_and_stops_perf(perf, tmp_path):
+    prep = capturing.prepare("filp", backend="perf")
+    res = prep.backend.run(prep.target, prep.program, tmp_path, _CtrlC(60, progress=False))
+    assert res.end_reason == "interrupted" and res.losses == {}
+    assert (tmp_path / "perf.data").is_file() and (tmp_path / "perf.script.txt").is_file()
+    assert not _child_tracers()
+
+
 def test_a_bad_filter_fails_with_perfs_message(perf, tmp_path):
     prep = capturing.prepare("filp", backend="perf")
     i = prep.program.argv.index("--filter")
@@ -297,14 +326,14 @@ def test_a_bad_filter_fails_with_perfs_message(perf, tmp_path):
 
 
 @pytest.mark.ssh
-def test_a_capture_over_ssh_counts_exactly_and_leaves_nothing_on_the_target(perf, sshd_server,
+def test_a_capture_over_ssh_counts_exactly_and_leaves_nothing_on_the_target(perf, sshd_server,  # noqa: F811
                                                                            tmp_path):
     from slabkit.remote import SSHTarget
     before = set(Path("/tmp").glob("slabkit-perf.*"))
     with SSHTarget(sshd_server.destination, ssh_options=sshd_server.client_options) as t:
         with Workload("open", N, "/etc/hostname") as w:
             cap = capture_around("filp", w.go, backend="perf", host=t, base=tmp_path)
-    assert int(pid_rows(cap, w.pid)["count"].sum()) == N
+    assert_count(cap, w.pid, N)
     assert (Path(cap.path) / "perf.script.txt").is_file()
     assert not (Path(cap.path) / "perf.data").exists()   # it was written on the target
     assert set(Path("/tmp").glob("slabkit-perf.*")) == before

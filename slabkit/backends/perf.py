@@ -185,8 +185,11 @@ class PerfBackend(Backend):
                 try:
                     control.wait_attached(attached, lambda: proc.poll() is None,
                                           what="perf record")
-                except ProbeFailed as e:
-                    raise ProbeFailed(str(e).split(" (")[0], returncode=proc.poll(),
+                except ProbeFailed:
+                    what = ("perf record exited before enabling its events"
+                            if proc.poll() is not None
+                            else "perf record did not enable its events in time")
+                    raise ProbeFailed(what, returncode=proc.poll(),
                                       stderr=log.read_text(errors="replace"),
                                       raw_path=str(folder)) from None
                 reason = control.run_for(lambda: proc.poll() is None)

@@ -16,17 +16,24 @@ What it does (see /work/shared/KERNEL-MATRIX.md for why):
   ``linux-image-6.12.N+deb12-amd64``; the ``-unsigned`` variant only where the signed one is
   missing), downloads it with ``apt-get download`` and extracts it with ``dpkg-deb -x``, all under
   ``tests/kernels/cache/`` (reused later; offline, the newest cached .deb of the series is used);
-* builds an uncompressed newc initramfs from this machine's binaries: static busybox, bpftrace
-  and its ``ldd`` libraries, dropbear with a throwaway host key and an authorised client key (both
-  generated into the cache), the kernel's own NIC modules (``.ko.xz`` decompressed on the host)
-  and a static workload ``slabwork`` (tests/kernels/slabwork.c);
-* boots ``qemu-system-x86_64 -accel tcg`` with user networking forwarding a free loopback port to
-  the guest's port 22, and waits until ``ssh ... true`` answers. :class:`Guest` is a context
+* builds an uncompressed newc initramfs from this machine's binaries: static busybox (the
+  applets), ``dash`` as ``/bin/sh`` (Debian's; busybox ash would run its own ``find`` applet
+  even where GNU find is on PATH), bpftrace and its ``ldd`` libraries, OpenSSH's ``sshd`` on
+  port 22 and dropbear on port 2222 (throwaway host keys and an authorised client key, generated
+  into the cache), GNU ``find`` and ``getconf`` (slabkit's SSH target runs ``find -printf`` and
+  ``getconf PAGESIZE``, which busybox lacks), the kernel's own
+  NIC modules (``.ko.xz`` decompressed on the host) and the project's workload ``slabwork``
+  (bench/slabwork.c, built ``-static`` into the cache);
+* boots ``qemu-system-x86_64 -accel tcg`` with user networking forwarding free loopback ports to
+  the guest's ports 22 (OpenSSH, :attr:`Guest.port`) and 2222 (dropbear,
+  :attr:`Guest.dropbear_port`), and waits until ``ssh ... true`` answers. :class:`Guest` is a context
   manager: boot on enter, power off (sysrq ``o``) on exit, else kill the qemu process by its pid;
-  qemu gets ``PR_SET_PDEATHSIG`` so it never outlives the Python process.
+  qemu gets ``PR_SET_PDEATHSIG`` so it never outlives the Python process;
+* ``guest.target()`` is a :class:`slabkit.remote.SSHTarget` for the booted guest, so slabkit's
+  real capture path (``slabkit.capture(..., host=guest.target())``) runs against it.
 
 Host packages it needs (``qemu-system-x86``, ``busybox-static``, ``dropbear-bin``,
-``openssh-client``, ``gcc``) are installed with apt-get when missing (root only).
+``openssh-client``, ``openssh-server``, ``gcc``) are installed with apt-get when missing (root only).
 """
 from __future__ import annotations
 
@@ -58,7 +65,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CACHE = Path(os.environ.get("SLABKIT_KERNEL_CACHE", HERE / "cache"))
 FIXTURES = REPO / "tests" / "fixtures" / "kernels"
-SLABWORK_SRC = HERE / "slabwork.c"
+SLABWORK_SRC = REPO / "bench" / "slabwork.c"  # the project's workload (bench/workload.py)
 
 # Series we know how to fetch: name regex for `apt-cache search --names-only`.
 SERIES = {
@@ -73,11 +80,21 @@ HOST_TOOLS = {
     "dropbearkey": "dropbear-bin",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
+    "/usr/sbin/sshd": "openssh-server",  # copied into the guest (not run on the host)
     "gcc": "gcc",
     "dpkg-deb": "dpkg",
     "apt-get": "apt",
 }
 BUSYBOX_STATIC = "/bin/busybox"
+
+# Dynamic host binaries copied into the initramfs with their ldd libraries (replacing a busybox
+# applet of the same path): bpftrace, the SSH server, and what slabkit's SSHTarget runs that
+# busybox lacks: `getconf PAGESIZE` (slabinfo page size) and GNU `find -printf` (cgroup id ->
+# path map of a capture; /sys/kernel/slab listing in one process).
+GUEST_BINARIES = ["/usr/bin/bpftrace", "/usr/sbin/sshd", "/usr/sbin/dropbear", "/usr/bin/getconf",
+                  "/usr/bin/find", "/bin/dash"]
+GUEST_SH = "/bin/dash"  # becomes the guest's /bin/sh (root's login shell)
+GUEST_DROPBEAR_PORT = 2222
 
 # NIC model -> module names needed for it (each resolved with its dependencies; builtins skipped).
 NIC_MODULES = {
@@ -147,7 +164,7 @@ def _busybox_is_static() -> bool:
 
 
 def ensure_host_packages() -> None:
-    """apt-get install what is missing (qemu, static busybox, dropbear, ssh client, gcc)."""
+    """apt-get install what is missing (qemu, static busybox, dropbear, ssh client/server, gcc)."""
     missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if not shutil.which(tool)})
     if not _busybox_is_static():
         missing.append("busybox-static")
@@ -342,7 +359,8 @@ def resolve_modules(kernel: Kernel, wanted: list[str]) -> list[tuple[str, bytes]
 
 
 def ssh_keys() -> tuple[Path, Path]:
-    """(client private key, dropbear host key), generated once into the cache."""
+    """(client private key, dropbear host key), generated once into the cache (with the guest
+    sshd's host key, :func:`sshd_host_key`)."""
     d = CACHE / "ssh"
     with cache_lock("keys"):
         d.mkdir(parents=True, exist_ok=True)
@@ -353,10 +371,24 @@ def ssh_keys() -> tuple[Path, Path]:
         host = d / "dropbear_ed25519_host_key"
         if not host.exists():
             _run(["dropbearkey", "-t", "ed25519", "-f", str(host)])
+        sshd_key = d / "ssh_host_ed25519_key"
+        if not sshd_key.exists():
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "slabkit-guest", "-f", str(sshd_key)])
         return client, host
 
 
+def sshd_host_key() -> Path:
+    """The guest OpenSSH server's host key (generated by :func:`ssh_keys`)."""
+    ssh_keys()
+    return CACHE / "ssh" / "ssh_host_ed25519_key"
+
+
 def build_slabwork() -> Path:
+    """bench/slabwork.c built static (no shared libraries to open at exec) into the cache.
+
+    The same source and flags as ``bench.workload.binary()``, but built under the cache lock
+    (other engineers' runs share the cache) and kept apart from the host's build/ folder.
+    """
     out = CACHE / "bin" / "slabwork"
     with cache_lock("slabwork"):
         if not out.exists() or out.stat().st_mtime < SLABWORK_SRC.stat().st_mtime:
@@ -442,6 +474,8 @@ mount -t tmpfs tmpfs /dev/shm
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+mkdir -p /sys/fs/cgroup
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 hostname slabkit-guest
 echo "slabkit-guest: kernel $(uname -r)"
 for m in $(cat /modules/order); do
@@ -453,18 +487,29 @@ ip link set lo up
 ip link set eth0 up || echo "slabkit-guest: no eth0"
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
-dropbear -r /etc/dropbear/dropbear_ed25519_host_key -p 22 -s -E 2>>/var/log/dropbear.log
+mkdir -p /run/sshd
+chmod 755 /run/sshd
+/usr/sbin/sshd -E /var/log/sshd.log || { echo "slabkit-guest: sshd failed"; cat /var/log/sshd.log; }
+dropbear -r /etc/dropbear/dropbear_ed25519_host_key -p 2222 -s -E 2>>/var/log/dropbear.log
 echo "slabkit-guest: ready"
 while :; do sleep 3600; done
 """
 
 ETC_FILES = {
-    "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
-    "etc/group": "root:x:0:\n",
-    "etc/shadow": "root:*:19000:0:99999:7:::\n",
+    "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\n",
+    "etc/group": "root:x:0:\nnogroup:x:65534:\n",
+    "etc/shadow": "root:*:19000:0:99999:7:::\nsshd:*:19000:0:99999:7:::\n",
     "etc/shells": "/bin/sh\n/bin/ash\n",
     "etc/nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files\n",
     "etc/hosts": "127.0.0.1 localhost slabkit-guest\n",
+    "etc/hostname": "slabkit-guest\n",
+    # OpenSSH as slabkit's real targets run it (tests/sshd.py uses the same settings)
+    "etc/ssh/sshd_config": "\n".join([
+        "Port 22", "HostKey /etc/ssh/ssh_host_ed25519_key", "PidFile /run/sshd.pid",
+        "AuthorizedKeysFile /root/.ssh/authorized_keys", "PubkeyAuthentication yes",
+        "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password", "UsePAM no", "StrictModes no", "UseDNS no",
+        "PrintMotd no", "PrintLastLog no", "MaxSessions 64", "MaxStartups 64", "LogLevel VERBOSE", ""]),
 }
 
 
@@ -476,7 +521,7 @@ def _initramfs_plan(kernel: Kernel, nic: str) -> tuple[dict, list[tuple[str, byt
     for applet in _run([BUSYBOX_STATIC, "--list-full"]).stdout.split():
         plan[applet] = ("link", "/bin/busybox")
     plan["bin/busybox"] = ("file", Path(BUSYBOX_STATIC), 0o755)
-    for binary in ("/usr/bin/bpftrace", "/usr/sbin/dropbear"):
+    for binary in GUEST_BINARIES:
         if not Path(binary).exists():
             raise HarnessError(f"{binary} missing on the host")
         plan[binary.lstrip("/")] = ("file", Path(binary), 0o755)
@@ -488,6 +533,8 @@ def _initramfs_plan(kernel: Kernel, nic: str) -> tuple[dict, list[tuple[str, byt
     for dest, text in ETC_FILES.items():
         plan[dest] = ("data", text.encode(), 0o600 if dest == "etc/shadow" else 0o644)
     plan["etc/dropbear/dropbear_ed25519_host_key"] = ("file", hostkey, 0o600)
+    plan["etc/ssh/ssh_host_ed25519_key"] = ("file", sshd_host_key(), 0o600)
+    plan["bin/sh"] = ("link", GUEST_SH)
     plan["root/.ssh/authorized_keys"] = ("data", Path(str(client) + ".pub").read_bytes(), 0o600)
     plan["init"] = ("data", INIT_SCRIPT.encode(), 0o755)
     mods = resolve_modules(kernel, NIC_MODULES[nic])
@@ -596,10 +643,12 @@ class Guest:
         self.kernel: Kernel | None = None
         self.initramfs: Path | None = None
         self.proc: subprocess.Popen | None = None
-        self.port: int | None = None
+        self.port: int | None = None  # host port forwarded to the guest's OpenSSH (22)
+        self.dropbear_port: int | None = None  # host port forwarded to the guest's dropbear (2222)
         self.key: Path | None = None
         self.console_log: Path | None = None
         self.timings: dict[str, float] = {}
+        self._targets: list = []  # SSHTargets handed out by target(), closed at shutdown
 
     # -- lifecycle
     def __enter__(self) -> Self:
@@ -639,6 +688,7 @@ class Guest:
                 old.unlink()
         for attempt in range(3):
             self.port = _free_port()
+            self.dropbear_port = _free_port()
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             self.console_log = logs / f"{self.kernel.release}-{stamp}-{os.getpid()}-{self.port}.log"
             argv = [
@@ -646,7 +696,8 @@ class Guest:
                 "-nographic", "-no-reboot",
                 "-kernel", str(self.kernel.vmlinuz), "-initrd", str(self.initramfs),
                 "-append", f"console=ttyS0 panic=-1 quiet {self.append}".strip(),
-                "-nic", f"user,model={self.nic},hostfwd=tcp:127.0.0.1:{self.port}-:22",
+                "-nic", f"user,model={self.nic},hostfwd=tcp:127.0.0.1:{self.port}-:22,"
+                        f"hostfwd=tcp:127.0.0.1:{self.dropbear_port}-:{GUEST_DROPBEAR_PORT}",
             ]
             t0 = time.monotonic()
             with open(self.console_log, "wb") as out:
@@ -654,7 +705,8 @@ class Guest:
                                              start_new_session=True,
                                              preexec_fn=_die_with_parent)  # noqa: PLW1509 (prctl only)
             _LIVE[self.proc.pid] = self.proc
-            log(f"booting {self.kernel.release} (qemu pid {self.proc.pid}, ssh port {self.port}, "
+            log(f"booting {self.kernel.release} (qemu pid {self.proc.pid}, ssh port {self.port}, dropbear port "
+                f"{self.dropbear_port}, "
                 f"console {self.console_log})")
             try:
                 self._wait_ssh(t0)
@@ -677,6 +729,8 @@ class Guest:
                 self.timings["boot_to_ssh_s"] = time.monotonic() - t0
                 log(f"{self.kernel.release}: ssh answered after {self.timings['boot_to_ssh_s']:.1f}s")
                 return
+            if "slabkit-guest: sshd failed" in self.console_tail():
+                raise HarnessError("the guest's sshd did not start; console:\n" + self.console_tail())
             if time.monotonic() > deadline:
                 raise HarnessError(f"ssh did not answer within {self.boot_timeout:.0f}s; console:\n"
                                    + self.console_tail())
@@ -709,6 +763,9 @@ class Guest:
         proc = self.proc
         if proc is None:
             return
+        while self._targets:  # their ssh control masters first (else they linger ControlPersist s)
+            with contextlib.suppress(Exception):
+                self._targets.pop().close()
         if proc.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired, OSError):
                 subprocess.run(self.ssh_argv("sync; echo o > /proc/sysrq-trigger"), stdin=subprocess.DEVNULL,
@@ -736,6 +793,29 @@ class Guest:
 
     def read(self, path: str) -> str:
         return self.ssh(f"cat {shlex.quote(path)}", check=True).stdout
+
+    def target(self, server: str = "openssh", **kw):
+        """A :class:`slabkit.remote.SSHTarget` for this guest (root over the forwarded port).
+
+        ``server``: "openssh" (the guest's sshd, what real targets run) or "dropbear". It uses
+        the harness's client key and ignores host keys (each boot is a fresh guest on a random
+        port). ``kw`` goes to SSHTarget (``timeout_s``, ``stop_grace_s``, ...); its defaults are
+        raised for TCG, where reading /proc/kallsyms or starting bpftrace is slow. The target is
+        closed when the guest shuts down.
+        """
+        from slabkit.remote import SSHTarget  # imported here: the harness itself is stdlib only
+
+        ports = {"openssh": self.port, "dropbear": self.dropbear_port}
+        if server not in ports:
+            raise HarnessError(f"server must be one of {sorted(ports)}, not {server!r}")
+        assert ports[server] and self.key, "the guest is not booted"
+        kw.setdefault("timeout_s", 120)
+        kw.setdefault("connect_timeout_s", 30)
+        t = SSHTarget(f"root@127.0.0.1:{ports[server]}", ssh_options=[
+            "-i", str(self.key), "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null"], **kw)
+        self._targets.append(t)
+        return t
 
 
 # --------------------------------------------------------------------------------------------
@@ -954,17 +1034,17 @@ def probe_checks(guest: Guest, n: int = 1000) -> str:
             f"stdout:\n{_md_block(r.stdout)}\nstderr:\n{_md_block(r.stderr)}")
         return r
 
-    open_cmd = f"/usr/bin/slabwork open {n} /tmp/x"
+    open_cmd = f"/usr/bin/slabwork -n open {n} /etc/hostname"
     for label, prog in filp_probe_candidates():
         check(label, prog, open_cmd)
     # dentry (kmem_cache_alloc_lru on 5.18+) and names_cache via the stat workload
-    stat_cmd = f"/usr/bin/slabwork stat {n} /tmp"
+    stat_cmd = f"/usr/bin/slabwork -n stat {n} /tmp"
     for fn in ("kmem_cache_alloc", "kmem_cache_alloc_lru", "kmem_cache_alloc_noprof", "kmem_cache_alloc_lru_noprof"):
         if fn in traceable:
             check(f"kprobe:{fn} by cache name", f"kprobe:{fn} /comm == \"slabwork\"/ "
                   f"{{ @[pid, comm, str(((struct kmem_cache *)arg0)->name)] = count(); }}", stat_cmd)
     # kmalloc: the tracepoint by size class, and the kprobes that take a kmem_cache pointer
-    pipe_cmd = f"/usr/bin/slabwork pipe {n}"
+    pipe_cmd = f"/usr/bin/slabwork -n pipe {n}"
     check("tracepoint:kmem:kmalloc by bytes_alloc", "tracepoint:kmem:kmalloc /comm == \"slabwork\"/ "
           "{ @[pid, comm, args->bytes_alloc, args->bytes_req] = count(); }", pipe_cmd)
     check("tracepoint:kmem:kmem_cache_alloc by bytes_alloc", "tracepoint:kmem:kmem_cache_alloc /comm == \"slabwork\"/ "

@@ -47,7 +47,7 @@ def test_filp_count_is_exact(guest):
     fn = "kmem_cache_alloc_noprof" if "kmem_cache_alloc_noprof" in names else "kmem_cache_alloc"
     assert fn in names, f"neither kmem_cache_alloc nor kmem_cache_alloc_noprof is traceable: {names}"
     prog = f'kprobe:{fn} /str(((struct kmem_cache *)arg0)->name) == "filp"/ {{ @[pid, comm] = count(); }}'
-    r = harness.run_bpftrace(guest, prog, f"/usr/bin/slabwork open {N} /tmp/x")
+    r = harness.run_bpftrace(guest, prog, f"/usr/bin/slabwork -n open {N} /etc/hostname")
     assert r.returncode == 0, r.stderr
     assert r.workload_pid, r.stdout
     # The exec itself allocates one filp under comm "bpftrace" (same pid); slabwork's own opens are N.

@@ -1,0 +1,203 @@
+"""Probe effect: workload throughput under a tracer / throughput without one.
+
+Method (the machine is shared and noisy): many short rounds; in each round every
+configuration runs once, in a rotated order, with an uninstrumented baseline run before and
+after it (``B C1 B C2 B ... Cn B``), and its ratio is taken against the mean of its two
+adjacent baselines. The tables give the median ratio and the interquartile range over rounds,
+for wall-clock throughput (the issue's measure) and for operations per CPU second of the
+workload (steadier: CPU taken by other load on the machine drops out, the probe's in-kernel
+work, which runs in the workload's context, stays in).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .common import Log, WorkResult, fmt_ratio, median, run_loop, table
+from .tracers import SlabkitCapture, Tracer
+
+
+@dataclass
+class Outcome:
+    tracer: Tracer
+    ratios: list[float] = field(default_factory=list)
+    cpu_ratios: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    infos: list[dict] = field(default_factory=list)
+
+
+def interleave(tracers: list[Tracer], mode: str, seconds: int, rounds: int, log: Log,
+               *, settle_s: float = 0.3) -> tuple[dict[str, Outcome], list[WorkResult]]:
+    """Run every tracer ``rounds`` times between baselines; see the module doc."""
+    outcomes = {t.name: Outcome(t) for t in tracers}
+    baselines: list[WorkResult] = []
+    workdir = Path(tempfile.mkdtemp(prefix="slabkit-bench-"))
+    try:
+        for r in range(rounds):
+            k = r % len(tracers) if tracers else 0
+            order = tracers[k:] + tracers[:k]
+            before = run_loop(mode, seconds)
+            baselines.append(before)
+            for t in order:
+                o = outcomes[t.name]
+                if len(o.errors) >= 2 and not o.ratios:
+                    continue   # it failed twice: do not spend the rounds on it
+                try:
+                    with t.session(workdir) as info:
+                        res = run_loop(mode, seconds)
+                except Exception as e:  # a tracer that cannot run here: reported, not fatal
+                    o.errors.append(f"{type(e).__name__}: {e}"[:300])
+                    log(f"  {t.name}: FAILED {o.errors[-1][:160]}")
+                    continue
+                time.sleep(settle_s)
+                after = run_loop(mode, seconds)
+                baselines.append(after)
+                base = (before.rate + after.rate) / 2
+                cbase = (before.cpu_rate + after.cpu_rate) / 2
+                o.ratios.append(res.rate / base)
+                o.cpu_ratios.append(res.cpu_rate / cbase if cbase else float("nan"))
+                o.rates.append(res.rate)
+                info.pop("cap", None)   # keep memory small; the numbers are copied below
+                o.infos.append(info)
+                log(f"  round {r + 1}/{rounds} {t.name}: {res.rate:,.0f} ops/s, "
+                    f"ratio {o.ratios[-1]:.2f} (cpu {o.cpu_ratios[-1]:.2f}; baselines "
+                    f"{before.rate:,.0f}/{after.rate:,.0f})")
+                before = after
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return outcomes, baselines
+
+
+def outcome_rows(outcomes: dict[str, Outcome], *, show_text: bool = False) -> list[list]:
+    rows = []
+    for o in outcomes.values():
+        if not o.ratios:
+            rows.append([o.tracer.name, o.tracer.label, "-", "-", "-", 0,
+                         ("FAILED: " + o.errors[0][:90]) if o.errors else "not run"])
+            continue
+        note = _note(o)
+        rows.append([o.tracer.name, o.tracer.label, fmt_ratio(o.ratios), fmt_ratio(o.cpu_ratios),
+                     f"{median(o.rates):,.0f}", len(o.ratios), note])
+    return rows
+
+
+def _note(o: Outcome) -> str:
+    """Losses and failures the tracer reported, over all its rounds."""
+    parts = []
+    lost = [i.get("lost_total") for i in o.infos if i.get("lost_total") is not None]
+    if lost:
+        parts.append(f"lost {sum(lost):,} (max/run {max(lost):,})")
+    failed = [i.get("helper_errors") for i in o.infos if i.get("helper_errors")]
+    if failed:
+        parts.append(f"map update failures {sum(failed):,}")
+    chunks = [i.get("lost_chunks") for i in o.infos if i.get("lost_chunks")]
+    if chunks:
+        parts.append(f"perf lost chunks {sum(chunks):,}")
+    drop = [i.get("overrun", 0) + i.get("dropped", 0) for i in o.infos if "overrun" in i]
+    if drop and sum(drop):
+        parts.append(f"ftrace overrun+dropped {sum(drop):,}")
+    if o.errors:
+        parts.append(f"{len(o.errors)} failed run(s)")
+    return "; ".join(parts)
+
+
+HEADERS = ["config", "what", "ratio wall [IQR]", "ratio cpu [IQR]", "ops/s (median)", "n", "notes"]
+
+
+def filp_configs() -> list[Tracer]:
+    from .programs import anchors_filp
+    return [
+        SlabkitCapture(name="slabkit-default", label="slabkit.capture('filp') default (auto)",
+                       cache="filp"),
+        SlabkitCapture(name="slabkit-bpftrace-full", label="slabkit bpftrace stack_sample=1",
+                       cache="filp", backend="bpftrace", stack_sample=1),
+        SlabkitCapture(name="slabkit-perf", label="slabkit perf backend", cache="filp",
+                       backend="perf"),
+        SlabkitCapture(name="slabkit-ftrace", label="slabkit ftrace backend", cache="filp",
+                       backend="ftrace"),
+        *anchors_filp(),
+    ]
+
+
+def kmalloc_configs() -> list[Tracer]:
+    from .programs import anchors_kmalloc64
+    return [
+        SlabkitCapture(name="slabkit-default", label="slabkit.capture('kmalloc-64') default",
+                       cache="kmalloc-64"),
+        SlabkitCapture(name="slabkit-bpftrace-full", label="slabkit bpftrace stack_sample=1",
+                       cache="kmalloc-64", backend="bpftrace", stack_sample=1),
+        SlabkitCapture(name="slabkit-perf", label="slabkit perf backend", cache="kmalloc-64",
+                       backend="perf"),
+        SlabkitCapture(name="slabkit-ftrace", label="slabkit ftrace backend",
+                       cache="kmalloc-64", backend="ftrace"),
+        *anchors_kmalloc64(),
+    ]
+
+
+def run_probe(*, seconds: int, rounds: int, log: Log, only: set[str] | None = None,
+              variants: tuple[str, ...] | None = None) -> tuple[str, dict]:
+    """The probe-effect stage: bpftrace variants, then filp and kmalloc-64 configurations.
+    Returns the text section and the raw numbers."""
+    from .programs import variant_tracers
+    out, data = [], {}
+    stages = [
+        ("variants", "bpftrace program variants (filp, `slabwork loop`, open+close of /dev/null)",
+         "loop", lambda: variant_tracers(variants)),
+        ("filp", "probe effect, filp (`slabwork loop`: one filp allocation per open)",
+         "loop", filp_configs),
+        ("kmalloc", "probe effect, kmalloc-64 (`slabwork eventfdloop`: one kmalloc-64 "
+         "(eventfd_ctx) per eventfd)", "eventfdloop", kmalloc_configs),
+    ]
+    for key, title, mode, make in stages:
+        if only and key not in only:
+            continue
+        tracers = make()
+        log(f"probe/{key}: {len(tracers)} configurations x {rounds} rounds of {seconds} s")
+        outcomes, baselines = interleave(tracers, mode, seconds, rounds, log)
+        rates = [b.rate for b in baselines]
+        out.append(table(HEADERS, outcome_rows(outcomes),
+                         title=f"{title}; uninstrumented {median(rates):,.0f} ops/s median over "
+                               f"{len(rates)} baseline runs; {rounds} rounds x {seconds} s"))
+        data[key] = {n: {"ratios": o.ratios, "cpu_ratios": o.cpu_ratios, "rates": o.rates,
+                         "errors": o.errors, "text": o.tracer.text()}
+                     for n, o in outcomes.items()}
+        data[key]["_baselines"] = rates
+    return "\n".join(out), data
+
+
+def _med(d: dict, part: str, name: str, key: str = "ratios") -> float | None:
+    xs = d.get(part, {}).get(name, {}).get(key) or []
+    return median(xs) if xs else None
+
+
+def summary_rows(d: dict) -> list[list]:
+    """Goal rows for the summary table."""
+    rows = []
+
+    def r(x):
+        return "-" if x is None else f"{x:.2f}"
+    for part, cache in (("filp", "filp"), ("kmalloc", "kmalloc-64")):
+        if part not in d:
+            continue
+        dflt = _med(d, part, "slabkit-default")
+        rows.append([f"probe effect, slabkit default capture ({cache})",
+                     f"{r(dflt)} (cpu {r(_med(d, part, 'slabkit-default', 'cpu_ratios'))})",
+                     ">= 0.80", "-" if dflt is None else ("yes" if dflt >= 0.8 else "NO")])
+        full = _med(d, part, "slabkit-bpftrace-full")
+        anchor = _med(d, part, "anchor-bpftrace-stacks")
+        rows.append([f"full-stack mode vs anchor bpftrace @[comm, kstack] ({cache})",
+                     f"{r(full)} vs {r(anchor)}", ">= anchor",
+                     "-" if None in (full, anchor) else ("yes" if full >= anchor else "NO")])
+    if "variants" in d:
+        best = [(median(v["ratios"]), n) for n, v in d["variants"].items()
+                if not n.startswith("_") and v["ratios"] and n.startswith("N=")]
+        if best:
+            from .programs import CURRENT
+            cur = _med(d, "variants", CURRENT)
+            rows.append(["bpftrace variant: current program (N=8)", r(cur), ">= 0.80",
+                         "-" if cur is None else ("yes" if cur >= 0.8 else "NO")])
+    return rows
