@@ -34,6 +34,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "variants, filp, kmalloc)")
     p.add_argument("--rounds", type=int, help="probe-effect rounds (default 5, quick 3)")
     p.add_argument("--seconds", type=int, help="seconds per workload run (default 2, quick 1)")
+    p.add_argument("--variants", default="",
+                   help="comma-separated bpftrace variant names to run (default: all; "
+                        "see bench/programs.py)")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.md",
                    help="where to write the results (default bench/results/latest.md)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -79,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         if "probe" in stages:
             from .probe import run_probe, summary_rows
             from .programs import QUICK
+            chosen = tuple(v.strip() for v in args.variants.split(",") if v.strip()) or (
+                QUICK if args.quick else None)
             text, d = run_probe(seconds=seconds, rounds=rounds, log=log, only=probe_parts,
-                                variants=QUICK if args.quick else None)
+                                variants=chosen)
             sections.append(text)
             data["probe"] = d
             summary += summary_rows(d)

@@ -82,6 +82,13 @@ def count_accuracy(n: int, log: Log, workdir: Path) -> tuple[list[list], dict]:
     return rows, data
 
 
+def _stacks_taken(folder: Path, pid: int) -> int:
+    """Stacks the sampled program really took for ``pid`` (its ``@s`` map, raw output)."""
+    from slabkit.backends.bpftrace import RAW, read_maps
+    maps, _, _ = read_maps(folder / RAW)
+    return sum(n for k, n in maps.get("@s", {}).items() if k.split(",", 1)[0] == str(pid))
+
+
 def _shares(view, how: str) -> pd.Series:
     from slabkit import analysis
     if how == "stack":
@@ -139,9 +146,8 @@ def share_accuracy(samples: tuple[int, ...], seconds: int, log: Log, workdir: Pa
             diffs[how] = max(d) if d else (0.0, "")
         inc = _shares(v, "inclusive")
         t_err = max(abs(inc.get(f, 0.0) - s) for f, s in truth.items()) * 100
-        samples_taken = int(caps[t.name].allocs.loc[caps[t.name].allocs["pid"] == pid,
-                                                    "count"].sum() / n)
-        rows.append([str(n), f"{int(v[0]['count'].sum()):,}", f"~{samples_taken:,}",
+        samples_taken = _stacks_taken(infos[t.name]["folder"], pid)
+        rows.append([str(n), f"{int(v[0]['count'].sum()):,}", f"{samples_taken:,}",
                      f"{diffs['callsite'][0]:.2f}",
                      f"{diffs['inclusive'][0]:.2f} ({diffs['inclusive'][1]})",
                      f"{diffs['stack'][0]:.2f}", f"{t_err:.2f}", "yes" if found else "NO"])

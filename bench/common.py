@@ -136,3 +136,126 @@ class Log:
         if not self.quiet:
             import sys
             print(f"[{time.monotonic() - self.t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# other people's tracers (this machine is shared): runs they overlap are repeated
+
+TRACER_COMMS = frozenset({"bpftrace", "perf", "stap", "staprun", "trace-cmd"})
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [root]
+    while todo:
+        p = todo.pop()
+        for c in children.get(p, ()):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def foreign_tracers() -> list[str]:
+    """Tracers running on this machine that this process did not start: bpftrace, perf,
+    stap, trace-cmd, ``cat .../trace_pipe``, and kmem events enabled or triggered in tracefs
+    instances other than ours. Each is ``"<what> <pid or instance>"``."""
+    mine = _descendants(os.getpid())
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) in mine or int(d.name) == os.getpid():
+            continue
+        try:
+            comm = (d / "comm").read_text().strip()
+            if comm in TRACER_COMMS:
+                args = (d / "cmdline").read_bytes().split(b"\0")
+                if comm == "perf" and not {b"record", b"trace", b"stat"} & set(args):
+                    continue   # perf script / report / --version read, they do not trace
+                if comm == "stap" and any(a in (b"-p1", b"-p2", b"-p3", b"-p4") for a in args):
+                    continue   # stops before loading anything into the kernel
+                found.append(f"{comm} {d.name}")
+            elif comm == "cat" and b"trace_pipe" in (d / "cmdline").read_bytes():
+                found.append(f"cat-trace_pipe {d.name}")
+        except OSError:
+            continue
+    base = Path("/sys/kernel/tracing")
+    from slabkit.runner import INSTANCE_PREFIX
+    own = f"{INSTANCE_PREFIX}{os.getpid()}-"
+    roots = [base] + ([p for p in (base / "instances").iterdir() if not p.name.startswith(own)]
+                      if (base / "instances").is_dir() else [])
+    for root in roots:
+        kmem = root / "events" / "kmem"
+        for ev in ("kmem_cache_alloc", "kmalloc"):
+            try:
+                en = (kmem / ev / "enable").read_text().strip()
+                trig = (kmem / ev / "trigger").read_text()
+            except OSError:
+                continue
+            if en != "0" or any(l and not l.startswith("#") for l in trig.splitlines()):
+                found.append(f"tracefs {root.name}/{ev}")
+    return found
+
+
+class Guard:
+    """Runs the workload only while no foreign tracer is around; repeats a run one overlapped.
+
+    ``max_wait_s``: how long to wait for a quiet moment before running anyway (the run is
+    then counted in ``contaminated``)."""
+
+    def __init__(self, log: "Log | None" = None, *, max_wait_s: float = 90.0,
+                 tries: int = 4, enabled: bool = True):
+        self.log = log
+        self.max_wait_s = max_wait_s
+        self.tries = tries
+        self.enabled = enabled
+        self.repeated = 0
+        self.contaminated = 0
+        self.waited_s = 0.0
+
+    def _wait_quiet(self) -> bool:
+        t0 = time.monotonic()
+        while foreign_tracers():
+            if time.monotonic() - t0 > self.max_wait_s:
+                self.waited_s += time.monotonic() - t0
+                return False
+            time.sleep(0.5)
+        self.waited_s += time.monotonic() - t0
+        return True
+
+    def run(self, mode: str, seconds: int) -> WorkResult:
+        if not self.enabled:
+            return run_loop(mode, seconds)
+        import threading
+        for attempt in range(self.tries):
+            quiet = self._wait_quiet()
+            seen: list[str] = []
+            stop = threading.Event()
+
+            def watch() -> None:
+                while not stop.wait(0.25):
+                    if not seen:
+                        seen.extend(foreign_tracers())
+            w = threading.Thread(target=watch, daemon=True)
+            w.start()
+            try:
+                res = run_loop(mode, seconds)
+            finally:
+                stop.set()
+                w.join()
+            seen += foreign_tracers()
+            if quiet and not seen:
+                return res
+            if attempt + 1 < self.tries:
+                self.repeated += 1
+                if self.log:
+                    self.log(f"    (another tracer ran meanwhile: {seen[:2]}; run repeated)")
+        self.contaminated += 1
+        return res

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import Log, WorkResult, fmt_ratio, median, run_loop, table
+from .common import Guard, Log, WorkResult, fmt_ratio, median, table
 from .tracers import SlabkitCapture, Tracer
 
 
@@ -26,13 +26,20 @@ class Outcome:
     ratios: list[float] = field(default_factory=list)
     cpu_ratios: list[float] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
+    added_ns: list[float] = field(default_factory=list)   # CPU ns per operation added
     errors: list[str] = field(default_factory=list)
     infos: list[dict] = field(default_factory=list)
 
 
 def interleave(tracers: list[Tracer], mode: str, seconds: int, rounds: int, log: Log,
-               *, settle_s: float = 0.3) -> tuple[dict[str, Outcome], list[WorkResult]]:
-    """Run every tracer ``rounds`` times between baselines; see the module doc."""
+               *, settle_s: float = 0.3, guard: Guard | None = None
+               ) -> tuple[dict[str, Outcome], list[WorkResult]]:
+    """Run every tracer ``rounds`` times between baselines; see the module doc.
+
+    Every workload run (baseline or not) goes through ``guard``: it waits while another
+    user's tracer is live on this shared machine and repeats a run that one overlapped."""
+    guard = guard or Guard(log)
+    run_loop = guard.run
     outcomes = {t.name: Outcome(t) for t in tracers}
     baselines: list[WorkResult] = []
     workdir = Path(tempfile.mkdtemp(prefix="slabkit-bench-"))
@@ -61,6 +68,8 @@ def interleave(tracers: list[Tracer], mode: str, seconds: int, rounds: int, log:
                 o.ratios.append(res.rate / base)
                 o.cpu_ratios.append(res.cpu_rate / cbase if cbase else float("nan"))
                 o.rates.append(res.rate)
+                if res.cpu_rate and cbase:
+                    o.added_ns.append((1 / res.cpu_rate - 1 / cbase) * 1e9)
                 info.pop("cap", None)   # keep memory small; the numbers are copied below
                 o.infos.append(info)
                 log(f"  round {r + 1}/{rounds} {t.name}: {res.rate:,.0f} ops/s, "
@@ -76,11 +85,12 @@ def outcome_rows(outcomes: dict[str, Outcome], *, show_text: bool = False) -> li
     rows = []
     for o in outcomes.values():
         if not o.ratios:
-            rows.append([o.tracer.name, o.tracer.label, "-", "-", "-", 0,
+            rows.append([o.tracer.name, o.tracer.label, "-", "-", "-", "-", 0,
                          ("FAILED: " + o.errors[0][:90]) if o.errors else "not run"])
             continue
         note = _note(o)
         rows.append([o.tracer.name, o.tracer.label, fmt_ratio(o.ratios), fmt_ratio(o.cpu_ratios),
+                     f"{median(o.added_ns):,.0f}" if o.added_ns else "-",
                      f"{median(o.rates):,.0f}", len(o.ratios), note])
     return rows
 
@@ -105,7 +115,8 @@ def _note(o: Outcome) -> str:
     return "; ".join(parts)
 
 
-HEADERS = ["config", "what", "ratio wall [IQR]", "ratio cpu [IQR]", "ops/s (median)", "n", "notes"]
+HEADERS = ["config", "what", "ratio wall [IQR]", "ratio cpu [IQR]", "+CPU ns/op",
+           "ops/s (median)", "n", "notes"]
 
 
 def filp_configs() -> list[Tracer]:
@@ -157,12 +168,16 @@ def run_probe(*, seconds: int, rounds: int, log: Log, only: set[str] | None = No
             continue
         tracers = make()
         log(f"probe/{key}: {len(tracers)} configurations x {rounds} rounds of {seconds} s")
-        outcomes, baselines = interleave(tracers, mode, seconds, rounds, log)
+        guard = Guard(log)
+        outcomes, baselines = interleave(tracers, mode, seconds, rounds, log, guard=guard)
         rates = [b.rate for b in baselines]
         out.append(table(HEADERS, outcome_rows(outcomes),
                          title=f"{title}; uninstrumented {median(rates):,.0f} ops/s median over "
-                               f"{len(rates)} baseline runs; {rounds} rounds x {seconds} s"))
+                               f"{len(rates)} baseline runs; {rounds} rounds x {seconds} s; "
+                               f"{guard.repeated} runs repeated because another user's tracer "
+                               f"overlapped them, {guard.contaminated} overlapped anyway"))
         data[key] = {n: {"ratios": o.ratios, "cpu_ratios": o.cpu_ratios, "rates": o.rates,
+                         "added_ns": o.added_ns,
                          "errors": o.errors, "text": o.tracer.text()}
                      for n, o in outcomes.items()}
         data[key]["_baselines"] = rates

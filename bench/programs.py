@@ -36,6 +36,8 @@ def sampled(n: int, *, key: str = KEY, stack: str = "kstack(perf)", how: str = "
 #: (name, what changes, program); the first rows take pieces away, the later ones vary the
 #: stack sampling. ``CURRENT`` is what slabkit runs today (DEFAULT_STACK_SAMPLE = 8).
 VARIANTS: list[tuple[str, str, str]] = [
+    ("empty", "probe only, empty action, no filter: the floor of the tracepoint path",
+     f"{EVENT}\n{{\n}}\n"),
     ("filter-int", "probe + `bytes_alloc == 192` only (not exact: the floor)",
      _prog("", "args->bytes_alloc == 192")),
     ("filter-str64", "probe + `str(args->name) == \"filp\"` (64-byte compare, no prefilter)",
@@ -45,6 +47,8 @@ VARIANTS: list[tuple[str, str, str]] = [
     ("filter", "probe + slabkit's filter (int prefilter, short compare), empty body",
      _prog("")),
     ("count", "filter + exact counts `@c[pid, tid, cgroup, comm] = count()`", _prog(f"  {COUNT}")),
+    ("count-keyless", "filter + `@n = count()` (one per-CPU counter, no key built)",
+     _prog("  @n = count();")),
     ("count-incr", "same with `@c[...]++` (shared hash) instead of count() (per-CPU)",
      _prog(f"  @c[{KEY}]++;")),
     ("count-tid", "exact counts keyed by `tid` only", _prog("  @c[tid] = count();")),
@@ -67,14 +71,24 @@ VARIANTS: list[tuple[str, str, str]] = [
 ]
 
 #: variants a quick run keeps
-QUICK = ("filter", "count", "N=1", "N=8 (current)", "N=16", "N=64")
+QUICK = ("empty", "filter", "count", "N=1", "N=8 (current)", "N=64", "raw-tp empty")
 
 CURRENT = "N=8 (current)"
 
 
-def variant_tracers(names: tuple[str, ...] | None = None) -> list[Bpftrace]:
-    return [Bpftrace(name=n, label=what, program=p, env=dict(ENV))
-            for n, what, p in VARIANTS if names is None or n in names]
+RAW_TP = "raw-tp empty"
+
+
+def variant_tracers(names: tuple[str, ...] | None = None) -> list:
+    """The variants (all, or those named), then the raw tracepoint floor (bench/rawtp.py)."""
+    from .rawtp import RawTpEmpty
+    out: list = [Bpftrace(name=n, label=what, program=p, env=dict(ENV))
+                 for n, what, p in VARIANTS if names is None or n in names]
+    if names is None or RAW_TP in names:
+        out.append(RawTpEmpty(name=RAW_TP, label="empty BPF program on the *raw* tracepoint "
+                                                  "(no event record; bpftrace >= 0.18 "
+                                                  "`rawtracepoint:`): floor of that path"))
+    return out
 
 
 # ------------------------------------------------------------------------------------------

@@ -184,6 +184,7 @@ def cmd_cleanup(args) -> int:
 
 def cmd_report(args) -> int:
     from pathlib import Path
+
     from .report import write_report
     out = args.output or f"{Path(args.capture).resolve().name}.html"
     print(f"report: {write_report(args.capture, out, show_code=args.show_code)}")

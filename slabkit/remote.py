@@ -545,6 +545,15 @@ class SSHTarget(Target):
         if done.returncode != 0:
             raise _os_error(done.stderr, p, self.name)
 
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write ``data`` there byte for byte (ssh's stdin carries binary data unchanged)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidInput(f"write_bytes needs bytes, not {type(data).__name__}")
+        p = _remote_path(path)
+        done = self._call(_sh(_WRITE, p), input=bytes(data), what="writing", path=p)
+        if done.returncode != 0:
+            raise _os_error(done.stderr, p, self.name)
+
     def mkdir(self, path: str) -> None:
         p = _remote_path(path)
         done = self._call(_sh(_MKDIR, p), what="creating", path=p)

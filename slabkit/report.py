@@ -25,13 +25,14 @@ import copy
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any
 
 from .errors import SlabkitError
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 #: the notebooks shipped with slabkit (package data); ``notebooks/`` in a checkout links here
 NOTEBOOK_DIR = Path(__file__).resolve().parent / "notebooks"
@@ -86,7 +87,7 @@ def inject_parameters(nb: Any, parameters: Mapping[str, Any]) -> Any:
     return nb
 
 
-def execute_notebook(notebook: Union[PathLike, Any], parameters: Mapping[str, Any] | None = None,
+def execute_notebook(notebook: PathLike | Any, parameters: Mapping[str, Any] | None = None,
                      *, cwd: PathLike | None = None, timeout_s: float = CELL_TIMEOUT_S,
                      name: str | None = None) -> Any:
     """Execute a notebook (a path or a ``NotebookNode``) headless and return it with outputs.
@@ -100,7 +101,11 @@ def execute_notebook(notebook: Union[PathLike, Any], parameters: Mapping[str, An
     import nbformat
     from jupyter_client.kernelspec import NoSuchKernel
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+    from nbclient.exceptions import (
+        CellExecutionError,
+        CellTimeoutError,
+        DeadKernelError,
+    )
 
     if isinstance(notebook, (str, os.PathLike)):
         name = name or Path(notebook).name
@@ -200,6 +205,7 @@ def write_report(capture_path: PathLike, out_html: PathLike, *, show_code: bool 
     PosixPath('filp.html')
     """
     import nbformat
+
     from .loading import load
 
     capture = Path(capture_path).resolve()

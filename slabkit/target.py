@@ -64,6 +64,10 @@ class Target:
     def write_text(self, path: str, text: str) -> None:
         raise NotImplementedError
 
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write ``data`` as is (a kernel module, say): no encoding, no newline translation."""
+        raise NotImplementedError
+
     def mkdir(self, path: str) -> None:
         raise NotImplementedError
 
@@ -124,6 +128,10 @@ class LocalTarget(Target):
     def write_text(self, path: str, text: str) -> None:
         with open(self.path(path), "w") as f:
             f.write(text)
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        with open(self.path(path), "wb") as f:
+            f.write(data)
 
     def mkdir(self, path: str) -> None:
         os.mkdir(self.path(path))

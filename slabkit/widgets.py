@@ -38,7 +38,8 @@ __all__ = ["CachePicker", "CaptureRunner", "PivotExplorer"]
 _STYLE = W.HTML("""<style>
 .slabkit-cache-list select { font-family: var(--jp-code-font-family, monospace);
                              font-size: var(--jp-code-font-size, 12px); }
-.slabkit-table table { border-collapse: collapse; font-size: 12px; }
+.slabkit-block .widget-html-content, .slabkit-block .widget-html-content * { line-height: 1.4; }
+.slabkit-table table { border-collapse: collapse; font-size: 12px; margin: 4px 0; }
 .slabkit-table th, .slabkit-table td { padding: 2px 8px; text-align: right; vertical-align: top; }
 .slabkit-table td.slabkit-text, .slabkit-table th.slabkit-text { text-align: left; }
 .slabkit-table td.slabkit-stack { text-align: left; font-family: monospace; font-size: 11px;
@@ -157,8 +158,10 @@ class CachePicker(W.VBox):
                              description="Search", continuous_update=True,
                              layout=W.Layout(width="28em"))
         self.sort = W.ToggleButtons(options=[("by memory", "memory"), ("by growth", "growth")],
-                                    value="memory", description="Sort",
-                                    style={"button_width": "7em"})
+                                    value="memory", tooltips=[
+                                        "biggest first",
+                                        "sample /proc/slabinfo, fastest growing first"],
+                                    style={"button_width": "8.5em"})
         self.refresh_button = W.Button(description="Refresh", icon="refresh",
                                        tooltip="read /proc/slabinfo again",
                                        layout=W.Layout(width="7em"))
@@ -167,11 +170,15 @@ class CachePicker(W.VBox):
         self.count_label = W.HTML()
         self.details = W.HTML()
         self.message = W.HTML()
+        for pane in (self.details, self.message):
+            pane.add_class("slabkit-block")
         header = W.HTML('<b>Slab caches</b> <span class="slabkit-note">'
                         "(name, memory held, object size, caches merged into it)</span>")
         super().__init__([_STYLE, header,
                           W.HBox([self.search, self.refresh_button]),
-                          W.HBox([self.sort, self.count_label]),
+                          W.HBox([W.Label("Sort", layout=W.Layout(width="auto",
+                                                                   margin="0 8px 0 40px")),
+                                  self.sort, self.count_label]),
                           self.message, self.select, self.details], **kwargs)
         self.add_class("slabkit-cache-picker")
 
@@ -218,10 +225,7 @@ class CachePicker(W.VBox):
                 series = slabkit.sample(seconds, min(1.0, seconds), root=self.root)
                 self.growth = slabkit.growth(series)
                 self.message.value = ""
-            except SlabkitError as e:
-                self.growth = None
-                self.message.value = _error_html(e)
-            except Exception as e:  # shown, not raised: this runs in a thread
+            except Exception as e:  # noqa: BLE001 - a thread: shown in the widget, not raised
                 self.growth = None
                 self.message.value = _error_html(e)
             self._render()
@@ -355,8 +359,8 @@ class CachePicker(W.VBox):
             ("kind", str(r["kind"]) + (f" ({r['kmalloc_type']})"
                                        if not pd.isna(r["kmalloc_type"]) else "")),
             ("object size", f"{_int_text(r['object_size'])} B (slot {_int_text(r['objsize'])} B)"),
-            ("objects", f"{_int_text(r['active_objs'])} in use of {_int_text(r['num_objs'])} "
-                        f"({util})"),
+            ("objects", (f"{_int_text(r['active_objs'])} in use of "
+                         f"{_int_text(r['num_objs'])} ({util})")),
             ("memory", f"{_human_bytes(r['memory_bytes'])} in {_int_text(r['num_slabs'])} slabs"),
             ("merged into it", merged),
         ]
@@ -364,9 +368,9 @@ class CachePicker(W.VBox):
             g = self.growth[self.growth["name"] == self.value]
             if len(g):
                 g = g.iloc[0]
-                items.append(("growth", f"{int(g['delta_objs']):+,} objects, "
-                                        f"{_human_bytes(g['delta_bytes'])} in "
-                                        f"{float(g['seconds']):.1f} s"))
+                items.append(("growth", (f"{int(g['delta_objs']):+,} objects, "
+                                         f"{_human_bytes(g['delta_bytes'])} in "
+                                         f"{float(g['seconds']):.1f} s")))
         body = "".join(f"<tr><th class='slabkit-text'>{html.escape(k)}</th>"
                        f"<td class='slabkit-text'>{v if k == 'merged into it' else html.escape(v)}"
                        f"</td></tr>" for k, v in items)
@@ -442,6 +446,8 @@ class CaptureRunner(W.VBox):
         self.backends_note = W.HTML()
         self.messages = W.HTML()
         self.summary = W.HTML()
+        for pane in (self.backends_note, self.messages, self.summary):
+            pane.add_class("slabkit-block")
         if picker is not None:
             W.dlink((picker, "value"), (self.cache, "value"), transform=lambda v: v or "")
 
@@ -501,7 +507,7 @@ class CaptureRunner(W.VBox):
     def _safe_check(self) -> None:
         try:
             self.check_backends()
-        except Exception as e:  # a thread: show, never raise
+        except Exception as e:  # noqa: BLE001 - a thread: shown in the widget, not raised
             self.backends_note.value = _error_html(e)
 
     def _on_cache(self, _change) -> None:
@@ -527,10 +533,10 @@ class CaptureRunner(W.VBox):
         self._set_status("preparing", "preparing: checking the cache and the tracers...")
         self.start_button.disabled = True
         self.stop_button.disabled = False
-        args = dict(cache=self.cache.value.strip(), seconds=float(self.seconds.value),
-                    backend=self.backend.value, mode=self.mode.value,
-                    pid=self.pid_filter.value.strip() or None,
-                    comm=self.comm_filter.value.strip() or None)
+        args = {"cache": self.cache.value.strip(), "seconds": float(self.seconds.value),
+                "backend": self.backend.value, "mode": self.mode.value,
+                "pid": self.pid_filter.value.strip() or None,
+                "comm": self.comm_filter.value.strip() or None}
         self._thread = threading.Thread(target=self._run, kwargs=args, name="slabkit-capture",
                                         daemon=True)
         self._thread.start()
@@ -579,7 +585,7 @@ class CaptureRunner(W.VBox):
             if status == "complete":
                 self.progress.value = 1.0
             self.progress.bar_style = "success" if status == "complete" else "warning"
-            self.messages.value += _tracer_html(cap)
+            self.messages.value += _tracer_html(cap, shown=prep.plan.notes)
             self.summary.value = _summary_html(cap)
             self._set_status(status, f"{status} ({cap.duration_s:.1f} s)")
         finally:
@@ -595,8 +601,8 @@ def slabkit_backends() -> list[str]:
 
 def _plan_html(prep) -> str:
     plan = prep.plan
-    lines = [f"cache <b>{html.escape(plan.cache)}</b> ({html.escape(plan.kind)}), "
-             f"{'exact' if plan.exact else 'estimate'}: {html.escape(plan.reason)}",
+    lines = [(f"cache <b>{html.escape(plan.cache)}</b> ({html.escape(plan.kind)}), "
+              f"{'exact' if plan.exact else 'estimate'}: {html.escape(plan.reason)}"),
              f"backend <b>{html.escape(prep.backend.name)}</b>"]
     lines += [f"note: {html.escape(n)}" for n in plan.notes]
     program = prep.program.text or " ".join(prep.program.argv)
@@ -604,7 +610,8 @@ def _plan_html(prep) -> str:
             f"<details><summary>program</summary><pre>{html.escape(program)}</pre></details>")
 
 
-def _tracer_html(cap) -> str:
+def _tracer_html(cap, shown: list[str] = ()) -> str:
+    """Losses, notes (less those in ``shown``, already on screen) and the tracer's stderr."""
     m = cap.meta
     parts = []
     lost = int(m.get("lost_total") or 0)
@@ -612,6 +619,8 @@ def _tracer_html(cap) -> str:
         parts.append(f'<div class="slabkit-error">the tracer reported {lost} lost events: '
                      f"{html.escape(str(m.get('losses')))}</div>")
     for note in m.get("notes") or []:
+        if note in shown:
+            continue
         parts.append(f'<div class="slabkit-note">note: {html.escape(str(note))}</div>')
     stderr = str(m.get("tracer_stderr") or "").strip()
     if stderr:
@@ -652,7 +661,8 @@ class PivotExplorer(W.VBox):
     Attributes:
         capture: the :class:`~slabkit.Capture` shown.
         frame: the pivot shown now (a DataFrame from :mod:`slabkit.analysis`, first N rows).
-        figure, ax: the matplotlib Figure/Axes of the chart; chart: the Image widget (PNG).
+        figure, ax: the matplotlib Figure/Axes of the chart; chart: the Image widget (PNG),
+            whose tooltip is the chart's title.
         table: the HTML widget with the table.
     """
 
@@ -682,15 +692,21 @@ class PivotExplorer(W.VBox):
                                       style={"button_width": "10em"})
         self.source.layout.display = None if len(sources) > 1 else "none"
         self.message = W.HTML()
-        self.table = W.HTML()
+        self.table = W.HTML(layout=W.Layout(flex="0 1 auto", max_width="100%",
+                                            margin="0 16px 0 0"))
         self.table.add_class("slabkit-table")
-        self.chart = W.Image(format="png", layout=W.Layout(max_width="100%"))
+        for pane in (self.message, self.table):
+            pane.add_class("slabkit-block")
+        self.chart = W.Image(format="png", layout=W.Layout(flex="0 0 auto", max_width="100%"))
         super().__init__([
             _STYLE,
             W.HTML(f"<b>Explore</b> <span class='slabkit-note'>{html.escape(repr(cap))}"
                    "</span>"),
             W.HBox([self.group_by]), W.HBox([self.measure, self.top_n, self.show_allocator]),
-            self.source, self.message, W.HBox([self.table, self.chart])], **kwargs)
+            self.source, self.message,
+            # side by side where the page is wide enough, else the chart below the table
+            W.Box([self.table, self.chart], layout=W.Layout(
+                display="flex", flex_flow="row wrap", align_items="flex-start"))], **kwargs)
         self.add_class("slabkit-pivot-explorer")
         for control in (self.group_by, self.measure, self.top_n, self.show_allocator,
                         self.source):
@@ -733,12 +749,17 @@ class PivotExplorer(W.VBox):
             return
         self.message.value = ""
         stack = self.group_by.value == "stack"
-        self.table.value = _frame_html(
-            self.frame.drop(columns=[c for c in ("per_s",) if c in self.frame and
-                                     self.frame[c].isna().all()]),
-            text_columns=("callsite", "module", "comms"),
-            stack_columns=("stack",) if stack else ())
-        self.chart.value = self._draw()
+        shown = self.frame.drop(columns=[c for c in ("per_s",) if c in self.frame and
+                                         self.frame[c].isna().all()])
+        if "comms" in shown:   # "bash (1528), ssh (273), ..." can run to hundreds
+            shown = shown.assign(comms=shown["comms"].map(_first_items))
+        table = _frame_html(shown, text_columns=("callsite", "module", "comms"),
+                            stack_columns=("stack",) if stack else ())
+        png = self._draw()
+        # both ready: send them one right after the other, so they change together
+        self.table.value = table
+        self.chart.tooltip = self.ax.get_title()
+        self.chart.value = png
 
     def _labels(self) -> list[str]:
         df = self.frame
@@ -781,6 +802,14 @@ class PivotExplorer(W.VBox):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
         return buf.getvalue()
+
+
+def _first_items(text: Any, n: int = 4) -> Any:
+    """``"a (3), b (2), c (1), ..."`` -> its first ``n`` items and how many more."""
+    if not isinstance(text, str):
+        return text
+    items = text.split(", ")
+    return text if len(items) <= n else ", ".join(items[:n]) + f", +{len(items) - n} more"
 
 
 def _hide_allocator_frames(stack: Any) -> Any:

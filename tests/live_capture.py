@@ -9,11 +9,12 @@ from slabkit.tables import Capture
 
 
 def capture_around(cache: str, work: Callable[[], None], *, seconds: float = 60,
-                   settle_s: float = 0.2, **kw) -> Capture:
+                   settle_s: float = 0.2, attach_timeout_s: float = 120, **kw) -> Capture:
     """Start ``capture(cache)``, wait until its probe is live, run ``work()``, then stop it.
 
     The capture ends through its stop event (as a widget's Stop button does), so it is marked
     ``interrupted``; tests that check ``complete`` use a short fixed duration instead.
+    ``attach_timeout_s``: how long the probe may take to attach (a stap module build: minutes).
     """
     attached = threading.Event()
     stop = threading.Event()
@@ -33,7 +34,7 @@ def capture_around(cache: str, work: Callable[[], None], *, seconds: float = 60,
     t = threading.Thread(target=run)
     t.start()
     try:
-        assert attached.wait(120), "the probe never attached"
+        assert attached.wait(attach_timeout_s), "the probe never attached"
         if "error" not in result:
             work()
             threading.Event().wait(settle_s)

@@ -4,8 +4,10 @@ real 2 s capture; the HTML report built from notebook 02.
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,6 +70,16 @@ def _widgets(nb) -> int:
     return sum(WIDGET_VIEW in o.get("data", {}) for o in _outputs(nb))
 
 
+def _literals(source: str) -> dict:
+    """``name = literal`` lines of a parameters cell, as papermill reads them; anything else
+    in the cell fails the test."""
+    values = {}
+    for node in ast.parse(source).body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, ast.dump(node)
+        values[node.targets[0].id] = ast.literal_eval(node.value)
+    return values
+
+
 # --------------------------------------------------------------------------------------------
 # the files
 
@@ -102,8 +114,7 @@ def test_parameters_cell(name, names):
     nb = nbformat.read(report.notebook_path(name), as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(cells) == 1
-    scope: dict = {}
-    exec(cells[0].source, scope)                       # plain assignments of literals
+    scope = _literals(cells[0].source)                  # plain assignments of literals
     assert names <= set(scope)
     for key in ("capture_path", "before_path", "after_path"):
         if key in scope:                               # the defaults are sample captures
@@ -116,8 +127,7 @@ def test_inject_parameters_after_the_parameters_cell():
     out = report.inject_parameters(nb, {"capture_path": "/x/y 'z'", "top_n": 3})
     cell = out.cells[at + 1]
     assert cell.metadata.tags == ["injected-parameters"]
-    scope: dict = {}
-    exec(cell.source, scope)
+    scope = _literals(cell.source)
     assert scope["capture_path"] == "/x/y 'z'" and scope["top_n"] == 3
     assert len(out.cells) == len(nb.cells) + 1
     again = report.inject_parameters(out, {"top_n": 5})  # replaces, as papermill does
@@ -152,10 +162,24 @@ def test_02_explores_each_sample(sample, tmp_path):
     assert not list(tmp_path.glob("*.png"))             # nothing written next to it
 
 
+def test_02_on_a_capture_that_saw_nothing(tmp_path):
+    """An idle cache gives a capture with no allocations: every section still runs."""
+    from slabkit import store
+    cap = slabkit.load(SAMPLES / "bpftrace-filp")
+    cap.allocs, cap.frames = cap.allocs.iloc[0:0], cap.frames.iloc[0:0]
+    cap.meta["total_allocs"] = 0
+    (tmp_path / "idle").mkdir()
+    store.save(tmp_path / "idle", cap)
+    nb = _run(NAMES[1], {"capture_path": str(tmp_path / "idle")}, tmp_path)
+    text = _text(nb)
+    assert "0 allocs" in text and "0 lines; the first ones" in text
+    assert _images(nb) >= 4                             # each plot says it has nothing to show
+
+
 def test_02_default_parameters_run_from_any_folder(tmp_path):
     """The default capture_path is relative to the checkout; found from any working folder."""
     nb = _run(NAMES[1], None, tmp_path)
-    assert "bpftrace-filp-outstanding" in _text(nb)
+    assert repr(slabkit.load(SAMPLES / "bpftrace-filp-outstanding")) in _text(nb)
 
 
 def test_03_compares_two_captures(tmp_path):
@@ -168,27 +192,51 @@ def test_03_compares_two_captures(tmp_path):
     assert _images(nb) == 2                             # change per process, per call site
 
 
+def _as_nobody(cmd: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        pytest.skip("setpriv (util-linux) is needed to run a notebook as nobody")
+    return subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *cmd],
+                          env=env, capture_output=True, text=True, check=False, **kw)
+
+
+def _python_for_nobody(env: dict) -> str:
+    """An interpreter the user nobody can run with slabkit's packages: this one, or (where
+    this one lives under /root, as pyenv's do) the system's python of the same version, given
+    this environment's site-packages on PYTHONPATH (the same ABI, so the same wheels work)."""
+    import site
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *site.getsitepackages()])
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for exe in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+        # it must also start itself again, as the kernel does (a venv interpreter under /root
+        # was seen to start under setpriv yet fail to start its own kernel)
+        check = ("import slabkit.report, ipykernel, nbclient, subprocess, sys; "
+                 "subprocess.run([sys.executable, '-c', ''], check=True)")
+        probe = _as_nobody([exe, "-c", check], env, timeout=120)
+        if probe.returncode == 0:
+            return exe
+    pytest.skip(f"no Python {version} with slabkit's packages that the user nobody can run")
+
+
 def _run_as_nobody(name: str, params: dict, shared: Path) -> subprocess.CompletedProcess:
-    """Execute a notebook in a process (and so a kernel) of the user nobody."""
+    """Execute a notebook in a process (and so a kernel) of the user nobody; the executed
+    notebook is written to ``shared/out.ipynb``."""
     home = shared / "home"
     home.mkdir()
-    out = shared / "out.ipynb"
-    script = (
-        "import sys, nbformat\n"
-        "from slabkit.report import execute_notebook, notebook_path\n"
-        f"nb = execute_notebook(notebook_path({name!r}), {params!r}, cwd={str(shared)!r})\n"
-        f"nbformat.write(nb, {str(out)!r})\n")
-    env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8",
-           "SLABKIT_CAPTURE_DIR": str(shared / "captures"), "MPLCONFIGDIR": str(home / "mpl")}
     for path in (shared, home):
         os.chmod(path, 0o777)
-    cmd = [sys.executable, "-c", script]
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if not setpriv:
-            pytest.skip("setpriv (util-linux) is needed to run a notebook as nobody")
-        cmd = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
-    return subprocess.run(cmd, env=env, cwd=shared, capture_output=True, text=True, timeout=300)
+    script = (
+        "import nbformat\n"
+        "from slabkit.report import execute_notebook, notebook_path\n"
+        f"nb = execute_notebook(notebook_path({name!r}), {params!r}, cwd={str(shared)!r})\n"
+        f"nbformat.write(nb, {str(shared / 'out.ipynb')!r})\n")
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8",
+           "SLABKIT_CAPTURE_DIR": str(shared / "captures"), "MPLCONFIGDIR": str(home / "mpl")}
+    if os.geteuid() != 0:       # already not root: run it as we are
+        return subprocess.run([sys.executable, "-c", script], env=env, cwd=shared,
+                              capture_output=True, text=True, timeout=300, check=False)
+    exe = _python_for_nobody(env)
+    return _as_nobody([exe, "-c", script], env, cwd=shared, timeout=300)
 
 
 def test_01_without_root_uses_a_sample():
@@ -232,7 +280,6 @@ def test_01_captures_live(live, tmp_path, capture_dir):
 
 
 def _assert_self_contained(html: str) -> None:
-    import re
     assert "<script" not in html                        # nothing to run, nothing to fetch
     for tag in re.findall(r"<(?:link|img|iframe)\b[^>]*>", html):
         assert "http:" not in tag and "https:" not in tag, tag
@@ -249,12 +296,12 @@ def test_report_is_one_self_contained_page(sample, show_code, tmp_path):
     html = out.read_text()
     _assert_self_contained(html)
     cap = slabkit.load(sample)
-    assert html.count('<img src="data:image/png;base64,') >= 4
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) >= 4
     assert f"<title>slabkit report: {cap.cache}</title>" in html
     assert str(Path(sample).resolve()) in html           # the header names the capture
     assert f">{slabkit.by_process(cap).index[0]}<" in html
     assert "Who allocates: by process" in html           # the markdown explains each step
-    assert ("jp-InputArea" in html) == show_code         # code hidden unless asked for
+    assert ('class="highlight hl-ipython3"' in html) == show_code   # code only if asked
     assert "the interactive explorer appears when this notebook runs" in html
     assert WIDGET_VIEW not in html
 

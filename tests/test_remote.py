@@ -233,6 +233,22 @@ def test_exists_write_mkdir_rmdir(remote, tmp_path):
         remote.rmdir(folder)
 
 
+def test_write_bytes_is_byte_exact(remote, tmp_path):
+    data = bytes(range(256)) * 64 + b"\r\n\x00\xff" + os.urandom(200_000)  # a .ko is binary
+    path = str(tmp_path / "module.ko")
+    remote.write_bytes(path, data)
+    assert Path(path).read_bytes() == data
+    local = tmp_path / "local.ko"
+    LocalTarget("/").write_bytes(str(local), data)
+    assert local.read_bytes() == data
+    remote.write_bytes(path, b"")
+    assert Path(path).read_bytes() == b""
+    with pytest.raises(FileNotFoundError):
+        remote.write_bytes(str(tmp_path / "no" / "such.ko"), b"x")
+    with pytest.raises(InvalidInput):
+        remote.write_bytes(path, "text")  # type: ignore[arg-type]
+
+
 # --- processes ---------------------------------------------------------------------------------
 
 def test_is_root_hostname_which(remote):

@@ -7,6 +7,7 @@ sample capture; the capture runner runs real captures (live tests: root and a tr
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
 import matplotlib
 
@@ -188,6 +189,16 @@ def test_explorer_hides_outstanding_choice_for_allocs_captures():
     assert ex.show_allocator.disabled
 
 
+def test_explorer_on_a_capture_without_allocations(sample):
+    empty = slabkit.Capture(allocs=sample.allocs.iloc[0:0], frames=sample.frames.iloc[0:0],
+                            meta={"cache": "filp", "duration_s": 1.0})
+    ex = PivotExplorer(empty)
+    for group in ("process", "module", "callsite", "stack"):
+        ex.group_by.value = group
+        assert ex.frame.empty and "no allocations recorded" in ex.table.value
+        assert ex.chart.value[:4] == b"\x89PNG" and not _bars(ex.ax)
+
+
 # --------------------------------------------------------------------------------------------
 # capture runner: errors without a tracer run
 
@@ -196,8 +207,9 @@ def test_runner_lists_backends_and_reasons(monkeypatch):
     class Prep:
         class backend:
             name = "perf"
-        not_used = {"bpftrace": "bpftrace is not installed (apt install bpftrace)",
-                    "ftrace": "perf is preferred", "stap": "needs kprobes"}
+        not_used: ClassVar[dict] = {
+            "bpftrace": "bpftrace is not installed (apt install bpftrace)",
+            "ftrace": "perf is preferred", "stap": "needs kprobes"}
 
     monkeypatch.setattr(slabkit, "prepare", lambda cache, **kw: Prep)
     r = CaptureRunner("filp", check_backends=False)

@@ -1,4 +1,4 @@
-"""SystemTap backend, the pure parts: the script, its command line, and the output parsers.
+"""SystemTap backend: the script, its command lines, the output parsers, and the runner.
 
 slabkit's own script is ``slabkit.stp`` beside this module (see its header for the argument
 scheme and output format). It probes the kernel's allocation functions with
@@ -13,18 +13,43 @@ Arguments (always all three, so the script text never depends on what the user t
          $2 PID     only this process; 0 = every process
          $3 MS      stop after this many milliseconds; 0 = until SIGINT/SIGTERM
 
+Compile here, run there: a target with ``staprun`` (Debian: ``systemtap-runtime``) but no
+``stap``, headers or debuginfo gets a module built on this machine for its kernel release::
+
+    SLABKIT_STAP_ROOT=/srv/stap-6.1 slabkit capture filp --host root@box --backend stap
+    # here:  chroot /srv/stap-6.1 stap -r 6.1.0-57-amd64 -m slabkit_<id> -p4 slabkit.stp filp 0 0
+    # there: staprun /tmp/slabkit_<id>.ko   (stopped with SIGINT; the .ko is removed after)
+
+``SLABKIT_STAP_ROOT`` is a directory holding a Linux userland with stap, the target kernel's
+headers and its debug vmlinux (tests/kernels/stap_root.py builds one for Debian's 6.1); the
+build runs chrooted into it, so it needs root here. ``SLABKIT_STAP_COMPILE`` is the stap
+command itself, split like a shell would (default ``stap``; inside the root when both are
+set); it runs in an empty working directory holding ``slabkit.stp`` and must leave
+``<module>.ko`` there, as ``stap -p4 -m`` does. Either one set turns this mode on; it is also
+used without them when the target lacks stap and this machine has stap and
+``/lib/modules/<release>/build``. See :class:`StapBackend` and :func:`compile_argv`.
+
 :func:`parse_classic` also reads the output of the classic ``slab.stp`` script that slabkit
 replaces (``shared/reference/slab.stp``).
 
 Limits of this backend: stap's ``backtrace()`` keeps at most ``MAXBACKTRACE`` (20) frames, and
 a table of ``max_stacks`` distinct (pid, tid, comm, stack) keys; when it fills, stap stops with
 "Array overflow", runs ``probe error`` (which still prints the counts so far) and
-:func:`parse_stderr` reports ``overflow``.
+:func:`parse_stderr` reports ``overflow``. ``probe begin`` runs before the kprobes are
+registered, so the capture counts as attached only at the script's ``armed`` line (format 2).
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
-from collections.abc import Sequence
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,9 +58,10 @@ import numpy as np
 import pandas as pd
 
 from .. import schema
-from ..errors import InvalidInput, ParseError
+from ..errors import InvalidInput, ParseError, ProbeFailed
 from ..frames import frames_table
 from ..names import check_cache_name, check_pid, check_seconds
+from . import Program
 
 SCRIPT_NAME = "slabkit.stp"
 #: distinct (pid, tid, comm, stack) keys the script's table holds (stap preallocates them)
@@ -43,8 +69,11 @@ DEFAULT_MAX_STACKS = 20000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: stap stops a session after 100 skipped probes (MAXSKIPPED) by default; slabkit counts
 #: skipped probes as losses (:func:`parse_stderr`) instead of throwing the capture away.
-#: The overload guard (a probe using too much CPU) stays on.
-DEFINES = ("-DMAXSKIPPED=1000000",)
+#: The overload guard (a probe using too much CPU) stays on. Every probe may run at most
+#: MAXACTION_INTERRUPTIBLE statements (default 10000); the end probe's listing takes about 20
+#: per stack (print_stack), so the default cut it after ~460 stacks (seen on 6.1 with 400
+#: short-lived processes): raised to cover DEFAULT_MAX_STACKS stacks of 20 frames.
+DEFINES = ("-DMAXSKIPPED=1000000", "-DMAXACTION_INTERRUPTIBLE=4000000")
 
 
 def script_template() -> str:
@@ -93,8 +122,9 @@ def argv(script_path: str | Path, cache: str, seconds: float | None, pid: int | 
     ``last_pass`` (1-5) stops stap after that pass (``-p``): 1 parses the script, 4 builds the
     module without loading it.
 
-    >>> argv("/tmp/c/slabkit.stp", "dentry", 10)
-    ['stap', '-DMAXSKIPPED=1000000', '/tmp/c/slabkit.stp', 'dentry', '0', '10000']
+    >>> argv("/tmp/c/slabkit.stp", "dentry", 10)     # doctest: +NORMALIZE_WHITESPACE
+    ['stap', '-DMAXSKIPPED=1000000', '-DMAXACTION_INTERRUPTIBLE=4000000', '/tmp/c/slabkit.stp',
+     'dentry', '0', '10000']
     """
     check_cache_name(cache)
     ms = 0 if seconds is None else max(1, round(check_seconds(seconds) * 1000))
@@ -115,6 +145,7 @@ _BEGIN = re.compile(r"^slabkit-stap begin format=(?P<format>\d+) pid_filter=(?P<
 _STACK = re.compile(r"^slabkit-stap stack count=(?P<count>\d+) pid=(?P<pid>-?\d+) "
                     r"tid=(?P<tid>-?\d+) comm=(?P<len>\d+):(?P<comm>.*)$")
 _END_STACK = "slabkit-stap end-stack"
+_ARMED = "slabkit-stap armed"  # format 2: the allocation probes are registered
 _DONE = re.compile(r"^slabkit-stap done how=(?P<how>\w+) entries=(?P<entries>\d+) "
                    r"allocs=(?P<allocs>\d+) elapsed_ms=(?P<ms>-?\d+)$")
 _STAP_DIAG = ("WARNING:", "ERROR:", "Pass ", "semantic error:", "Tip:")
@@ -162,6 +193,9 @@ def _read_own(text: str, path: str | None) -> tuple[list[_Block], dict[str, Any]
         if (m := _BEGIN.match(line)) is not None:
             info.update(format=int(m.group("format")), pid_filter=int(m.group("pid")),
                         ms=int(m.group("ms")), cache=m.group("cache"))
+            continue
+        if line == _ARMED:
+            info["armed"] = True
             continue
         if (m := _DONE.match(line)) is not None:
             info.update(how=m.group("how"), entries=int(m.group("entries")),
@@ -216,7 +250,8 @@ def parse_meta(stdout: str, stderr: str = "") -> dict[str, Any]:
     Keys: ``cache``, ``pid_filter`` (None for all), ``duration_s`` (stap's own clock),
     ``entries`` and ``allocs`` (totals the script printed), ``complete`` (the ``done`` line was
     printed after an ordinary end), ``how`` (``end`` or ``error``), ``truncated`` (output cut
-    inside a block), plus everything :func:`parse_stderr` finds.
+    inside a block), ``armed`` (format 2 said its probes were registered), plus everything
+    :func:`parse_stderr` finds.
     """
     _, info = _read_own(stdout, None)
     out: dict[str, Any] = {
@@ -227,6 +262,7 @@ def parse_meta(stdout: str, stderr: str = "") -> dict[str, Any]:
         "allocs": info.get("allocs"),
         "how": info.get("how"),
         "truncated": bool(info.get("truncated", False)),
+        "armed": bool(info.get("armed", False)),
     }
     out["complete"] = out["how"] == "end" and not out["truncated"]
     out.update(parse_stderr(stderr))
@@ -412,20 +448,212 @@ def parse_classic_meta(text: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# the backend: run slabkit.stp through stap on the target
+# compiling here for another kernel ("compile here, run there")
+
+#: the stap command that compiles, split like a shell would (default ``stap``)
+ENV_COMPILE = "SLABKIT_STAP_COMPILE"
+#: a directory holding a Linux userland with stap, the target kernel's headers and debuginfo;
+#: the compile command runs chrooted into it
+ENV_ROOT = "SLABKIT_STAP_ROOT"
+#: seconds a compile may take (a cold stap cache on a busy machine: minutes)
+COMPILE_TIMEOUT_S = 1800
+# `uname -r` strings: 6.1.0-57-amd64, 6.12.117+deb12-amd64, 5.14.0-427.el9.x86_64, 6.8.0-1012-aws
+_RELEASE_RE = re.compile(r"^[0-9][A-Za-z0-9._+~-]{0,127}$")
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,54}$")  # MODULE_NAME_LEN is 56 with its NUL
+_ROOT_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def check_release(release: object) -> str:
+    """Return a kernel release string (``uname -r``) if it is safe on a command line."""
+    if not isinstance(release, str) or not _RELEASE_RE.fullmatch(release):
+        raise InvalidInput(f"kernel release {release!r} is not a `uname -r` string (a digit, "
+                           "then letters, digits and . _ + ~ -, 128 characters at most)")
+    return release
+
+
+def module_name() -> str:
+    """A fresh kernel module name for one capture: ``slabkit_`` and 12 hex digits."""
+    import uuid
+    return f"slabkit_{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    """How slabkit compiles a stap module here for the target's kernel.
+
+    ``stap``: the command (``SLABKIT_STAP_COMPILE``, e.g. ``"stap"`` or ``"/opt/stap/bin/stap
+    --poison-cache"``); ``root``: a chroot to run it in (``SLABKIT_STAP_ROOT``), or None to run
+    it on this machine as is. ``configured``: the user set either.
+    """
+
+    stap: tuple[str, ...] = ("stap",)
+    root: str | None = None
+    configured: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CompileSettings:
+        env = os.environ if env is None else env
+        text = env.get(ENV_COMPILE, "").strip()
+        root = env.get(ENV_ROOT, "").strip() or None
+        try:
+            stap = tuple(shlex.split(text)) if text else ("stap",)
+        except ValueError as e:
+            raise InvalidInput(f"{ENV_COMPILE}={text!r} cannot be split like a shell "
+                               f"would: {e}") from None
+        return cls(stap=stap, root=root, configured=bool(text or root))
+
+    def problem(self) -> str | None:
+        """Why compiling here cannot work, or None (checked before anything runs)."""
+        if self.root is not None:
+            if not os.path.isabs(self.root) or not os.path.isdir(self.root):
+                return f"{ENV_ROOT}={self.root!r} is not an existing absolute directory"
+            if os.geteuid() != 0:
+                return f"compiling in {ENV_ROOT} needs root here (it runs chrooted)"
+            exe = self.stap[0]
+            found = (os.path.exists(os.path.join(self.root, exe.lstrip("/"))) if exe.startswith("/")
+                     else any(os.path.exists(os.path.join(self.root, d.lstrip("/"), exe))
+                              for d in _ROOT_PATH))
+            if not found:
+                return (f"{exe!r} is not installed in {ENV_ROOT}={self.root} (install systemtap "
+                        "there, with the target kernel's headers and debuginfo)")
+            return None
+        if not shutil.which(self.stap[0]):
+            return (f"{self.stap[0]!r} ({ENV_COMPILE}) is not installed here; install "
+                    f"systemtap or point {ENV_ROOT} at a root that has it")
+        return None
+
+
+def compile_argv(script: str, cache: str, seconds: float | None, pid: int | None, *,
+                 release: str, module: str, stap: Sequence[str] = ("stap",)) -> list[str]:
+    """The command that builds ``script`` into ``<module>.ko`` for kernel ``release``, without
+    loading it: :func:`argv` with ``-r RELEASE -p4 -m MODULE``. Cache, pid and duration are
+    compiled into the module (stap substitutes ``@1 $2 $3`` when it builds).
+
+    >>> compile_argv("slabkit.stp", "filp", None, None, release="6.1.0-57-amd64",
+    ...              module="slabkit_0123abcd")       # doctest: +NORMALIZE_WHITESPACE
+    ['stap', '-r', '6.1.0-57-amd64', '-m', 'slabkit_0123abcd', '-DMAXSKIPPED=1000000',
+     '-DMAXACTION_INTERRUPTIBLE=4000000', '-p4', 'slabkit.stp', 'filp', '0', '0']
+    """
+    check_release(release)
+    if not isinstance(module, str) or not _MODULE_RE.fullmatch(module):
+        raise InvalidInput(f"module name {module!r} is not usable (letters, digits, _)")
+    stap = list(stap)
+    if not stap or not all(isinstance(a, str) and a and "\0" not in a for a in stap):
+        raise InvalidInput(f"the stap command {stap!r} is empty or not a list of strings")
+    base = argv(script, cache, seconds, pid, last_pass=4)
+    return [*stap, "-r", release, "-m", module, *base[1:]]
+
+
+def _in_root(root: str, workdir: str):
+    """preexec_fn: chroot into ``root``, go to ``workdir`` there, die with the parent."""
+    def enter() -> None:
+        from ..target import _die_with_parent
+        _die_with_parent()
+        os.chroot(root)
+        os.chdir(workdir)
+    return enter
+
+
+def build_module(script_text: str, cmd: list[str], module: str, *, root: str | None = None,
+                 timeout_s: float = COMPILE_TIMEOUT_S) -> tuple[bytes, subprocess.CompletedProcess]:
+    """Run a :func:`compile_argv` command here and return the module's bytes and the run.
+
+    The script is written as ``slabkit.stp`` into a fresh working directory (under
+    ``root``/tmp when ``root`` is given, the command then running chrooted into ``root``), the
+    command runs there and must leave ``<module>.ko`` in it (``stap -p4 -m`` does), or print
+    the module's path as the last line of its output. The directory is removed afterwards.
+    Raises :class:`~slabkit.errors.ProbeFailed` with stap's messages when the build fails.
+    """
+    import signal
+    import tempfile
+
+    from ..target import _die_with_parent
+    if root is not None:
+        base = os.path.join(root, "tmp")
+        os.makedirs(base, mode=0o1777, exist_ok=True)
+        work = tempfile.mkdtemp(prefix="slabkit-stap-", dir=base)
+        inner = "/tmp/" + os.path.basename(work)
+        popen_kw: dict[str, Any] = {
+            "preexec_fn": _in_root(root, inner),
+            "env": {"PATH": ":".join(_ROOT_PATH), "HOME": "/root", "LC_ALL": "C",
+                    "TMPDIR": "/tmp"}}
+    else:
+        work = tempfile.mkdtemp(prefix="slabkit-stap-")
+        popen_kw = {"cwd": work, "preexec_fn": _die_with_parent,
+                    "env": dict(os.environ, LC_ALL="C")}
+    try:
+        with open(os.path.join(work, SCRIPT_FILE), "w") as f:
+            f.write(script_text)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, errors="replace",
+                                start_new_session=True, **popen_kw)
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except BaseException:  # timeout or Ctrl-C: stap's make and gcc children too
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+        done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+        where = f" in {root}" if root else ""
+        if done.returncode != 0:
+            raise ProbeFailed(f"stap could not build the module{where} ({' '.join(cmd[:6])} ...)",
+                              returncode=done.returncode, stderr=err)
+        ko = os.path.join(work, module + ".ko")
+        if not os.path.exists(ko):
+            printed = (out.strip().splitlines() or [""])[-1].strip()
+            if printed.endswith(".ko") and os.path.isabs(printed):
+                ko = os.path.join(root, printed.lstrip("/")) if root else printed
+        if not os.path.exists(ko):
+            raise ProbeFailed(f"stap{where} reported success but left no {module}.ko",
+                              stderr=err + out)
+        with open(ko, "rb") as f:
+            return f.read(), done
+    except subprocess.TimeoutExpired:
+        raise ProbeFailed(f"stap did not build the module within {timeout_s:.0f} s") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the backend: run slabkit.stp through stap on the target, or build here and staprun there
 
 RAW = "stap.out"
 STDERR_FILE = "stap.stderr"
 SCRIPT_FILE = "slabkit.stp"
+BUILD_LOG = "stap.build.log"
+BUILD_INFO = "stap.build.json"
+
+
+@dataclass
+class StapProgram(Program):
+    """A stap :class:`~slabkit.backends.Program`; in "compile here" mode ``build_argv`` builds
+    the module on this machine (in ``build_root``) and ``argv`` is the ``staprun`` that loads
+    it on the target."""
+
+    build_argv: list[str] = field(default_factory=list)
+    build_root: str | None = None
+    module: str | None = None
+    release: str | None = None
 
 
 class StapBackend:
     """SystemTap on kernels with kprobes and loadable modules (the classic tool's home).
 
-    Needs stap, the kernel's headers and debuginfo on the target. The script is written into
-    the capture folder (and, for an SSH target, to a temporary file there) and run with the
-    cache, pid filter and duration as arguments; stap is stopped with SIGINT, which runs the
-    script's ``end`` probe that prints the aggregated stacks.
+    Two ways to run, chosen per target:
+
+    * **stap on the target** (it has ``stap``, the kernel's headers and debuginfo): the script
+      is written there and run with the cache, pid filter and duration as arguments.
+    * **compile here, run there**: the module is built on this machine for the target's kernel
+      (``stap -r RELEASE -p4 -m slabkit_<id>``, see :func:`compile_argv`), copied to the target
+      and loaded with ``staprun``, which is all the target needs (Debian:
+      ``systemtap-runtime``). Used when ``SLABKIT_STAP_COMPILE`` (the stap command, split like a
+      shell would) or ``SLABKIT_STAP_ROOT`` (a chroot with stap, the target kernel's headers
+      and debuginfo; needs root here) is set, or when the target has ``staprun`` but no
+      ``stap`` and this machine has ``stap`` and ``/lib/modules/RELEASE/build``.
+
+    Either way stap is stopped with SIGINT, which runs the script's ``end`` probe that prints
+    the aggregated stacks, and the same output is parsed.
     """
 
     name = "stap"
@@ -433,15 +661,45 @@ class StapBackend:
     modes = ("allocs",)
     package = "systemtap"
 
+    def __init__(self, settings: CompileSettings | None = None):
+        self._settings = settings
+
+    @property
+    def settings(self) -> CompileSettings:
+        return self._settings if self._settings is not None else CompileSettings.from_env()
+
+    def _compile_here(self, facts) -> bool:
+        return self.settings.configured or not facts.tracers.get("stap")
+
     def unavailable(self, target, facts) -> str | None:
         missing = [what for what, ok in (("kprobes", facts.kprobes),
                                          ("loadable modules", facts.modules)) if not ok]
         if missing:
             return (f"SystemTap needs {' and '.join(missing)}, which this kernel "
                     f"({facts.release or 'unknown'}) lacks; use bpftrace, perf or ftrace here")
-        if not facts.tracers.get("stap"):
-            return ("SystemTap is not installed (Debian/Ubuntu: apt-get install systemtap "
-                    "linux-headers-$(uname -r), and the kernel's debug symbols)")
+        settings = self.settings
+        if not settings.configured and facts.tracers.get("stap"):
+            return None  # stap on the target
+        if not settings.configured:
+            release = facts.release if _RELEASE_RE.fullmatch(facts.release or "") else ""
+            local = bool(release) and bool(shutil.which("stap")) and os.path.isdir(
+                f"/lib/modules/{release}/build")
+            if not (local and target.which("staprun")):
+                return ("SystemTap is not installed on the target (Debian/Ubuntu: apt-get "
+                        "install systemtap linux-headers-$(uname -r), and the kernel's debug "
+                        "symbols); or, with only staprun there (systemtap-runtime), compile "
+                        f"here: set {ENV_ROOT} to a root with stap and the headers and "
+                        f"debuginfo of {facts.release or 'its kernel'}, or {ENV_COMPILE}")
+        why = settings.problem()
+        if why:
+            return why
+        try:
+            check_release(facts.release)
+        except InvalidInput as e:
+            return str(e)
+        if not target.which("staprun"):
+            return ("staprun is not installed on the target, which runs the module built here "
+                    "(Debian/Ubuntu: apt-get install systemtap-runtime)")
         return None
 
     def _functions(self, plan, facts) -> list[str]:
@@ -460,43 +718,81 @@ class StapBackend:
         return None
 
     def render(self, plan, options, facts):
-        from . import Program
         functions = self._functions(plan, facts)
         text = render(plan.cache, None, function_names=functions, param="s")
-        cmd = argv("{folder}/" + SCRIPT_FILE, plan.cache, None, plan.pid)
-        return Program(backend=self.name, argv=cmd, text=text)
+        if not self._compile_here(facts):
+            cmd = argv("{folder}/" + SCRIPT_FILE, plan.cache, None, plan.pid)
+            return StapProgram(backend=self.name, argv=cmd, text=text)
+        settings = self.settings
+        module = module_name()
+        build = compile_argv(SCRIPT_FILE, plan.cache, None, plan.pid,
+                             release=check_release(facts.release), module=module,
+                             stap=settings.stap)
+        return StapProgram(backend=self.name, argv=["staprun", f"/tmp/{module}.ko"], text=text,
+                           build_argv=build, build_root=settings.root, module=module,
+                           release=facts.release)
+
+    def _build(self, program: StapProgram, folder: Path) -> bytes:
+        """Compile the module here; its log and facts go into the capture folder."""
+        t = time.monotonic()
+        try:
+            data, done = build_module(program.text, program.build_argv, program.module or "",
+                                      root=program.build_root)
+        except ProbeFailed as e:
+            (folder / BUILD_LOG).write_text(e.stderr)
+            e.raw_path = str(folder / BUILD_LOG)
+            raise
+        seconds = time.monotonic() - t
+        (folder / BUILD_LOG).write_text(
+            f"$ {shlex.join(program.build_argv)}\n{done.stdout}{done.stderr}")
+        (folder / BUILD_INFO).write_text(json.dumps({
+            "argv": program.build_argv, "root": program.build_root, "release": program.release,
+            "module": program.module, "module_bytes": len(data),
+            "build_seconds": round(seconds, 2)}, indent=2) + "\n")
+        return data
 
     def run(self, target, program, folder, control):
         import uuid
-        from ..errors import ProbeFailed
+
         from ..runner import tracer_process
         from ..target import LocalTarget
         from . import RunResult
         (folder / SCRIPT_FILE).write_text(program.text)
-        if isinstance(target, LocalTarget):
-            script = str(folder / SCRIPT_FILE)
+        build = isinstance(program, StapProgram) and bool(program.build_argv)
+        raw_files = [RAW, STDERR_FILE, SCRIPT_FILE]
+        if build:
+            data = self._build(program, folder)
+            remote_file = program.argv[-1]
+            target.write_bytes(remote_file, data)
+            cmd = list(program.argv)
+            raw_files += [BUILD_LOG, BUILD_INFO]
+        elif isinstance(target, LocalTarget):
+            remote_file = None
+            cmd = [str(folder / SCRIPT_FILE) if a == "{folder}/" + SCRIPT_FILE else a
+                   for a in program.argv]
         else:
-            script = f"/tmp/slabkit-{uuid.uuid4().hex}.stp"
-            target.write_text(script, program.text)
-        cmd = [script if a == "{folder}/" + SCRIPT_FILE else a for a in program.argv]
+            remote_file = f"/tmp/slabkit-{uuid.uuid4().hex}.stp"
+            target.write_text(remote_file, program.text)
+            cmd = [remote_file if a == "{folder}/" + SCRIPT_FILE else a for a in program.argv]
         raw, errf = folder / RAW, folder / STDERR_FILE
+        what = "staprun" if build else "stap"
         try:
             with open(raw, "wb") as out, open(errf, "wb") as err:
                 with tracer_process(target, cmd, stdout=out, stderr=err) as proc:
-                    def attached() -> bool:
+                    def attached() -> bool:  # "begin" runs before the kprobes exist
                         with open(raw, "rb") as f:
-                            return b"slabkit-stap begin" in f.read(4096)
-                    # compiling the module takes a while: allow it
+                            return _ARMED.encode() in f.read(4096)
+                    # stap on the target compiles the module first: allow it
                     control.wait_attached(attached, lambda: proc.poll() is None,
-                                          timeout_s=600, what="stap")
+                                          timeout_s=120 if build else 600, what=what)
                     reason = control.run_for(lambda: proc.poll() is None)
         except ProbeFailed as e:
             e.stderr = errf.read_text(errors="replace") if errf.exists() else ""
             raise ProbeFailed(str(e).split(" (")[0], stderr=e.stderr, raw_path=str(raw)) from None
         finally:
-            if not isinstance(target, LocalTarget):
+            if remote_file is not None:
                 try:
-                    target.run(["rm", "-f", script], timeout=30)
+                    target.run(["rm", "-f", remote_file], timeout=30)
                 except Exception:
                     pass
         stderr = errf.read_text(errors="replace")
@@ -504,12 +800,33 @@ class StapBackend:
         losses = {k: int(info[k]) for k in ("skipped", "transport_failures") if info[k]}
         if info["overflow"]:
             losses["table_overflow"] = 1
+        if info["overload"]:  # stap's guard ended the session early: later calls not counted
+            losses["overload_stop"] = 1
         return RunResult(end_reason=reason, returncode=proc.returncode, stderr=stderr,
-                         losses=losses, raw_files=[RAW, STDERR_FILE, SCRIPT_FILE])
+                         losses=losses, raw_files=raw_files)
 
     def parse(self, folder, plan, meta):
         from . import Parsed
         path = folder / RAW
         allocs, frames = parse(path.read_text(errors="replace"),
                                object_size=meta.get("slab_size"), path=str(path))
-        return Parsed(allocs=allocs.drop(columns=["host"]), frames=frames)
+        notes: list[str] = []
+        losses: dict[str, int] = {}
+        errf = folder / STDERR_FILE
+        info = parse_meta(path.read_text(errors="replace"),
+                          errf.read_text(errors="replace") if errf.exists() else "")
+        why = "; ".join(info["error_lines"][:3]) or "no error printed"
+        if info["truncated"] or info["how"] is None:
+            losses["report_truncated"] = 1
+            notes.append(f"stap's listing stopped part way ({why}): only the stacks printed "
+                         "before that are counted")
+        elif info["how"] == "error":
+            notes.append(f"stap stopped on an error ({why}); the counts are those up to it")
+        if (folder / BUILD_INFO).exists():
+            b = json.loads((folder / BUILD_INFO).read_text())
+            where = f" in the root {b['root']}" if b.get("root") else ""
+            notes.append(f"stap module {b['module']} built here{where} for {b['release']} in "
+                         f"{b['build_seconds']:g} s ({b['module_bytes']} bytes) and loaded on "
+                         f"the target with staprun")
+        return Parsed(allocs=allocs.drop(columns=["host"]), frames=frames, notes=notes,
+                      losses=losses)

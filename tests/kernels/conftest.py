@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from . import harness
+
 HERE = Path(__file__).resolve().parent
+
+# The harness cache holds extracted kernel packages and guest root trees (some with their own
+# test files, e.g. a Python's test suite): never collect them.
+collect_ignore = ["cache"]
 
 
 def pytest_configure(config):
@@ -40,3 +46,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "kernels" in item.keywords:
             item.add_marker(skip)
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with ``reason``, or fail where ``SLABKIT_REQUIRE_KERNELS=1`` (CI that must run them)."""
+    if os.environ.get("SLABKIT_REQUIRE_KERNELS") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module", params=sorted(harness.SERIES))
+def guest(request):
+    """One booted :class:`harness.Guest` per kernel series per test module (powered off after)."""
+    if os.geteuid() != 0:
+        skip_or_fail("booting kernels needs root here (apt-get install/download of kernel packages)")
+    g = harness.Guest(request.param)
+    try:
+        g.prepare()
+    except harness.HarnessError as e:
+        skip_or_fail(f"cannot prepare kernel {request.param}: {e}")
+    with g:
+        yield g
+    assert g.proc is None, "qemu was not reaped"

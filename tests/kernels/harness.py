@@ -1092,6 +1092,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("record", help="record kernel facts (+ probe checks) into tests/fixtures/kernels/")
     p.add_argument("series", nargs="*", default=list(SERIES))
     p.add_argument("--no-probe-checks", action="store_true")
+    p.add_argument("--probe-checks-only", action="store_true",
+                   help="rewrite only probe-checks.md (the other facts do not depend on the workload)")
     p.add_argument("-n", type=int, default=1000)
     a = ap.parse_args(argv)
 
@@ -1122,6 +1124,12 @@ def main(argv: list[str] | None = None) -> int:
         for s in a.series:
             with Guest(s) as g:
                 print(f"{s}: timings {json.dumps({k: round(v, 1) for k, v in g.timings.items()})}", file=sys.stderr)
+                if a.probe_checks_only:
+                    out = FIXTURES / g.ssh("uname -r", check=True).stdout.strip()
+                    out.mkdir(parents=True, exist_ok=True)
+                    (out / "probe-checks.md").write_text(probe_checks(g, a.n))
+                    print(out)
+                    continue
                 out = record_facts(g)
                 if not a.no_probe_checks:
                     (out / "probe-checks.md").write_text(probe_checks(g, a.n))
