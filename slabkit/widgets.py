@@ -35,7 +35,7 @@ __all__ = ["CachePicker", "CaptureRunner", "PivotExplorer"]
 
 # Monospace option text for the cache list, so its columns line up. An HTML widget's <style>
 # applies to the whole page, so every rule is scoped to the widgets' own CSS classes.
-_STYLE = W.HTML("""<style>
+_CSS = """<style>
 .slabkit-cache-list select { font-family: var(--jp-code-font-family, monospace);
                              font-size: var(--jp-code-font-size, 12px); }
 .slabkit-block .widget-html-content, .slabkit-block .widget-html-content * { line-height: 1.4; }
@@ -46,7 +46,12 @@ _STYLE = W.HTML("""<style>
                                   white-space: normal; max-width: 60em; }
 .slabkit-error { color: #b00020; white-space: pre-wrap; }
 .slabkit-note { color: #555; }
-</style>""")
+</style>"""
+
+
+def _style() -> W.HTML:
+    """The CSS, as a hidden HTML widget in each widget (a <style> applies even so)."""
+    return W.HTML(_CSS, layout=W.Layout(display="none"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,7 +179,7 @@ class CachePicker(W.VBox):
             pane.add_class("slabkit-block")
         header = W.HTML('<b>Slab caches</b> <span class="slabkit-note">'
                         "(name, memory held, object size, caches merged into it)</span>")
-        super().__init__([_STYLE, header,
+        super().__init__([_style(), header,
                           W.HBox([self.search, self.refresh_button]),
                           W.HBox([W.Label("Sort", layout=W.Layout(width="auto",
                                                                    margin="0 8px 0 40px")),
@@ -452,7 +457,7 @@ class CaptureRunner(W.VBox):
             W.dlink((picker, "value"), (self.cache, "value"), transform=lambda v: v or "")
 
         super().__init__([
-            _STYLE, W.HTML("<b>Capture</b>"),
+            _style(), W.HTML("<b>Capture</b>"),
             W.HBox([self.cache, self.seconds, self.backend]),
             W.HBox([self.mode, self.pid_filter, self.comm_filter]),
             self.backends_note,
@@ -661,8 +666,7 @@ class PivotExplorer(W.VBox):
     Attributes:
         capture: the :class:`~slabkit.Capture` shown.
         frame: the pivot shown now (a DataFrame from :mod:`slabkit.analysis`, first N rows).
-        figure, ax: the matplotlib Figure/Axes of the chart; chart: the Image widget (PNG),
-            whose tooltip is the chart's title.
+        figure, ax: the matplotlib Figure/Axes of the chart; chart: the Image widget (PNG).
         table: the HTML widget with the table.
     """
 
@@ -699,7 +703,7 @@ class PivotExplorer(W.VBox):
             pane.add_class("slabkit-block")
         self.chart = W.Image(format="png", layout=W.Layout(flex="0 0 auto", max_width="100%"))
         super().__init__([
-            _STYLE,
+            _style(),
             W.HTML(f"<b>Explore</b> <span class='slabkit-note'>{html.escape(repr(cap))}"
                    "</span>"),
             W.HBox([self.group_by]), W.HBox([self.measure, self.top_n, self.show_allocator]),
@@ -758,7 +762,10 @@ class PivotExplorer(W.VBox):
         png = self._draw()
         # both ready: send them one right after the other, so they change together
         self.table.value = table
-        self.chart.tooltip = self.ax.get_title()
+        # which pivot the chart shows, as a CSS class a browser test can wait for (not a
+        # tooltip: an Image view fails to render with one in ipywidgets 8.1, it has no
+        # description)
+        self.chart._dom_classes = ("slabkit-chart", f"slabkit-chart-by-{self.group_by.value}")
         self.chart.value = png
 
     def _labels(self) -> list[str]:

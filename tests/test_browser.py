@@ -286,8 +286,9 @@ def test_notebook_01_widgets_and_a_capture(browser, lab, tmp_path):
         explorer.get_by_role("button", name="stack", exact=True).click()
         page.wait_for_function("el => el.innerText.includes(' <- ')",
                                arg=explorer.element_handle(), timeout=30_000)
-        chart = explorer.locator("img").first
-        page.wait_for_function("el => el.title.endsWith('by stack') && el.naturalWidth > 100",
+        chart = explorer.locator("img.slabkit-chart-by-stack")
+        chart.wait_for(timeout=30_000)
+        page.wait_for_function("el => el.complete && el.naturalWidth > 100",
                                arg=chart.element_handle(), timeout=30_000)
         page.set_viewport_size({"width": 1400, "height": 2600})   # all of it on screen
         explorer.scroll_into_view_if_needed()

@@ -504,12 +504,12 @@ ETC_FILES = {
     "etc/hosts": "127.0.0.1 localhost slabkit-guest\n",
     "etc/hostname": "slabkit-guest\n",
     # OpenSSH as slabkit's real targets run it (tests/sshd.py uses the same settings)
-    "etc/ssh/sshd_config": "\n".join([
-        "Port 22", "HostKey /etc/ssh/ssh_host_ed25519_key", "PidFile /run/sshd.pid",
-        "AuthorizedKeysFile /root/.ssh/authorized_keys", "PubkeyAuthentication yes",
-        "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-        "PermitRootLogin prohibit-password", "UsePAM no", "StrictModes no", "UseDNS no",
-        "PrintMotd no", "PrintLastLog no", "MaxSessions 64", "MaxStartups 64", "LogLevel VERBOSE", ""]),
+    "etc/ssh/sshd_config": (
+        "Port 22\nHostKey /etc/ssh/ssh_host_ed25519_key\nPidFile /run/sshd.pid\n"
+        "AuthorizedKeysFile /root/.ssh/authorized_keys\nPubkeyAuthentication yes\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\nUseDNS no\nPrintMotd no\n"
+        "PrintLastLog no\nMaxSessions 64\nMaxStartups 64\nLogLevel VERBOSE\n"),
 }
 
 
@@ -696,8 +696,8 @@ class Guest:
                 "-nographic", "-no-reboot",
                 "-kernel", str(self.kernel.vmlinuz), "-initrd", str(self.initramfs),
                 "-append", f"console=ttyS0 panic=-1 quiet {self.append}".strip(),
-                "-nic", f"user,model={self.nic},hostfwd=tcp:127.0.0.1:{self.port}-:22,"
-                        f"hostfwd=tcp:127.0.0.1:{self.dropbear_port}-:{GUEST_DROPBEAR_PORT}",
+                "-nic", (f"user,model={self.nic},hostfwd=tcp:127.0.0.1:{self.port}-:22,"
+                         f"hostfwd=tcp:127.0.0.1:{self.dropbear_port}-:{GUEST_DROPBEAR_PORT}"),
             ]
             t0 = time.monotonic()
             with open(self.console_log, "wb") as out:
@@ -803,7 +803,8 @@ class Guest:
         raised for TCG, where reading /proc/kallsyms or starting bpftrace is slow. The target is
         closed when the guest shuts down.
         """
-        from slabkit.remote import SSHTarget  # imported here: the harness itself is stdlib only
+        # imported here: the harness itself is stdlib only
+        from slabkit.remote import SSHTarget
 
         ports = {"openssh": self.port, "dropbear": self.dropbear_port}
         if server not in ports:

@@ -18,9 +18,9 @@ Opt-in (see conftest.py); about 1.5-2 minutes per kernel under TCG (boot ~15-25 
 from __future__ import annotations
 
 import pytest
+from live_capture import capture_around
 
 import slabkit
-from live_capture import capture_around
 from slabkit.errors import TargetUnreachable
 
 pytestmark = [pytest.mark.kernels, pytest.mark.timeout(1200)]
@@ -68,7 +68,7 @@ def _capture(target, cache: str, work, tmp_path):
 
 def _slabwork_rows(cap, pid: int):
     a = cap.allocs[cap.allocs["comm"] == "slabwork"]
-    assert set(a["pid"]) == {pid}, f"slabwork rows from other pids: {sorted(set(a['pid']))}"
+    assert set(a["pid"]) <= {pid}, f"slabwork rows from other pids: {sorted(set(a['pid']))}"
     return a
 
 
@@ -146,12 +146,30 @@ def test_kmalloc_cg_1k_counts_slabwork_pipes_exactly(guest, target, tmp_path):
         assert "alloc_pipe_info" in funcs, funcs
 
 
-@pytest.mark.xfail(raises=TargetUnreachable, strict=True,
-                   reason="slabkit bug: SSHTarget.read_many sends up to 64 KiB of paths on the command "
-                          "line; dropbear refuses commands over its MAX_CMD_LEN (9000 bytes: 'Exit "
-                          "(root): String too long') and drops the connection")
+# --- the same guest through its dropbear server (guest port 2222) ----------------------------
+# slabkit says an SSH target needs nothing but an sshd and a POSIX sh; dropbear is the sshd of
+# small systems. Two slabkit bugs break it (issue 9 phase 2 report, with the proposed fixes).
+READ_MANY_BUG = ("slabkit bug: SSHTarget.read_many puts up to 64 KiB of paths on one command line; "
+                 "dropbear refuses commands over its MAX_CMD_LEN (9000 bytes) and drops the connection "
+                 "('Exit (root): String too long' in its log)")
+GROUP_BUG = ("slabkit bug: the remote supervisor signals its process group (kill -- -$$), but dropbear "
+             "does not make the command a process group leader, so bpftrace never gets SIGINT, "
+             "prints no maps and is killed: 0 allocations, exit 255")
+
+
+@pytest.mark.xfail(raises=TargetUnreachable, strict=True, reason=READ_MANY_BUG)
 def test_cache_table_reads_over_dropbear(guest):
-    # the same guest, through its dropbear server (port 2222): the cache table reads ~600 sysfs
-    # files in one read_many() call
+    # the cache table reads ~600 sysfs files in one read_many() call
     table = slabkit.caches(guest.target("dropbear"))
     assert "filp" in set(table["name"])
+
+
+@pytest.mark.xfail(strict=True, reason=f"{READ_MANY_BUG}; then {GROUP_BUG}")
+def test_filp_capture_over_dropbear(guest, tmp_path):
+    if guest.series != "6.12":
+        pytest.skip("one kernel is enough for what differs between SSH servers")
+    t = guest.target("dropbear")
+    work, seen = slabwork(t, "open", str(N), "/etc/hostname")
+    cap = _capture(t, "filp", work, tmp_path)
+    rows = _slabwork_rows(cap, seen["pid"])
+    assert int(rows["count"].sum()) == N, cap.meta.get("returncode")
