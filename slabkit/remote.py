@@ -250,14 +250,25 @@ exit "$status"'''
 
 _EXEC = 'exec "$@"'
 
-# Bytes of paths per read_many command line: far below ARG_MAX and sshd's 256 KiB packets.
-_ARGS_BYTES = 64 * 1024
+# Bytes of one read_many command line. OpenSSH's sshd takes ~256 KiB, but dropbear refuses a
+# command over 9000 bytes (MAX_CMD_LEN in its sysoptions.h) and drops the whole connection
+# ("Exit (root): String too long"), so stay under that: a few more round trips, never a failure.
+_COMMAND_BYTES = 8000
 
 
-def _sh(script: str, *args: str) -> str:
-    """The remote command line that runs ``script`` with ``args`` as "$1" ... in a POSIX sh."""
-    return " ".join(["exec", "sh", "-c", shlex.quote(script), "slabkit",
+def _sh(script: str, *args: str, via: str = "") -> str:
+    """The remote command line that runs ``script`` with ``args`` as "$1" ... in a POSIX sh
+    (``via``: a command word placed before ``sh``, expanded by the login shell)."""
+    return " ".join(["exec", *([via] if via else []), "sh", "-c", shlex.quote(script), "slabkit",
                      *(shlex.quote(a) for a in args)])
+
+
+# OpenSSH's sshd makes the command a process group leader; dropbear leaves it in the group of its
+# own per-connection process, where "kill -- -$me" finds no group and the program never gets
+# the signal. There, become a group leader first: setsid (util-linux or busybox) without a fork,
+# as the login shell is then no group leader. Run by the login shell, before _SUPERVISE.
+_OWN_GROUP = ('S=; [ -r /proc/$$/stat ] && [ "$(cut -d " " -f 5 /proc/$$/stat)" != "$$" ] && '
+              'S=$(command -v setsid); ')
 
 
 def _remote_path(path: object) -> str:
@@ -489,11 +500,13 @@ class SSHTarget(Target):
         paths = list(paths)
         remote = [_remote_path(p) for p in paths]
         result: dict[str, str | None] = {}
+        quoted = [len(shlex.quote(p)) + 1 for p in remote]
+        base = len(_sh(_READ_MANY, f"slabkit-end-{uuid.uuid4().hex}"))
         start = 0
-        while start < len(paths):  # keep each remote command line well under sshd's limits
-            end, size = start, 0
-            while end < len(paths) and (end == start or size + len(remote[end]) < _ARGS_BYTES):
-                size += len(remote[end]) + 3
+        while start < len(paths):  # keep each remote command line under every sshd's limit
+            end, size = start, base
+            while end < len(paths) and (end == start or size + quoted[end] <= _COMMAND_BYTES):
+                size += quoted[end]
                 end += 1
             result.update(zip(paths[start:end], self._read_batch(remote[start:end])))
             start = end
@@ -587,7 +600,7 @@ class SSHTarget(Target):
                                    f"not {value!r}")
             assignments.append(f"{key}={value}")
         grace = str(max(1, math.ceil(self.stop_grace_s)))
-        return _sh(_SUPERVISE, grace, *assignments, "--", *argv)
+        return _OWN_GROUP + _sh(_SUPERVISE, grace, *assignments, "--", *argv, via="$S")
 
     def run(self, argv: list[str], *, timeout: float = 60, input: str | None = None
             ) -> subprocess.CompletedProcess:

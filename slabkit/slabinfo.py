@@ -263,7 +263,11 @@ def bucket_caches(object_sizes: dict[str, int | None]) -> set[str]:
             size = _size_bytes(m.group("size"))
             if size in kmalloc_sizes and object_size == size:
                 families.setdefault(m.group("base"), []).append(name)
-    return {name for family in families.values() if len(family) >= 2 for name in family}
+    # kmem_buckets_create() makes one cache per kmalloc size (8 .. 8k: 11+ of them); a pair or
+    # so of same-family sizes is an ordinary cache family (bio-192 and bio-256 on 6.1, which
+    # has no buckets at all), not a bucket set.
+    need = max(2, min(len(kmalloc_sizes) // 2, 6))
+    return {name for family in families.values() if len(family) >= need for name in family}
 
 
 def _aliases(name: str, entries: dict[str, str | None], by_dir: dict[str, list[str]]):

@@ -108,6 +108,9 @@ def test_kmalloc_is_an_estimate_where_buckets_share_the_size(tmp_path):
     assert not plan.exact and "msg_msg-96" in plan.reason
     plan61, _, _ = plan_for(tmp_path / "b", "6.1.", "kmalloc-96")
     assert plan61.exact, plan61.reason
+    # 6.1 has no slab buckets: bio-192 / bio-256 are an ordinary cache family, not a bucket set
+    plan61, _, _ = plan_for(tmp_path / "c", "6.1.", "kmalloc-cg-192")
+    assert plan61.exact, plan61.reason
 
 
 def test_merged_alias_plans_for_the_slabinfo_name_and_says_so(tmp_path):

@@ -6,15 +6,20 @@ Program shape for a dedicated cache on 6.18+ (``slabkit capture filp --print-pro
     /args->bytes_alloc == 192 && str(args->name, 6) == "filp"/
     {
       @c[pid, tid, cgroup, comm] = count();            // every event: exact counts
-      if (rand % 8 == 0) { @s[pid, tid, cgroup, comm, kstack(perf)] = count(); }
+      if (@first[tid] == 0) {                           // a thread's first event: always
+        @first[tid] = 1; @s[pid, tid, cgroup, comm, kstack(perf)] = count();
+      } else if (rand % 8 == 0) {                       // then 1 in 8, weighted by 8
+        @w[pid, tid, cgroup, comm, kstack(perf)] = count();
+      }
     }
 
 Why this shape (measured in ``bench/``): the integer test on the slot size rejects most events
 of other caches before the string compare, and the compare reads ``len(name) + 2`` bytes
 instead of the 64-byte default. Taking a kernel stack is the most expensive step, so by default
-a stack is taken for one event in ``stack_sample`` (recorded in the capture); each thread's
-exact count is then spread over its sampled stacks in proportion (see :func:`spread_counts`).
-``stack_sample=1`` is the full-stack mode.
+a stack is taken for one event in ``stack_sample`` (recorded in the capture), plus each
+thread's first event so that no thread is left without a stack; each thread's exact count is
+then spread over its stacks in proportion to their weight (1 for ``@s``, N for ``@w``; see
+:func:`spread_counts`). ``stack_sample=1`` is the full-stack mode (only ``@s``).
 
 Output (``-f json``): one JSON document per line; maps printed at exit as
 ``{"type": "map", "data": {"@c": {"<pid>,<tid>,<cgroup>,<comm>": N}}}``; the stack key
@@ -92,13 +97,17 @@ def render_program(plan: "Plan", options: Options) -> str:
         body += [f"  @live[{ptr}] = nsecs;",
                  f"  @who[{ptr}] = ({key});",
                  f"  @stk[{ptr}] = kstack(perf);"]
-    stack = f"@s[{key}, kstack(perf)] = count();"
     if n == 1:
-        body.append(f"  {stack}")
+        body.append(f"  @s[{key}, kstack(perf)] = count();")
     else:
-        body.append(f"  if (rand % {n} == 0) {{ {stack} }}")
+        body += ["  if (@first[tid] == 0) {",
+                 f"    @first[tid] = 1; @s[{key}, kstack(perf)] = count();",
+                 f"  }} else if (rand % {n} == 0) {{",
+                 f"    @w[{key}, kstack(perf)] = count();",
+                 "  }"]
     lines = ['BEGIN { printf("slabkit-attached\\n"); }', "", probes, f"/{pred}/", "{",
              *body, "}"]
+    end = ["clear(@first);"] if n > 1 else []
     if plan.mode == "outstanding":
         if plan.strategy == "kprobe-cachep":
             raise ProbeFailed("outstanding mode with kprobes is not implemented; "
@@ -107,7 +116,9 @@ def render_program(plan: "Plan", options: Options) -> str:
             lines += ["", f"tracepoint:{ev}", "/@live[args->ptr]/", "{",
                       "  delete(@live[args->ptr]); delete(@who[args->ptr]); "
                       "delete(@stk[args->ptr]);", "}"]
-        lines += ["", 'END { printf("slabkit-end %lld\\n", nsecs); }']
+        end.insert(0, 'printf("slabkit-end %lld\\n", nsecs);')
+    if end:
+        lines += ["", "END { " + " ".join(end) + " }"]
     return "\n".join(lines) + "\n"
 
 
@@ -205,11 +216,14 @@ def read_maps(path: Path) -> tuple[dict[str, dict], dict[str, int], list[str]]:
     return maps, errors, printed
 
 
-def spread_counts(exact: pd.DataFrame, sampled: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def spread_counts(exact: pd.DataFrame, sampled: pd.DataFrame, keys: list[str], *,
+                  by_thread: bool = True) -> pd.DataFrame:
     """Spread each key's exact ``count`` over its sampled stacks in proportion.
 
-    ``exact``: keys + count. ``sampled``: keys + stack_id + samples. Uses largest remainders,
-    so per-key sums stay exact; a key with no sampled stack keeps its count with stack_id -1.
+    ``exact``: keys + count. ``sampled``: keys + stack_id + samples (weighted). Uses largest
+    remainders, so per-key sums stay exact. A key with no stack of its own (a thread whose
+    comm changed at exec after its first stack was taken) uses its thread's stacks
+    (``by_thread``); one with none at all keeps its count with stack_id -1.
     """
     if sampled.empty:
         out = exact.copy()
@@ -231,8 +245,17 @@ def spread_counts(exact: pd.DataFrame, sampled: pd.DataFrame, keys: list[str]) -
     missing = exact.merge(sampled[keys].drop_duplicates(), on=keys, how="left", indicator=True)
     missing = missing[missing["_merge"] == "left_only"].drop(columns="_merge")
     if len(missing):
-        missing = missing.assign(stack_id=-1)[keys + ["stack_id", "count"]]
-        out = pd.concat([out, missing], ignore_index=True)
+        thread = [k for k in ("pid", "tid") if k in keys]
+        cand = pd.DataFrame()
+        if by_thread and thread and thread != keys:
+            per_thread = sampled.groupby(thread + ["stack_id"], as_index=False)["samples"].sum()
+            cand = missing[keys].merge(per_thread, on=thread)
+        if len(cand):
+            out = pd.concat([out, spread_counts(missing, cand, keys, by_thread=False)],
+                            ignore_index=True)
+        else:
+            missing = missing.assign(stack_id=-1)[keys + ["stack_id", "count"]]
+            out = pd.concat([out, missing], ignore_index=True)
     return out[out["count"] > 0].reset_index(drop=True)
 
 
@@ -256,7 +279,10 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
 
     stack_ids: dict[tuple[int, ...], int] = {}
     srows = []
-    for key, n in maps.get("@s", {}).items():
+    every = int(meta.get("options", {}).get("stack_sample", 1) or 1)
+    weighted = [(key, n) for key, n in maps.get("@s", {}).items()]
+    weighted += [(key, n * every) for key, n in maps.get("@w", {}).items()]
+    for key, n in weighted:
         pid, tid, cg, rest = _split_key(key, 3, path)
         comm, _, stack_text = rest.partition(",\n")
         addrs = []
@@ -268,7 +294,6 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         srows.append((int(pid), int(tid), int(cg), comm, sid, int(n)))
     sampled = pd.DataFrame(srows, columns=keys + ["stack_id", "samples"])
     sampled = sampled.groupby(keys + ["stack_id"], as_index=False)["samples"].sum()
-    every = int(meta.get("options", {}).get("stack_sample", 1) or 1)
     if every == 1 and len(sampled):
         allocs = sampled.rename(columns={"samples": "count"})
         # a stack map that lost updates (full) would leave counts short: fill from @c
