@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.slabkit-installed
 
-.PHONY: demo test lab bench setup system clean-captures test-kernels
+.PHONY: demo test lab bench setup system test-kernels test-stap
 
 setup: $(STAMP)
 
@@ -35,3 +35,8 @@ bench: setup system
 
 test-kernels: setup system
 	$(PY) -m pytest -ra tests/kernels $(PYTEST_ARGS)
+
+# SystemTap for real on the Debian 6.1 guest: builds a compile root (debootstrap, headers,
+# the 859 MB debug vmlinux; cached in tests/kernels/cache), ~5 min the first time.
+test-stap: setup system
+	$(PY) -m pytest -ra tests/kernels/test_guest_stap.py $(PYTEST_ARGS)

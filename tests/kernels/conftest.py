@@ -55,9 +55,9 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module", params=sorted(harness.SERIES))
+@pytest.fixture(scope="session", params=sorted(harness.SERIES))
 def guest(request):
-    """One booted :class:`harness.Guest` per kernel series per test module (powered off after)."""
+    """One booted :class:`harness.Guest` per kernel series for the whole run (powered off after)."""
     if os.geteuid() != 0:
         skip_or_fail("booting kernels needs root here (apt-get install/download of kernel packages)")
     g = harness.Guest(request.param)
