@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine()
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
-    head = [f"# slabkit bench results", "",
+    head = ["# slabkit bench results", "",
             f"- date: {info['date']}",
             f"- machine: Linux {info['kernel']}, nproc {info['nproc']}, {info['bpftrace']}, "
             f"{info['perf']}; load average at start {info['loadavg']}",

@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union

@@ -28,6 +28,7 @@ class RunControl:
         self.attached_s: float | None = None
         self.ended_s: float | None = None
         self.messages: list[str] = []
+        self.interrupted = False
 
     def stop(self) -> None:
         """Ask the running capture to end now and keep what it has."""
@@ -40,20 +41,26 @@ class RunControl:
                       *, timeout_s: float = 120.0, what: str = "tracer") -> None:
         """Wait until the probe is live. Raises ProbeFailed if the tracer dies first."""
         deadline = time.monotonic() + timeout_s
-        while not is_attached():
-            if not is_running():
-                raise ProbeFailed(f"{what} exited before its probe was attached")
-            if time.monotonic() > deadline:
-                raise ProbeFailed(f"{what} did not attach its probe within {timeout_s:.0f} s")
-            if self.stop_event.is_set():
-                break
-            time.sleep(0.05)
+        try:
+            while not is_attached():
+                if not is_running():
+                    raise ProbeFailed(f"{what} exited before its probe was attached")
+                if time.monotonic() > deadline:
+                    raise ProbeFailed(f"{what} did not attach its probe within {timeout_s:.0f} s")
+                if self.stop_event.is_set():
+                    break
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            self.interrupted = True   # Ctrl-C while attaching: stop, keep what there is
         self.attached_s = time.monotonic()
 
     def run_for(self, is_running: Callable[[], bool]) -> str:
         """Block for the duration; returns duration | stopped | interrupted | tracer-exited."""
         start = self.attached_s if self.attached_s is not None else time.monotonic()
         self.attached_s = start
+        if self.interrupted:
+            self.ended_s = time.monotonic()
+            return "interrupted"
         bar = self._make_bar()
         next_tick = start
         reason = "duration"

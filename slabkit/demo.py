@@ -77,7 +77,7 @@ def _write_report(capture_path, report_dir) -> None:
     except ImportError:
         return
     out = Path(report_dir) / f"{Path(capture_path).name}.html"
-    _say(f"\n== writing the report ==")
+    _say("\n== writing the report ==")
     try:
         path = write_report(capture_path, out)
         _say(f"report: {path} (open it in a browser; it needs no Jupyter)")

@@ -15,7 +15,7 @@ from typing import Iterable, Union
 
 import pandas as pd
 
-from . import schema, store
+from . import store
 from .errors import CaptureNotFound, InvalidInput, ParseError
 from .tables import Capture
 

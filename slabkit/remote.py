@@ -69,7 +69,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .errors import TargetUnreachable, InvalidInput, SlabkitError
+from .errors import TargetUnreachable, InvalidInput
 from .names import check_seconds
 from .target import Target, _die_with_parent
 

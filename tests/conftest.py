@@ -56,20 +56,9 @@ def _tracing_leftovers() -> list[str]:
 
 def _child_tracers() -> list[str]:
     """Tracer processes whose parent is this test process (ours to worry about)."""
-    me = os.getpid()
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            comm = stat[stat.index("(") + 1: stat.rindex(")")]
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        except (OSError, ValueError):
-            continue
-        if ppid == me and comm in ("bpftrace", "perf", "stap", "staprun", "ssh"):
-            found.append(f"{comm} pid {d.name}")
-    return found
+    import procs
+    return [f"{p.comm} pid {p.pid}" for p in procs.children(os.getpid())
+            if p.comm in ("bpftrace", "perf", "stap", "staprun", "ssh")]
 
 
 @pytest.fixture

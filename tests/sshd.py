@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+import procs
+
 SSHD = "/usr/sbin/sshd"  # sshd insists on being started by its absolute path
 PRIVSEP_DIR = Path("/run/sshd")  # sshd (as root) refuses to start without it
 
@@ -48,18 +50,7 @@ def _free_port() -> int:
 
 def _children(pid: int) -> list[int]:
     """Pids whose parent is ``pid`` (sshd's per-connection processes)."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid:
-            found.append(int(d.name))
-    return found
+    return [p.pid for p in procs.children(pid)]
 
 
 class SSHServer:

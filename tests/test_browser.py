@@ -26,6 +26,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+import procs
 from conftest import DATA, skip_or_fail
 
 import slabkit
@@ -51,35 +53,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _children(pid: int) -> list[tuple[int, str]]:
-    """All descendants of ``pid`` as (pid, start time) pairs, the start time guarding
-    against a pid being reused before we kill it."""
-    parents: dict[int, list[tuple[int, str]]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        parents.setdefault(int(fields[1]), []).append((int(d.name), fields[19]))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child[0])
-    return out
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2:].split()[19]
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +122,7 @@ def lab(tmp_path_factory):
             time.sleep(0.5)
         yield url, token, root
     finally:
-        kernels = _children(proc.pid)   # kernels live in sessions of their own
+        kernels = [(p.pid, p.start) for p in procs.descendants(proc.pid)]   # kernels live in sessions of their own
         try:
             os.killpg(proc.pid, signal.SIGTERM)   # the server's own process group
         except ProcessLookupError:
@@ -160,7 +133,7 @@ def lab(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         for pid, started in kernels:
-            if _start_time(pid) == started:       # still the process we started
+            if procs.start_time(pid) == started:       # still the process we started
                 os.kill(pid, signal.SIGKILL)
 
 

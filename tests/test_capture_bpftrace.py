@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import procs
 import slabkit
 from slabkit.errors import CaptureNotFound, UnknownCache
 from bench.workload import Workload
@@ -174,30 +175,4 @@ def _wait_attached(out: Path, timeout_s: float = 60) -> None:
 
 
 def _bpftrace_children(pid: int) -> list[int]:
-    found = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            comm = stat[stat.index("(") + 1: stat.rindex(")")]
-            if comm == "bpftrace":
-                # its session leader chain starts at the CLI (own process group)
-                if _has_ancestor(int(d.name), pid):
-                    found.append(int(d.name))
-    return found
-
-
-def _has_ancestor(pid: int, ancestor: int) -> bool:
-    for _ in range(10):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        pid = int(stat[stat.rindex(")") + 2:].split()[1])
-        if pid == ancestor:
-            return True
-        if pid <= 1:
-            return False
-    return False
+    return procs.descendants_named(pid, "bpftrace")

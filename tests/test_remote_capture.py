@@ -12,10 +12,10 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+import procs
 import slabkit
 from bench.workload import Workload
 from conftest import require_tool
@@ -111,26 +111,4 @@ def test_interrupting_a_remote_capture_leaves_no_tracer_on_the_target(live, sshd
 
 def _remote_bpftrace(sshd_pid: int) -> list[int]:
     """bpftrace processes descending from the test's sshd (i.e. run on the 'remote')."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        if stat[stat.index("(") + 1: stat.rindex(")")] != "bpftrace":
-            continue
-        pid = int(d.name)
-        for _ in range(12):
-            try:
-                st = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                break
-            pid = int(st[st.rindex(")") + 2:].split()[1])
-            if pid == sshd_pid:
-                found.append(int(d.name))
-                break
-            if pid <= 1:
-                break
-    return found
+    return procs.descendants_named(sshd_pid, "bpftrace")
