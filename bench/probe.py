@@ -168,6 +168,7 @@ def run_probe(*, seconds: int, rounds: int, log: Log, only: set[str] | None = No
             continue
         tracers = make()
         log(f"probe/{key}: {len(tracers)} configurations x {rounds} rounds of {seconds} s")
+        note = _current_check() if key == "variants" else ""
         guard = Guard(log)
         outcomes, baselines = interleave(tracers, mode, seconds, rounds, log, guard=guard)
         rates = [b.rate for b in baselines]
@@ -175,13 +176,32 @@ def run_probe(*, seconds: int, rounds: int, log: Log, only: set[str] | None = No
                          title=f"{title}; uninstrumented {median(rates):,.0f} ops/s median over "
                                f"{len(rates)} baseline runs; {rounds} rounds x {seconds} s; "
                                f"{guard.repeated} runs repeated because another user's tracer "
-                               f"overlapped them, {guard.contaminated} overlapped anyway"))
+                               f"overlapped them, {guard.contaminated} overlapped anyway")
+                   + note)
         data[key] = {n: {"ratios": o.ratios, "cpu_ratios": o.cpu_ratios, "rates": o.rates,
                          "added_ns": o.added_ns,
                          "errors": o.errors, "text": o.tracer.text()}
                      for n, o in outcomes.items()}
         data[key]["_baselines"] = rates
     return "\n".join(out), data
+
+
+def _current_check() -> str:
+    """A line saying whether variant ``N=8 (current)`` is still slabkit's program for filp."""
+    from .programs import CURRENT, VARIANTS
+    try:
+        from slabkit.capturing import prepare
+        theirs = prepare("filp").program.text
+    except Exception as e:  # not root, no bpftrace: say so
+        return f"\n(could not render slabkit's own program to compare: {e})\n"
+    mine = dict((n, p) for n, _, p in VARIANTS)[CURRENT]
+
+    def norm(text: str) -> list[str]:
+        return [l.strip() for l in text.splitlines() if l.strip() and "slabkit-attached" not in l]
+    if norm(theirs) == norm(mine):
+        return f"\n`{CURRENT}` is exactly the program slabkit renders for filp today.\n"
+    return (f"\nWARNING: slabkit's filp program differs from `{CURRENT}` here; slabkit's:\n\n"
+            + "\n".join("    " + l for l in theirs.splitlines()) + "\n")
 
 
 def _med(d: dict, part: str, name: str, key: str = "ratios") -> float | None:

@@ -21,8 +21,13 @@ def _prog(body: str, pred: str = PRE) -> str:
     return f"{EVENT}\n/{pred}/\n{{\n{body}\n}}\n"
 
 
-def sampled(n: int, *, key: str = KEY, stack: str = "kstack(perf)", how: str = "rand") -> str:
-    """slabkit's program shape: exact counts, a stack for 1 event in ``n``."""
+def sampled(n: int, *, key: str = KEY, stack: str = "kstack(perf)", how: str = "rand",
+            first: str | None = "tid") -> str:
+    """slabkit's program shape: exact counts, a stack for 1 event in ``n``.
+
+    ``first``: the key of the ``@first`` map (slabkit since c200d88: each thread's first event
+    always gets a stack, in ``@s``, and the 1-in-N ones go to ``@w``, weighted by N); None: the
+    earlier shape (``rand`` only, all into ``@s``)."""
     take = f"@s[{key}, {stack}] = count();"
     if n == 1:
         return _prog(f"  {COUNT}\n  {take}")
@@ -30,7 +35,13 @@ def sampled(n: int, *, key: str = KEY, stack: str = "kstack(perf)", how: str = "
             "nsecs": f"(nsecs & {n - 1}) == 0",
             "cpu-counter": f"(uint64)@n[cpu] % {n} == 0"}[how]
     pre = "  @n[cpu]++;\n" if how == "cpu-counter" else ""
-    return _prog(f"  {COUNT}\n{pre}  if ({cond}) {{ {take} }}")
+    if first is None:
+        return _prog(f"  {COUNT}\n{pre}  if ({cond}) {{ {take} }}")
+    weighted = f"@w[{key}, {stack}] = count();"
+    return (_prog(f"  {COUNT}\n{pre}  if (@first[{first}] == 0) {{\n"
+                  f"    @first[{first}] = 1; {take}\n"
+                  f"  }} else if ({cond}) {{\n    {weighted}\n  }}")
+            + "\nEND { clear(@first); }\n")
 
 
 #: (name, what changes, program); the first rows take pieces away, the later ones vary the
@@ -55,23 +66,35 @@ VARIANTS: list[tuple[str, str, str]] = [
     ("count-pid-comm", "exact counts keyed by `pid, comm`", _prog("  @c[pid, comm] = count();")),
     ("stacks-only", "full stacks, no @c: `@s[pid, tid, cgroup, comm, kstack(perf)] = count()`",
      _prog(f"  {STACK}")),
+    ("anchor", "the issue's anchor as a variant: `/str(args->name) == \"filp\"/ "
+     "{ @[comm, kstack] = count(); }`",
+     _prog("  @[comm, kstack] = count();", 'str(args->name) == "filp"')),
+    ("anchor+prefilter", "the anchor's body behind slabkit's filter",
+     _prog("  @[comm, kstack] = count();")),
     ("N=1", "slabkit full-stack mode (stack_sample=1): @c + @s every event", sampled(1)),
     ("N=1 kstack", "same with `kstack` (bpftrace's default format)",
      sampled(1, stack="kstack")),
-    ("N=4", "@c + stack for 1 in 4 (`rand % 4 == 0`)", sampled(4)),
-    ("N=8 (current)", "slabkit today: @c + stack for 1 in 8 (`rand % 8 == 0`)", sampled(8)),
-    ("N=16", "@c + stack for 1 in 16", sampled(16)),
-    ("N=32", "@c + stack for 1 in 32", sampled(32)),
-    ("N=64", "@c + stack for 1 in 64", sampled(64)),
-    ("N=8 nsecs", "1 in 8 chosen by `(nsecs & 7) == 0`", sampled(8, how="nsecs")),
-    ("N=8 cpu-counter", "1 in 8 by a per-CPU counter `@n[cpu]++` (systematic)",
-     sampled(8, how="cpu-counter")),
-    ("N=8 tid-key", "1 in 8, stack map keyed `@s[tid, kstack(perf)]` (who: from @c by tid)",
-     sampled(8, key="tid")),
+    ("N=4", "slabkit's shape (@first + 1 in 4 weighted)", sampled(4)),
+    ("N=8 (current)", "slabkit today: @c; a thread's first event and 1 in 8 (`rand % 8 == 0`) "
+     "get a stack", sampled(8)),
+    ("N=16", "slabkit's shape, 1 in 16", sampled(16)),
+    ("N=32", "slabkit's shape, 1 in 32", sampled(32)),
+    ("N=64", "slabkit's shape, 1 in 64", sampled(64)),
+    ("N=8 no-first", "the earlier shape: @c + stack for 1 in 8 (`rand` only, no @first)",
+     sampled(8, first=None)),
+    ("N=32 no-first", "the earlier shape, 1 in 32", sampled(32, first=None)),
+    ("N=8 first[tid,comm]", "@first keyed by (tid, comm): a thread's first event after exec "
+     "gets a stack too", sampled(8, first="tid, comm")),
+    ("N=8 nsecs", "earlier shape, 1 in 8 chosen by `(nsecs & 7) == 0`",
+     sampled(8, how="nsecs", first=None)),
+    ("N=8 cpu-counter", "earlier shape, 1 in 8 by a per-CPU counter `@n[cpu]++` (systematic)",
+     sampled(8, how="cpu-counter", first=None)),
+    ("N=8 tid-key", "earlier shape, 1 in 8, stack map keyed `@s[tid, kstack(perf)]`",
+     sampled(8, key="tid", first=None)),
 ]
 
 #: variants a quick run keeps
-QUICK = ("empty", "filter", "count", "N=1", "N=8 (current)", "N=64", "raw-tp empty")
+QUICK = ("empty", "count", "N=1", "N=8 (current)", "N=8 no-first", "N=64", "raw-tp empty")
 
 CURRENT = "N=8 (current)"
 
