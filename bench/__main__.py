@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
+
+from slabkit.runner import TermAsInterrupt
 
 from .common import RESULTS, Log, machine, table
 
@@ -78,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[str] = []
     data: dict = {"machine": info, "command": command, "rounds": rounds, "seconds": seconds}
     t0 = time.monotonic()
+    # SIGINT (even when started in the background, where it arrives ignored), SIGTERM and
+    # SIGHUP end the run through KeyboardInterrupt, so every tracer is stopped and every
+    # tracefs instance removed on the way out
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_signals = TermAsInterrupt()
+    stop_signals.__enter__()
     try:
         if "probe" in stages:
             from .probe import run_probe, summary_rows
@@ -104,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sections.append("(interrupted: partial results)\n")
     finally:
+        stop_signals.__exit__(None, None, None)
         left = leftovers()
         if left:
             sections.append("WARNING: left behind: " + ", ".join(left) + "\n")

@@ -19,12 +19,14 @@ import contextlib
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 
 from .common import Log, table
-from .tracers import SlabkitCapture
+from .tracers import Bpftrace, SlabkitCapture
 from .workload import Workload
 
 #: the function each kind of mixloop call passes through (Linux 6.18 names)
@@ -93,6 +95,33 @@ def _stacks_taken(folder: Path, pid: int) -> int:
 NO_STACK = "[no stack]"
 
 
+@dataclass
+class Candidate(Bpftrace):
+    """A proposed bpftrace program, parsed afterwards by slabkit's own bpftrace parser."""
+
+    stack_sample: int = 8
+
+    def parse(self, info: dict, full_meta: dict, folder: Path) -> SimpleNamespace:
+        import gzip
+        import os
+
+        from slabkit.backends.bpftrace import RAW, parse_output
+        from slabkit.plan import Plan
+        raw = folder / RAW
+        os.replace(info["output"], raw)
+        text = Path("/proc/kallsyms").read_text()
+        with gzip.open(folder / "kallsyms.txt.gz", "wt", compresslevel=1) as f:
+            f.write("\n".join(l for l in text.splitlines() if len(l) > 19 and l[17] in "tTwW"))
+        meta = dict(full_meta, kallsyms_path="kallsyms.txt.gz",
+                    options=dict(full_meta.get("options") or {}, stack_sample=self.stack_sample))
+        parsed = parse_output(raw, Plan.from_json(meta["plan"]), meta)
+        return SimpleNamespace(allocs=parsed.allocs, frames=parsed.frames, meta=meta)
+
+
+def _row_label(t) -> str:
+    return t.label if isinstance(t, Candidate) else str(t.stack_sample)
+
+
 @contextlib.contextmanager
 def _short_lived_processes(events_each: int = 5):
     """Start ``slabwork -n open 5 /dev/null`` over and over while the block runs: many short
@@ -127,24 +156,44 @@ def _shares(view, how: str) -> pd.Series:
     return df["share"].astype(float)
 
 
-def share_accuracy(samples: tuple[int, ...], seconds: int, log: Log, workdir: Path
+def share_accuracy(samples: tuple[int, ...], seconds: int, log: Log, workdir: Path,
+                   candidates: tuple[tuple[int, str], ...] = ()
                    ) -> tuple[list[list], list[list], dict, list[list]]:
-    """Shares under 1-in-N stack sampling vs a full-stack capture of the same events."""
+    """Shares under 1-in-N stack sampling vs a full-stack capture of the same events.
+
+    ``candidates``: (N, @first key) programs from bench/programs.py run next to slabkit's own
+    captures and parsed by slabkit's bpftrace parser, to check a proposed program change."""
     full = SlabkitCapture(name="full", label="stack_sample=1", cache="filp",
                           backend="bpftrace", stack_sample=1, keep=True)
     sampled = [SlabkitCapture(name=f"N{n}", label=f"stack_sample={n}", cache="filp",
                               backend="bpftrace", stack_sample=n, keep=True) for n in samples]
     from .common import run_loop
+    from .programs import ENV, sampled as program
+    for n, first in candidates:
+        sampled.append(Candidate(name=f"cand{n}-{first.replace(', ', '-')}",
+                                 label=f"{n}, @first[{first}] (candidate)",
+                                 program=program(n, first=first), env=dict(ENV),
+                                 stack_sample=n))
     log(f"accuracy/shares: mixloop {seconds} s under stack_sample=1 and "
-        f"{', '.join(map(str, samples))} at once")
+        f"{', '.join(t.label for t in sampled)} at once")
     with contextlib.ExitStack() as stack:
-        infos = {t.name: stack.enter_context(t.session(workdir)) for t in [full, *sampled]}
+        infos = {}
+        for t in [full, *sampled]:
+            where = workdir
+            if isinstance(t, Candidate):
+                where = workdir / t.name
+                where.mkdir()
+            infos[t.name] = stack.enter_context(t.session(where))
         with _short_lived_processes() as spawned:
             res = run_loop("mixloop", seconds)
         time.sleep(0.3)
     caps = {k: v["cap"] for k, v in infos.items() if "cap" in v}
     if "full" not in caps:
         raise RuntimeError(f"the full-stack capture failed: {infos['full'].get('error')}")
+    for t in sampled:
+        if isinstance(t, Candidate):
+            infos[t.name]["folder"] = workdir / t.name
+            caps[t.name] = t.parse(infos[t.name], caps["full"].meta, workdir / t.name)
     pid = res.pid
     filps = {k: v * FILPS_PER_CALL.get(k, 1) for k, v in res.extra.items()}
     total_known = sum(filps.values())
@@ -163,7 +212,7 @@ def share_accuracy(samples: tuple[int, ...], seconds: int, log: Log, workdir: Pa
                  "0 (reference)", "0 (reference)", f"{truth_err:.2f}", "yes"])
     for t in sampled:
         if t.name not in views:
-            rows.append([t.label, "-", "-", "FAILED", "-", "-", "-", "-"])
+            rows.append([_row_label(t), "-", "-", "FAILED", "-", "-", "-", "-"])
             continue
         v = views[t.name]
         n = t.stack_sample
@@ -177,7 +226,7 @@ def share_accuracy(samples: tuple[int, ...], seconds: int, log: Log, workdir: Pa
         inc = _shares(v, "inclusive")
         t_err = max(abs(inc.get(f, 0.0) - s) for f, s in truth.items()) * 100
         samples_taken = _stacks_taken(infos[t.name]["folder"], pid)
-        rows.append([str(n), f"{int(v[0]['count'].sum()):,}", f"{samples_taken:,}",
+        rows.append([_row_label(t), f"{int(v[0]['count'].sum()):,}", f"{samples_taken:,}",
                      f"{diffs['callsite'][0]:.2f}",
                      f"{diffs['inclusive'][0]:.2f} ({diffs['inclusive'][1]})",
                      f"{diffs['stack'][0]:.2f}", f"{t_err:.2f}", "yes" if found else "NO"])
@@ -204,7 +253,7 @@ def share_accuracy(samples: tuple[int, ...], seconds: int, log: Log, workdir: Pa
     for t in sampled:
         if t.name not in everyone:
             continue
-        row = [str(t.stack_sample)]
+        row = [_row_label(t)]
         for label, view in (("as slabkit", everyone[t.name]),):
             sh = _shares(view, "inclusive")
             keys = set(ref_all[ref_all >= 0.01].index) | set(sh[sh >= 0.01].index)
@@ -221,6 +270,7 @@ def share_accuracy(samples: tuple[int, ...], seconds: int, log: Log, workdir: Pa
 def run_accuracy(*, quick: bool, log: Log) -> tuple[str, dict, list[list]]:
     n = 200_000 if quick else 2_000_000
     samples = (8, 32) if quick else (4, 8, 16, 32, 64)
+    candidates = ((32, "tid, comm"),) if quick else ((32, "tid, comm"), (64, "tid, comm"))
     seconds = 2 if quick else 5
     workdir = Path(tempfile.mkdtemp(prefix="slabkit-bench-acc-"))
     out, data, summary = [], {}, []
@@ -237,7 +287,8 @@ def run_accuracy(*, quick: bool, log: Log) -> tuple[str, dict, list[list]]:
                                 f"{v['reported']:,} of {n:,}, lost {v['lost_total']}",
                                 "exact", "yes" if v["reported"] == n else "NO"])
         try:
-            rows, detail, d, all_rows = share_accuracy(samples, seconds, log, workdir)
+            rows, detail, d, all_rows = share_accuracy(samples, seconds, log, workdir,
+                                                       candidates=candidates)
             data["shares"] = d
             ev = d["events_per_capture"].get("full", 0)
             out.append(table(["stack_sample", "events (workload pid)", "stacks taken",
@@ -248,7 +299,8 @@ def run_accuracy(*, quick: bool, log: Log) -> tuple[str, dict, list[list]]:
                                    f"events (`slabwork mixloop {seconds}`, {ev:,} filps; "
                                    "functions/stacks >= 1 %)"))
             out.append(table(["function (call path)", "known share %", "N=1 %",
-                              *[f"N={s} %" for s in samples]], detail,
+                              *[f"N={s} %" for s in samples],
+                              *[f"N={n} first[{f}] %" for n, f in candidates]], detail,
                              title="inclusive share per call path (by_frame how='inclusive')"))
             ap = d["all_processes"]
             out.append(table(["stack_sample", "max |diff| pp (where)", "[no stack] %"],
@@ -257,15 +309,20 @@ def run_accuracy(*, quick: bool, log: Log) -> tuple[str, dict, list[list]]:
                                    f"filps, {ap['spawned_processes']:,} short-lived processes "
                                    "of 5 opens each running alongside): by_frame inclusive, "
                                    "rows >= 1 %"))
-            for s in samples:
-                v = d.get(f"N{s}")
-                if v:
-                    worst = max(v["callsite_pp"], v["inclusive_pp"], v["stack_pp"])
-                    summary.append([f"share error at stack_sample={s} (max over callsite, "
-                                    "inclusive, stacks >= 1 %)",
-                                    f"{worst:.2f} pp, all found: {v['all_found']}",
-                                    "<= 2 pp, all found",
-                                    "yes" if worst <= 2 and v["all_found"] else "NO"])
+            names = [(f"N{s}", f"stack_sample={s}") for s in samples]
+            names += [(f"cand{n}-{f.replace(', ', '-')}", f"N={n}, @first[{f}] (candidate)")
+                      for n, f in candidates]
+            for key, what in names:
+                v = d.get(key)
+                if not v:
+                    continue
+                worst = max(v["callsite_pp"], v["inclusive_pp"], v["stack_pp"])
+                everyone = ap.get(f"{key} as slabkit", {}).get("max_pp", float("nan"))
+                ok = worst <= 2 and everyone <= 2 and v["all_found"]
+                summary.append([f"share error, {what}: workload pid (callsite, inclusive, "
+                                "stacks) / every process (inclusive), rows >= 1 %",
+                                f"{worst:.2f} / {everyone:.2f} pp, all found: {v['all_found']}",
+                                "<= 2 pp, all found", "yes" if ok else "NO"])
         except Exception as e:
             out.append(f"call-site share check FAILED: {e}\n")
             log(f"accuracy/shares FAILED: {e}")

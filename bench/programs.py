@@ -83,8 +83,10 @@ VARIANTS: list[tuple[str, str, str]] = [
     ("N=8 no-first", "the earlier shape: @c + stack for 1 in 8 (`rand` only, no @first)",
      sampled(8, first=None)),
     ("N=32 no-first", "the earlier shape, 1 in 32", sampled(32, first=None)),
-    ("N=8 first[tid,comm]", "@first keyed by (tid, comm): a thread's first event after exec "
+    ("N=8 first-tid-comm", "@first keyed by (tid, comm): a thread's first event after exec "
      "gets a stack too", sampled(8, first="tid, comm")),
+    ("N=32 first-tid-comm", "@first keyed by (tid, comm), 1 in 32 weighted",
+     sampled(32, first="tid, comm")),
     ("N=8 nsecs", "earlier shape, 1 in 8 chosen by `(nsecs & 7) == 0`",
      sampled(8, how="nsecs", first=None)),
     ("N=8 cpu-counter", "earlier shape, 1 in 8 by a per-CPU counter `@n[cpu]++` (systematic)",

@@ -8,7 +8,7 @@ Program shape for a dedicated cache on 6.18+ (``slabkit capture filp --print-pro
       @c[pid, tid, cgroup, comm] = count();            // every event: exact counts
       if (@first[tid] == 0) {                           // a thread's first event: always
         @first[tid] = 1; @s[pid, tid, cgroup, comm, kstack(perf)] = count();
-      } else if (rand % 8 == 0) {                       // then 1 in 8, weighted by 8
+      } else if (rand % 16 == 0) {                      // then 1 in 16, weighted by 16
         @w[pid, tid, cgroup, comm, kstack(perf)] = count();
       }
     }
