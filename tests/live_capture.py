@@ -44,3 +44,20 @@ def capture_around(cache: str, work: Callable[[], None], *, seconds: float = 60,
     if "error" in result:
         raise result["error"]
     return result["cap"]
+
+
+def pid_rows(cap, pid):
+    return cap.allocs[cap.allocs["pid"] == pid]
+
+
+def assert_count(cap, pid, n):
+    """The workload's count is ``n``, short of it by at most what the tracer reported lost.
+
+    At these rates nothing is lost on a quiet machine (then the count must be exact); the
+    buffers are shared with every other process's allocations from the cache, so a machine
+    busy with other work may overflow them, which the losses must then account for."""
+    lost, got = int(cap.meta["lost_total"]), int(pid_rows(cap, pid)["count"].sum())
+    if lost == 0:
+        assert got == n
+    else:
+        assert n - lost <= got <= n, (got, cap.meta["losses"])

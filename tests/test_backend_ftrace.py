@@ -19,7 +19,7 @@ import slabkit
 import slabkit.capturing as capturing
 from bench.workload import Workload
 from conftest import FIXTURES, TRACEFS
-from live_capture import capture_around
+from live_capture import assert_count, capture_around, pid_rows
 from sshd import sshd_server  # noqa: F401  (fixture)
 from slabkit import runner
 from slabkit.backends import Options
@@ -252,23 +252,6 @@ def test_cleanup_removes_an_instance_whose_owner_is_gone(live):
     (base / "events/kmem/kmem_cache_alloc/enable").write_text("1")
     done = runner.cleanup_leftovers(str(TRACEFS))
     assert f"removed tracefs instance {name}" in done and not base.exists()
-
-
-def pid_rows(cap, pid):
-    return cap.allocs[cap.allocs["pid"] == pid]
-
-
-def assert_count(cap, pid, n):
-    """The workload's count is ``n``, short of it by at most what the tracer reported lost.
-
-    At these rates nothing is lost on a quiet machine (then the count must be exact); the
-    buffers are shared with every other process's allocations from the cache, so a machine
-    busy with other work may overflow them, which the losses must then account for."""
-    lost, got = int(cap.meta["lost_total"]), int(pid_rows(cap, pid)["count"].sum())
-    if lost == 0:
-        assert got == n
-    else:
-        assert n - lost <= got <= n, (got, cap.meta["losses"])
 
 
 def test_filp_count_is_exact_and_stacks_show_the_open_path(live, tmp_path):

@@ -16,7 +16,7 @@ import slabkit
 from slabkit.errors import CaptureNotFound, UnknownCache
 from bench.workload import Workload
 from conftest import require_tool
-from live_capture import capture_around
+from live_capture import capture_around, pid_rows
 
 N = 3000
 SYSCALL_PATH = {"do_sys_openat2", "__x64_sys_openat", "path_openat", "do_filp_open"}
@@ -25,10 +25,6 @@ SYSCALL_PATH = {"do_sys_openat2", "__x64_sys_openat", "path_openat", "do_filp_op
 @pytest.fixture
 def bpftrace(live):
     require_tool("bpftrace")
-
-
-def pid_rows(cap, pid):
-    return cap.allocs[cap.allocs["pid"] == pid]
 
 
 def functions_of(cap, stack_ids):
