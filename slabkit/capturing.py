@@ -24,10 +24,11 @@ from .runner import TermAsInterrupt
 from .tables import Capture
 from .target import Target, as_target, require_root
 
-#: default: a stack for each thread's first event and 1 in 16 after, every event counted.
-#: Measured (bench/results/latest.md): N=8 0.68, N=16 0.72, N=32 0.74 of uninstrumented
-#: throughput, bare exact counting 0.77; call-site shares within 1.2 pp (N=16) of full stacks.
-DEFAULT_STACK_SAMPLE = 16
+#: default: a stack for each thread's first event (per comm, so after an exec too) and 1 in 32
+#: after, every event counted. Measured (bench/results/): 0.73 of uninstrumented throughput
+#: (N=8 0.68, N=16 0.72; bare exact counting 0.77); call-site shares within 0.34 pp of a
+#: full-stack capture across all processes (first-event keyed by tid only: 1.77 pp).
+DEFAULT_STACK_SAMPLE = 32
 
 
 @dataclass

@@ -6,9 +6,10 @@ Program shape for a dedicated cache on 6.18+ (``slabkit capture filp --print-pro
     /args->bytes_alloc == 192 && str(args->name, 6) == "filp"/
     {
       @c[pid, tid, cgroup, comm] = count();            // every event: exact counts
-      if (@first[tid] == 0) {                           // a thread's first event: always
-        @first[tid] = 1; @s[pid, tid, cgroup, comm, kstack(perf)] = count();
-      } else if (rand % 16 == 0) {                      // then 1 in 16, weighted by 16
+      if (@first[tid, comm] == 0) {                     // a thread's first event (and its
+        @first[tid, comm] = 1;                          // first after an exec): always
+        @s[pid, tid, cgroup, comm, kstack(perf)] = count();
+      } else if (rand % 32 == 0) {                      // then 1 in 32, weighted by 32
         @w[pid, tid, cgroup, comm, kstack(perf)] = count();
       }
     }
@@ -99,8 +100,8 @@ def render_program(plan: "Plan", options: Options) -> str:
     if n == 1:
         body.append(f"  @s[{key}, kstack(perf)] = count();")
     else:
-        body += ["  if (@first[tid] == 0) {",
-                 f"    @first[tid] = 1; @s[{key}, kstack(perf)] = count();",
+        body += ["  if (@first[tid, comm] == 0) {",
+                 f"    @first[tid, comm] = 1; @s[{key}, kstack(perf)] = count();",
                  f"  }} else if (rand % {n} == 0) {{",
                  f"    @w[{key}, kstack(perf)] = count();",
                  "  }"]
