@@ -1,7 +1,7 @@
 """``python -m bench`` (``make bench``): slabkit's probe effect, count accuracy, load and pivot speed.
 
-    .venv/bin/python -m bench                 # everything (about 35 minutes on 2 cores)
-    .venv/bin/python -m bench --quick         # fewer rounds and variants (about 8 minutes)
+    .venv/bin/python -m bench                 # everything (about 25 minutes on 2 cores)
+    .venv/bin/python -m bench --quick         # fewer rounds and variants (about 6 minutes)
     .venv/bin/python -m bench --only probe    # probe | accuracy | load, comma-separated;
                                               # probe parts: variants, filp, kmalloc
 

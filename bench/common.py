@@ -239,7 +239,7 @@ class Guard:
             seen: list[str] = []
             stop = threading.Event()
 
-            def watch() -> None:
+            def watch(stop: threading.Event = stop, seen: list[str] = seen) -> None:
                 while not stop.wait(0.25):
                     if not seen:
                         seen.extend(foreign_tracers())

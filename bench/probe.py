@@ -187,7 +187,7 @@ def run_probe(*, seconds: int, rounds: int, log: Log, only: set[str] | None = No
 
 
 def _current_check() -> str:
-    """A line saying whether variant ``N=8 (current)`` is still slabkit's program for filp."""
+    """A line saying whether variant ``CURRENT`` is still slabkit's program for filp."""
     from .programs import CURRENT, VARIANTS
     try:
         from slabkit.capturing import prepare
@@ -233,6 +233,6 @@ def summary_rows(d: dict) -> list[list]:
         if best:
             from .programs import CURRENT
             cur = _med(d, "variants", CURRENT)
-            rows.append(["bpftrace variant: current program (N=8)", r(cur), ">= 0.80",
+            rows.append([f"bpftrace variant: current program ({CURRENT})", r(cur), ">= 0.80",
                          "-" if cur is None else ("yes" if cur >= 0.8 else "NO")])
     return rows

@@ -18,10 +18,10 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .tracers import Tracer
 

@@ -19,10 +19,10 @@ import shlex
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from slabkit.runner import instance_name, register, stop_process, unregister
 from slabkit.target import LocalTarget
@@ -212,7 +212,7 @@ class FtraceTrigger(Tracer):
             (ev / "trigger").write_text(f"stacktrace if {self.expr}")
             with open(out, "wb") as o:
                 with _process(["cat", str(base / "trace_pipe")], stdout=o,
-                              stderr=subprocess.DEVNULL, grace_s=2) as proc:
+                              stderr=subprocess.DEVNULL, grace_s=2):
                     (ev / "enable").write_text("1")
                     try:
                         yield info
