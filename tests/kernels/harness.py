@@ -448,9 +448,8 @@ class _Cpio:
         self.f.write(b"\0" * (-self.f.tell() % 512))
 
 
-def _ldd(binary: str) -> list[str]:
-    """Absolute library paths (as ldd names them) a dynamic binary needs, loader included."""
-    out = _run(["ldd", binary]).stdout
+def parse_ldd(out: str, where: str) -> list[str]:
+    """Absolute library paths in ``ldd`` output, loader included; a missing one is an error."""
     libs = []
     for line in out.splitlines():
         line = line.strip()
@@ -458,8 +457,13 @@ def _ldd(binary: str) -> list[str]:
         if m:
             libs.append(m.group(1))
         elif "not found" in line:
-            raise HarnessError(f"ldd {binary}: {line}")
+            raise HarnessError(f"ldd {where}: {line}")
     return libs
+
+
+def _ldd(binary: str) -> list[str]:
+    """Absolute library paths (as ldd names them) a dynamic binary needs, loader included."""
+    return parse_ldd(_run(["ldd", binary]).stdout, binary)
 
 
 INIT_SCRIPT = r"""#!/bin/sh

@@ -294,16 +294,7 @@ def slabkit_env(root: Path) -> dict[str, str]:
 
 
 def _root_ldd(root: Path, binary: str) -> list[str]:
-    out = _chroot(root, ["ldd", binary]).stdout
-    libs = []
-    for line in out.splitlines():
-        line = line.strip()
-        m = re.match(r"\S+ => (/\S+) \(0x", line) or re.match(r"(/\S+) \(0x", line)
-        if m:
-            libs.append(m.group(1))
-        elif "not found" in line:
-            raise HarnessError(f"ldd {binary} in {root}: {line}")
-    return libs
+    return harness.parse_ldd(_chroot(root, ["ldd", binary]).stdout, f"{binary} in {root}")
 
 
 def _inside(root: Path, path: str) -> Path:
