@@ -107,6 +107,10 @@ class KernelFacts:
     modules: bool = False          # loadable modules (SystemTap needs them)
     tracers: dict[str, str | None] = field(default_factory=dict)  # name -> version or None
     page_size: int = 4096
+    #: what slabkit's BPF counter found on the target (``slabcount --probe``: raw tracepoint
+    #: argument indices from the kernel's BTF) and where it is installed there; filled by the
+    #: ``bpf`` backend when it is considered
+    bpf: dict[str, Any] = field(default_factory=dict)
 
     def event(self, path: str) -> EventFormat | None:
         return self.events.get(path)
@@ -117,7 +121,7 @@ class KernelFacts:
             "events": {k: {"fields": v.fields} for k, v in self.events.items()},
             "functions": sorted(self.functions), "kprobes": self.kprobes,
             "fentry": self.fentry, "modules": self.modules, "tracers": self.tracers,
-            "page_size": self.page_size,
+            "page_size": self.page_size, "bpf": self.bpf,
         }
 
 

@@ -58,7 +58,7 @@ def _child_tracers() -> list[str]:
     """Tracer processes whose parent is this test process (ours to worry about)."""
     import procs
     return [f"{p.comm} pid {p.pid}" for p in procs.children(os.getpid())
-            if p.comm in ("bpftrace", "perf", "stap", "staprun", "ssh")]
+            if p.comm in ("slabcount", "bpftrace", "perf", "stap", "staprun", "ssh")]
 
 
 @pytest.fixture

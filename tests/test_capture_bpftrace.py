@@ -121,28 +121,48 @@ def _cli(*args, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
+#: backend -> (raw output file, tracer process name): the CLI tests run for both in-kernel
+#: aggregating backends (``bpf`` is the default, ``bpftrace`` its fallback)
+TRACERS = {"bpf": ("slabcount.tsv", "slabcount"), "bpftrace": ("bpftrace.jsonl", "bpftrace")}
+
+
+@pytest.fixture(params=sorted(TRACERS))
+def cli_backend(request, live):
+    require_tool("bpftrace") if request.param == "bpftrace" else _require_bpf()
+    return request.param
+
+
+def _require_bpf():
+    from slabkit.bpf.build import missing_tools
+    if missing_tools():
+        from conftest import skip_or_fail
+        skip_or_fail(missing_tools())
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_cli_capture_stopped_by_a_signal_keeps_data_and_leaves_nothing(bpftrace, tmp_path, sig):
+def test_cli_capture_stopped_by_a_signal_keeps_data_and_leaves_nothing(cli_backend, tmp_path,
+                                                                        sig):
     out = tmp_path / "cap"
-    proc = _cli("capture", "filp", "-d", "60", "-o", str(out), "--quiet",
-                start_new_session=True)
-    _wait_attached(out)
+    proc = _cli("capture", "filp", "-d", "60", "-o", str(out), "--quiet", "--backend",
+                cli_backend, start_new_session=True)
+    _wait_attached(out, cli_backend)
     time.sleep(0.5)
     os.kill(proc.pid, sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "interrupted" and meta["end_reason"] == "interrupted"
+    assert meta["backend"] == cli_backend
     assert "Top processes" in stdout
-    assert not _bpftrace_children(proc.pid)
+    assert not _tracer_children(proc.pid, cli_backend)
 
 
-def test_killed_run_never_loads_as_complete_and_cleanup_ends_its_tracer(bpftrace, tmp_path):
+def test_killed_run_never_loads_as_complete_and_cleanup_ends_its_tracer(cli_backend, tmp_path):
     out = tmp_path / "cap"
-    proc = _cli("capture", "filp", "-d", "60", "-o", str(out), "--quiet",
-                start_new_session=True)
-    _wait_attached(out)
-    tracer = _bpftrace_children(proc.pid)
+    proc = _cli("capture", "filp", "-d", "60", "-o", str(out), "--quiet", "--backend",
+                cli_backend, start_new_session=True)
+    _wait_attached(out, cli_backend)
+    tracer = _tracer_children(proc.pid, cli_backend)
     assert tracer
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
@@ -156,12 +176,12 @@ def test_killed_run_never_loads_as_complete_and_cleanup_ends_its_tracer(bpftrace
     while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in tracer):
         time.sleep(0.2)
     assert not any(Path(f"/proc/{p}").exists() for p in tracer)
-    # the raw output is still there, and the tables can be rebuilt from it
-    assert (out / "bpftrace.jsonl").exists()
+    # the raw output is still there
+    assert (out / TRACERS[cli_backend][0]).exists()
 
 
-def _wait_attached(out: Path, timeout_s: float = 60) -> None:
-    raw = out / "bpftrace.jsonl"
+def _wait_attached(out: Path, backend: str, timeout_s: float = 60) -> None:
+    raw = out / TRACERS[backend][0]
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if raw.is_file() and b"slabkit-attached" in raw.read_bytes()[:4096]:
@@ -170,5 +190,5 @@ def _wait_attached(out: Path, timeout_s: float = 60) -> None:
     raise AssertionError("the capture's probe never attached")
 
 
-def _bpftrace_children(pid: int) -> list[int]:
-    return procs.descendants_named(pid, "bpftrace")
+def _tracer_children(pid: int, backend: str) -> list[int]:
+    return procs.descendants_named(pid, TRACERS[backend][1])

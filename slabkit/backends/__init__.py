@@ -2,8 +2,9 @@
 output files in the capture folder, ``parse(folder)`` -> tidy tables.
 
 The registry order is the preference order of ``backend="auto"``: in-kernel aggregation
-(bpftrace) first because it is exact and cheapest, then perf and ftrace (streaming: they
-report losses), then SystemTap (needs kprobes and modules).
+first because it is exact and cheapest: slabkit's own raw-tracepoint BPF counter (``bpf``:
+needs BTF and a build here), then bpftrace; then perf and ftrace (streaming: they report
+losses), then SystemTap (needs kprobes and modules).
 """
 from __future__ import annotations
 
@@ -101,11 +102,12 @@ class Backend:
 
 def registry() -> dict[str, Backend]:
     """The backends in preference order."""
+    from .bpf import BpfBackend
     from .bpftrace import BpftraceBackend
     from .ftrace import FtraceBackend
     from .perf import PerfBackend
     from .stap import StapBackend
-    return {b.name: b for b in (BpftraceBackend(), PerfBackend(), FtraceBackend(),
+    return {b.name: b for b in (BpfBackend(), BpftraceBackend(), PerfBackend(), FtraceBackend(),
                                 StapBackend())}
 
 

@@ -303,18 +303,10 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         allocs = spread_counts(exact, sampled, keys)
 
     slot = int(plan.match_bytes_alloc or meta.get("slab_size") or 0) or None
-    allocs["bytes"] = allocs["count"] * slot if slot else pd.NA
+    req_df = None
     if plan.strategy == "kmalloc-size-class" and req:
-        # requested bytes are summed per thread; spread over its stacks by share of the count
         req_df = pd.DataFrame([(*k, v) for k, v in req.items()], columns=keys + ["req"])
-        allocs = allocs.merge(req_df, on=keys, how="left")
-        tot = allocs.groupby(keys)["count"].transform("sum")
-        allocs["bytes_req"] = (allocs["req"] * allocs["count"] / tot).round().astype("Int64")
-        allocs = allocs.drop(columns=["req"])
-    allocs["cgroup"] = allocs["cgroup_id"].map(meta.get("cgroups", {}).get).astype("string")
-    missing = allocs["cgroup"].isna()
-    allocs.loc[missing, "cgroup"] = "id:" + allocs.loc[missing, "cgroup_id"].astype(str)
-    allocs = allocs.drop(columns=["cgroup_id"])
+    allocs = finish_allocs(allocs, req_df, plan, meta, keys)
 
     outstanding = None
     if plan.mode == "outstanding":
@@ -338,6 +330,24 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
                      "stack are estimates")
     return Parsed(allocs=allocs, frames=frames, outstanding=outstanding, losses=losses,
                   notes=notes, estimated=every > 1)
+
+
+def finish_allocs(allocs: pd.DataFrame, req: pd.DataFrame | None, plan: "Plan", meta: dict,
+                  keys: list[str]) -> pd.DataFrame:
+    """Add ``bytes`` (count x slot size), ``bytes_req`` (``req``: requested bytes summed per
+    key, spread over the key's stacks by share of its count) and ``cgroup`` (path from the
+    capture's cgroup map, else ``id:<n>``) to allocation rows keyed by ``keys``."""
+    slot = int(plan.match_bytes_alloc or meta.get("slab_size") or 0) or None
+    allocs["bytes"] = allocs["count"] * slot if slot else pd.NA
+    if req is not None and len(req):
+        allocs = allocs.merge(req, on=keys, how="left")
+        tot = allocs.groupby(keys)["count"].transform("sum")
+        allocs["bytes_req"] = (allocs["req"] * allocs["count"] / tot).round().astype("Int64")
+        allocs = allocs.drop(columns=["req"])
+    allocs["cgroup"] = allocs["cgroup_id"].map(meta.get("cgroups", {}).get).astype("string")
+    missing = allocs["cgroup"].isna()
+    allocs.loc[missing, "cgroup"] = "id:" + allocs.loc[missing, "cgroup_id"].astype(str)
+    return allocs.drop(columns=["cgroup_id"])
 
 
 def _outstanding(maps: dict, printed: list[str], path: Path, slot: int | None, meta: dict,

@@ -1,0 +1,378 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * slabcount: load slabkit's BPF counter (slabcount.bpf.c), attach it to one raw allocation
+ * tracepoint, print "slabkit-attached", wait for SIGINT/SIGTERM/SIGHUP, detach, then print
+ * what the maps hold and exit. The probe lives only as long as this process: its links and
+ * maps are file descriptors, closed by the kernel when the process ends in any way.
+ *
+ * Usage:
+ *   slabcount --probe                      kernel facts (raw tracepoint argument indices)
+ *   slabcount --cache NAME [options]       a cache by name (pointer learnt once)
+ *   slabcount --kmalloc-size N [--gfp-require X] [--gfp-forbid Y] [options]
+ * options: --pid P --comm C --stack-every N --count-keys K --sample-keys K --stack-keys K
+ *
+ * Output: tab-separated lines (see slabkit/backends/bpf.py); "end" last, so a cut-off
+ * output is detected. comm is printed as hex (it may hold any byte but NUL).
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/resource.h>
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+#include "slabcount.skel.h"
+
+#define COMM_LEN 16
+#define MAX_DEPTH 127
+
+struct key { __u32 pid, tid; __u64 cgroup; char comm[COMM_LEN]; };
+struct value { __u64 count, bytes_req; };
+struct stack_key { struct key who; __u64 stack; };
+struct stack { __u32 depth, pad; __u64 ip[MAX_DEPTH]; };
+static const char *stat_names[] = { "matched", "count_map_full", "stack_failed",
+				    "stack_map_full", "sample_map_full", "cache_map_full" };
+
+static void die(int code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, "slabcount: ");
+	vfprintf(stderr, fmt, ap);
+	fprintf(stderr, "\n");
+	va_end(ap);
+	exit(code);
+}
+
+static int quiet_print(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+	if (level == LIBBPF_DEBUG)
+		return 0;
+	return vfprintf(stderr, fmt, ap);
+}
+
+/* Name of the type behind typedefs/modifiers/pointers ("struct kmem_cache" -> "kmem_cache"). */
+static const char *base_name(const struct btf *btf, __u32 id, int *is_ptr)
+{
+	const struct btf_type *t = btf__type_by_id(btf, id);
+	*is_ptr = 0;
+	while (t && (btf_is_mod(t) || btf_is_ptr(t))) {
+		if (btf_is_ptr(t))
+			*is_ptr = 1;
+		t = btf__type_by_id(btf, t->type);
+	}
+	if (!t)
+		return "";
+	return btf__name_by_offset(btf, t->name_off);
+}
+
+/* The raw tracepoint's parameters (after the leading void *) from btf_trace_<tp>. */
+static const struct btf_param *tp_params(const struct btf *btf, const char *tp, int *n)
+{
+	char name[128];
+	snprintf(name, sizeof(name), "btf_trace_%s", tp);
+	int id = btf__find_by_name_kind(btf, name, BTF_KIND_TYPEDEF);
+	if (id < 0)
+		return NULL;
+	const struct btf_type *t = btf__type_by_id(btf, id);
+	t = btf__type_by_id(btf, t->type);          /* pointer */
+	if (!t || !btf_is_ptr(t))
+		return NULL;
+	t = btf__type_by_id(btf, t->type);          /* func proto */
+	if (!t || !btf_is_func_proto(t))
+		return NULL;
+	*n = btf_vlen(t) - 1;
+	return btf_params(t) + 1;
+}
+
+struct facts { int cache_arg, size_arg, req_arg, gfp_arg; };
+
+static void find_facts(struct facts *f)
+{
+	f->cache_arg = f->size_arg = f->req_arg = f->gfp_arg = -1;
+	struct btf *btf = btf__load_vmlinux_btf();
+	if (!btf)
+		die(3, "the kernel has no BTF (/sys/kernel/btf/vmlinux): %s", strerror(errno));
+	int n = 0, is_ptr;
+	const struct btf_param *p = tp_params(btf, "kmem_cache_alloc", &n);
+	for (int i = 0; p && i < n; i++) {
+		const char *bn = base_name(btf, p[i].type, &is_ptr);
+		if (is_ptr && !strcmp(bn, "kmem_cache"))
+			f->cache_arg = i;
+	}
+	p = tp_params(btf, "kmalloc", &n);
+	int sizes = 0;
+	for (int i = 0; p && i < n; i++) {
+		const char *bn = base_name(btf, p[i].type, &is_ptr);
+		if (is_ptr)
+			continue;
+		if (!strcmp(bn, "size_t")) {   /* (call_site, ptr, bytes_req, bytes_alloc, gfp, node) */
+			if (sizes++ == 0)
+				f->req_arg = i;
+			else
+				f->size_arg = i;
+		} else if (!strcmp(bn, "gfp_t")) {
+			f->gfp_arg = i;
+		}
+	}
+	btf__free(btf);
+}
+
+static volatile sig_atomic_t stop;
+static void on_signal(int sig) { (void)sig; stop = 1; }
+
+static void print_comm(const char *c)
+{
+	for (int i = 0; i < COMM_LEN && c[i]; i++)
+		printf("%02x", (unsigned char)c[i]);
+	if (!c[0])
+		printf("-");
+}
+
+/*
+ * The frames a raw tracepoint program sees first are the tracing machinery itself (the BPF
+ * program, bpf_trace_runN, __bpf_trace_<tp>): they are cut here, where /proc/kallsyms is at
+ * hand, so stacks start at the allocator as they do from other tracers.
+ */
+struct range { unsigned long long lo, hi; };
+static struct range text = { 0, ~0ULL };
+static struct range *machinery;
+static int n_machinery, cap_machinery;
+
+static int is_machinery_name(const char *n)
+{
+	return !strncmp(n, "bpf_trace_run", 13) || !strncmp(n, "__bpf_trace_", 12) ||
+	       !strncmp(n, "__traceiter_", 12) || !strncmp(n, "bpf_prog_", 9);
+}
+
+static void read_kallsyms(void)
+{
+	FILE *f = fopen("/proc/kallsyms", "r");
+	if (!f)
+		return;
+	char line[512], name[256], type;
+	unsigned long long addr, open_lo = 0;
+	int open = 0;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%llx %c %255s", &addr, &type, name) != 3)
+			continue;
+		if (open && addr > open_lo) {          /* a machinery symbol ends at the next one */
+			if (n_machinery == cap_machinery) {
+				cap_machinery = cap_machinery ? 2 * cap_machinery : 1024;
+				machinery = realloc(machinery, cap_machinery * sizeof(*machinery));
+				if (!machinery)
+					die(4, "out of memory");
+			}
+			machinery[n_machinery].lo = open_lo;
+			machinery[n_machinery++].hi = addr;
+			open = 0;
+		}
+		if (!strcmp(name, "_stext"))
+			text.lo = addr;
+		else if (!strcmp(name, "_etext"))
+			text.hi = addr;
+		else if ((type == 't' || type == 'T') && is_machinery_name(name)) {
+			open_lo = addr;
+			open = 1;
+		}
+	}
+	fclose(f);
+}
+
+static int skip_frame(unsigned long long ip)
+{
+	if (ip < text.lo || ip >= text.hi)        /* JIT-ed BPF code lives outside kernel text */
+		return 1;
+	for (int i = 0; i < n_machinery; i++)
+		if (ip >= machinery[i].lo && ip < machinery[i].hi)
+			return 1;
+	return 0;
+}
+
+static void dump(struct slabcount_bpf *skel)
+{
+	int ncpu = libbpf_num_possible_cpus();
+	int fd;
+	struct key k, *prevk = NULL;
+	struct value *vals = calloc(ncpu, sizeof(*vals));
+	__u64 *stat = calloc(ncpu, sizeof(*stat));
+	if (!vals || !stat)
+		die(4, "out of memory");
+
+	fd = bpf_map__fd(skel->maps.stats);
+	for (__u32 i = 0; i < sizeof(stat_names) / sizeof(*stat_names); i++) {
+		__u64 tot = 0;
+		if (!bpf_map_lookup_elem(fd, &i, stat))
+			for (int c = 0; c < ncpu; c++)
+				tot += stat[c];
+		printf("stat\t%s\t%llu\n", stat_names[i], (unsigned long long)tot);
+	}
+	printf("known_cache\t%s\n", skel->bss->known_cache ? "yes" : "no");
+
+	fd = bpf_map__fd(skel->maps.counts);
+	while (bpf_map_get_next_key(fd, prevk, &k) == 0) {
+		if (!bpf_map_lookup_elem(fd, &k, vals)) {
+			__u64 n = 0, req = 0;
+			for (int c = 0; c < ncpu; c++) {
+				n += vals[c].count;
+				req += vals[c].bytes_req;
+			}
+			printf("count\t%u\t%u\t%llu\t", k.pid, k.tid, (unsigned long long)k.cgroup);
+			print_comm(k.comm);
+			printf("\t%llu\t%llu\n", (unsigned long long)n, (unsigned long long)req);
+		}
+		prevk = &k;
+	}
+
+	struct stack_key sk, *prevsk = NULL;
+	__u64 w;
+	fd = bpf_map__fd(skel->maps.samples);
+	while (bpf_map_get_next_key(fd, prevsk, &sk) == 0) {
+		if (!bpf_map_lookup_elem(fd, &sk, &w)) {
+			printf("sample\t%u\t%u\t%llu\t", sk.who.pid, sk.who.tid,
+			       (unsigned long long)sk.who.cgroup);
+			print_comm(sk.who.comm);
+			printf("\t%016llx\t%llu\n", (unsigned long long)sk.stack, (unsigned long long)w);
+		}
+		prevsk = &sk;
+	}
+
+	__u64 h, *prevh = NULL;
+	struct stack st;
+	fd = bpf_map__fd(skel->maps.stacks);
+	while (bpf_map_get_next_key(fd, prevh, &h) == 0) {
+		if (!bpf_map_lookup_elem(fd, &h, &st)) {
+			printf("stack\t%016llx", (unsigned long long)h);
+			__u32 i = 0;
+			while (i < st.depth && i < 4 && skip_frame(st.ip[i]))
+				i++;
+			for (; i < st.depth && i < MAX_DEPTH; i++)
+				printf("\t%llx", (unsigned long long)st.ip[i]);
+			printf("\n");
+		}
+		prevh = &h;
+	}
+	printf("end\n");
+	fflush(stdout);
+	free(vals);
+	free(stat);
+}
+
+static long num(const char *opt, const char *s, long lo, long hi)
+{
+	char *end;
+	errno = 0;
+	long v = strtol(s, &end, 0);
+	if (errno || *end || v < lo || v > hi)
+		die(2, "%s wants a number from %ld to %ld, not %s", opt, lo, hi, s);
+	return v;
+}
+
+int main(int argc, char **argv)
+{
+	const char *cache = NULL, *comm = NULL;
+	long kmalloc_size = 0, pid = 0, every = 32, count_keys = 65536, sample_keys = 65536;
+	long stack_keys = 16384, gfp_require = 0, gfp_forbid = 0;
+	int probe = 0;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		if (!strcmp(a, "--probe")) { probe = 1; continue; }
+		if (!v)
+			die(2, "%s needs a value", a);
+		i++;
+		if (!strcmp(a, "--cache")) cache = v;
+		else if (!strcmp(a, "--comm")) comm = v;
+		else if (!strcmp(a, "--kmalloc-size")) kmalloc_size = num(a, v, 1, 1L << 30);
+		else if (!strcmp(a, "--gfp-require")) gfp_require = num(a, v, 0, 0x7fffffff);
+		else if (!strcmp(a, "--gfp-forbid")) gfp_forbid = num(a, v, 0, 0x7fffffff);
+		else if (!strcmp(a, "--pid")) pid = num(a, v, 1, 0x7fffffff);
+		else if (!strcmp(a, "--stack-every")) every = num(a, v, 1, 1 << 20);
+		else if (!strcmp(a, "--count-keys")) count_keys = num(a, v, 16, 1 << 24);
+		else if (!strcmp(a, "--sample-keys")) sample_keys = num(a, v, 16, 1 << 24);
+		else if (!strcmp(a, "--stack-keys")) stack_keys = num(a, v, 16, 1 << 22);
+		else die(2, "unknown option %s", a);
+	}
+	libbpf_set_print(quiet_print);
+	struct facts f;
+	find_facts(&f);
+	if (probe) {
+		printf("cache_arg\t%d\nsize_arg\t%d\nreq_arg\t%d\ngfp_arg\t%d\n",
+		       f.cache_arg, f.size_arg, f.req_arg, f.gfp_arg);
+		return 0;
+	}
+	if (!cache == !kmalloc_size)
+		die(2, "give exactly one of --cache NAME or --kmalloc-size N");
+	if (cache && (strlen(cache) == 0 || strlen(cache) >= 64))
+		die(2, "--cache wants a name of 1 to 63 bytes");
+	if (comm && (strlen(comm) == 0 || strlen(comm) >= COMM_LEN))
+		die(2, "--comm wants 1 to 15 bytes");
+	if (cache && f.cache_arg < 0)
+		die(3, "raw tracepoint kmem_cache_alloc has no struct kmem_cache * argument "
+		       "on this kernel (Linux 6.0+ has one)");
+	if (cache && f.cache_arg != 2 && f.cache_arg != 3)
+		die(3, "unexpected kmem_cache_alloc argument layout (cache is argument %d)",
+		    f.cache_arg);
+	if (kmalloc_size && (f.size_arg < 0 || f.gfp_arg < 0 || f.req_arg < 0))
+		die(3, "raw tracepoint kmalloc lacks bytes_alloc/gfp_flags arguments here");
+
+	struct rlimit rl = { RLIM_INFINITY, RLIM_INFINITY };
+	setrlimit(RLIMIT_MEMLOCK, &rl);   /* kernels before 5.11 charge maps to memlock */
+
+	struct slabcount_bpf *skel = slabcount_bpf__open();
+	if (!skel)
+		die(3, "cannot open the BPF object: %s", strerror(errno));
+	skel->rodata->by_size = kmalloc_size ? 1 : 0;
+	skel->rodata->cache_arg = f.cache_arg < 0 ? 2 : f.cache_arg;
+	skel->rodata->size_arg = f.size_arg;
+	skel->rodata->req_arg = f.req_arg;
+	skel->rodata->gfp_arg = f.gfp_arg;
+	skel->rodata->match_size = kmalloc_size;
+	skel->rodata->gfp_require = gfp_require;
+	skel->rodata->gfp_forbid = gfp_forbid;
+	skel->rodata->filter_pid = pid;
+	skel->rodata->stack_every = every;
+	if (comm) {
+		skel->rodata->filter_comm = 1;
+		strncpy((char *)skel->rodata->comm_value, comm, COMM_LEN - 1);
+	}
+	if (cache) {
+		strncpy((char *)skel->rodata->cache_name, cache, 63);
+		skel->rodata->cache_name_len = strlen(cache);
+	}
+	bpf_map__set_max_entries(skel->maps.counts, count_keys);
+	bpf_map__set_max_entries(skel->maps.samples, sample_keys);
+	bpf_map__set_max_entries(skel->maps.stacks, stack_keys);
+	bpf_program__set_autoload(skel->progs.on_cache_alloc, cache != NULL);
+	bpf_program__set_autoload(skel->progs.on_kmalloc, kmalloc_size != 0);
+	int err = slabcount_bpf__load(skel);
+	if (err)
+		die(3, "the kernel refused the BPF program: %s", strerror(-err));
+
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	struct bpf_link *link = bpf_program__attach(cache ? skel->progs.on_cache_alloc
+						      : skel->progs.on_kmalloc);
+	if (!link) {
+		int e = errno;
+		slabcount_bpf__destroy(skel);
+		die(3, "cannot attach to the raw tracepoint: %s", strerror(e));
+	}
+	printf("slabkit-attached\t%s\n", cache ? "kmem_cache_alloc" : "kmalloc");
+	fflush(stdout);
+	while (!stop)
+		pause();
+	bpf_link__destroy(link);       /* detach first: the counts stop moving */
+	read_kallsyms();
+	dump(skel);
+	slabcount_bpf__destroy(skel);
+	return 0;
+}

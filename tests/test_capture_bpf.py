@@ -1,0 +1,238 @@
+"""The ``bpf`` backend (slabkit's raw-tracepoint counter): built, loaded and checked against
+workloads of known size on the live kernel, and its parser on recorded output."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import procs
+import slabkit
+from bench.workload import Workload
+from conftest import FIXTURES, skip_or_fail
+from live_capture import capture_around, pid_rows
+from slabkit.backends import Options, get_backend
+from slabkit.backends.bpf import read_output, render_argv
+from slabkit.errors import InvalidInput, ParseError
+from slabkit.facts import KernelFacts
+from slabkit.plan import Plan
+
+N = 3000
+OPEN_PATH = {"do_sys_openat2", "__x64_sys_openat", "path_openat", "do_filp_open"}
+RECORDED = FIXTURES / "bpf" / "filp-6.18.tsv"
+
+
+@pytest.fixture
+def bpf(live):
+    from slabkit.bpf.build import build, missing_tools
+    if missing_tools():
+        skip_or_fail(missing_tools())
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        skip_or_fail("this kernel has no BTF (/sys/kernel/btf/vmlinux)")
+    return build()
+
+
+def functions_of(cap, stack_ids):
+    f = cap.frames[cap.frames["stack_id"].isin(list(stack_ids))]
+    return set(f["function"].dropna())
+
+
+# --- live ---------------------------------------------------------------------------------
+
+def test_auto_chooses_bpf_and_counts_filp_exactly(bpf, tmp_path):
+    with Workload("open", N, "/etc/hostname") as w:
+        cap = capture_around("filp", w.go, base=tmp_path)
+    assert cap.meta["backend"] == "bpf"
+    rows = pid_rows(cap, w.pid)
+    assert int(rows["count"].sum()) == N
+    assert set(rows["comm"]) == {"slabwork"}
+    assert int(rows["bytes"].sum()) == N * cap.meta["slab_size"]
+    assert cap.meta["lost_total"] == 0 and cap.meta["estimated_stacks"] is True
+    # every thread has a stack, and the stacks start at the allocator, not in BPF machinery
+    assert (rows["stack_id"] >= 0).all()
+    assert OPEN_PATH & functions_of(cap, rows["stack_id"])
+    first = cap.frames[cap.frames["depth"] == 0]["function"].dropna()
+    assert not first.str.contains(r"^(?:bpf_|__bpf_trace|__traceiter)").any()
+    assert first.str.startswith("kmem_cache_alloc").all()
+    again = slabkit.load(cap.path)
+    assert int(pid_rows(again, w.pid)["count"].sum()) == N
+
+
+def test_full_stack_mode_counts_every_stack(bpf, tmp_path):
+    with Workload("open", N, "/etc/hostname") as w:
+        cap = capture_around("filp", w.go, base=tmp_path, backend="bpf", stack_sample=1)
+    rows = pid_rows(cap, w.pid)
+    assert int(rows["count"].sum()) == N
+    assert cap.meta["estimated_stacks"] is False
+    top = rows.sort_values("count").iloc[-1]
+    assert int(top["count"]) >= N - 5          # one open path; a few first-call variants
+    assert OPEN_PATH & functions_of(cap, [top["stack_id"]])
+
+
+def test_dentry_from_lookups_of_missing_names(bpf, tmp_path):
+    with Workload("stat", N, str(tmp_path)) as w:
+        cap = capture_around("dentry", w.go, base=tmp_path / "caps", backend="bpf")
+    assert int(pid_rows(cap, w.pid)["count"].sum()) == N
+
+
+def test_kmalloc_size_class_is_exact_with_requested_bytes(bpf, tmp_path):
+    with Workload("eventfd", N) as w:
+        cap = capture_around("kmalloc-64", w.go, base=tmp_path, backend="bpf")
+    rows = pid_rows(cap, w.pid)
+    assert cap.meta["plan"]["strategy"] == "kmalloc-size-class"
+    assert int(rows["count"].sum()) == N
+    req = int(rows["bytes_req"].sum())
+    assert N * 33 <= req <= N * 64               # eventfd_ctx is requested at 33..64 bytes
+    assert "do_eventfd" in functions_of(cap, rows["stack_id"])
+
+
+@pytest.mark.parametrize("by", ["pid", "comm"])
+def test_pid_and_comm_filters(bpf, tmp_path, by):
+    """Two slabwork processes plus everything else on the machine: only the filtered ones."""
+    with Workload("open", N, "/etc/hostname") as w, Workload("open", N, "/etc/hostname") as o:
+        def both():
+            w.go()
+            o.go()
+        filt = {"pid": w.pid} if by == "pid" else {"comm": "slabwork"}
+        cap = capture_around("filp", both, base=tmp_path, backend="bpf", **filt)
+    if by == "pid":
+        assert set(cap.allocs["pid"]) == {w.pid}
+        assert int(cap.allocs["count"].sum()) == N
+    else:
+        assert set(cap.allocs["comm"]) == {"slabwork"}
+        assert int(pid_rows(cap, w.pid)["count"].sum()) == N
+        assert int(pid_rows(cap, o.pid)["count"].sum()) == N
+
+
+def test_a_full_counts_map_is_reported_not_hidden(bpf, tmp_path):
+    """map_keys=16 with more than 16 processes allocating: the events that found no slot are
+    counted as lost and the capture says so."""
+    def spawn_many():
+        for _ in range(40):
+            subprocess.run(["/bin/true"], check=True)
+    cap = capture_around("filp", spawn_many, base=tmp_path, backend="bpf", map_keys=16)
+    assert cap.meta["losses"].get("count_map_full", 0) > 0
+    assert cap.meta["lost_total"] >= cap.meta["losses"]["count_map_full"]
+    assert any("counts map was full" in n for n in cap.meta["notes"])
+    assert len(cap.allocs.groupby(["pid", "tid", "comm"])) <= 16
+
+
+def test_the_program_is_gone_when_the_capture_ends(bpf, tmp_path):
+    """While running, slabcount holds a raw_tracepoint program; after, that program no longer
+    exists (the links die with the process; nothing is pinned)."""
+    seen: dict = {}
+
+    def look():
+        seen["pid"] = procs.descendants_named(os.getpid(), "slabcount")
+        seen["progs"] = [i for p in seen["pid"] for i in _prog_ids_held_by(p)]
+        seen["types"] = {_prog_type(i) for i in seen["progs"]}
+    capture_around("filp", look, base=tmp_path, backend="bpf")
+    assert len(seen["pid"]) == 1 and seen["progs"], seen
+    assert seen["types"] == {"raw_tracepoint"}
+    assert not Path(f"/proc/{seen['pid'][0]}").exists()
+    deadline = time.time() + 5           # program memory is freed after an RCU grace period
+    while time.time() < deadline and any(_prog_type(i) for i in seen["progs"]):
+        time.sleep(0.1)
+    assert not any(_prog_type(i) for i in seen["progs"])
+
+
+def _prog_ids_held_by(pid: int) -> list[int]:
+    """BPF program ids behind a process's file descriptors (from /proc/PID/fdinfo)."""
+    ids = []
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        for line in info.read_text().splitlines():
+            if line.startswith("prog_id:"):
+                ids.append(int(line.split()[1]))
+    return ids
+
+
+def _prog_type(prog_id: int) -> str | None:
+    """The program's type, or None once it no longer exists."""
+    if not shutil.which("bpftool"):
+        skip_or_fail("bpftool is not installed (make system installs it)")
+    res = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)],
+                         capture_output=True, text=True)
+    return json.loads(res.stdout).get("type") if res.returncode == 0 else None
+
+
+def test_a_capture_stopped_from_another_thread_keeps_its_counts(bpf, tmp_path):
+    stop = threading.Event()
+    with Workload("open", N, "/etc/hostname") as w:
+        t = threading.Timer(1.5, stop.set)
+        w.go()                                    # before the capture: not counted
+        t.start()
+        cap = slabkit.capture("filp", 60, backend="bpf", base=tmp_path, progress=False,
+                              stop_event=stop)
+    assert cap.meta["status"] == "interrupted"
+    assert pid_rows(cap, w.pid).empty
+
+
+# --- pure: argv, reasons, parser on recorded output -----------------------------------------
+
+def _plan(**kw) -> Plan:
+    base = dict(cache="filp", requested="filp", kind="dedicated", strategy="tracepoint-name",
+                exact=True, reason="", alloc_events=["kmem:kmem_cache_alloc"],
+                match_name="filp")
+    return Plan(**{**base, **kw})
+
+
+def test_argv_carries_only_validated_values():
+    argv = render_argv("/x/slabcount", _plan(pid=42, comm="nginx"), Options(stack_sample=8))
+    assert argv == ["/x/slabcount", "--cache", "filp", "--pid", "42", "--comm", "nginx",
+                    "--stack-every", "8", "--count-keys", "65536", "--sample-keys", "65536"]
+    km = render_argv("s", _plan(strategy="kmalloc-size-class", match_name=None,
+                                match_bytes_alloc=64, gfp_forbid=0x400000,
+                                alloc_events=["kmem:kmalloc"]), Options())
+    assert km[1:7] == ["--kmalloc-size", "64", "--gfp-forbid", "0x400000", "--stack-every", "1"]
+    with pytest.raises(InvalidInput):
+        render_argv("s", _plan(match_name="filp; rm -rf /"), Options())
+    with pytest.raises(InvalidInput):
+        render_argv("s", _plan(comm="a\nb"), Options())
+
+
+def test_reasons_when_the_kernel_lacks_what_the_program_needs(tmp_path):
+    backend = get_backend("bpf")
+    from slabkit.target import LocalTarget
+    assert "no BTF" in backend.unavailable(LocalTarget(tmp_path), KernelFacts())
+    old = KernelFacts(bpf={"binary": "x", "cache_arg": -1, "size_arg": 3, "gfp_arg": 4,
+                           "req_arg": 2})
+    assert "Linux 6.0+" in backend.unsupported(_plan(strategy="kprobe-cachep"), old)
+    assert backend.unsupported(_plan(strategy="kmalloc-size-class",
+                                     alloc_events=["kmem:kmalloc"]), old) is None
+    node = _plan(strategy="kmalloc-size-class", alloc_events=["kmem:kmalloc",
+                                                              "kmem:kmalloc_node"])
+    assert "kmalloc_node" in backend.unsupported(node, old)
+
+
+def test_recorded_output_parses_to_the_known_workload():
+    """Recorded here: ``slabcount --cache filp`` around ``slabwork open 2000`` (pid in the
+    fixture's README)."""
+    exact, sampled, stacks, stats = read_output(RECORDED)
+    meta = json.loads((RECORDED.parent / "README.json").read_text())
+    mine = exact[exact["pid"] == meta["pid"]]
+    # the forked python opened the binary before exec (comm still python3), then slabwork ran
+    assert int(mine.loc[mine["comm"] == "slabwork", "count"].sum()) == meta["n"]
+    assert set(mine["comm"]) <= {"slabwork", "python", "python3"}
+    assert stats["matched"] == int(exact["count"].sum())
+    assert set(sampled["stack"]) <= set(stacks)
+    assert all(len(a) > 3 for a in stacks.values())
+
+
+@pytest.mark.parametrize("cut", ["no-end", "bad-line"])
+def test_broken_output_is_a_clear_error(tmp_path, cut):
+    text = RECORDED.read_text()
+    bad = tmp_path / "slabcount.tsv"
+    if cut == "no-end":
+        bad.write_text(text[: text.rindex("end\n")])
+        match = "no final 'end'"
+    else:
+        bad.write_text(text.replace("count\t", "count\tx", 1))
+        match = "not a slabcount output line"
+    with pytest.raises(ParseError, match=match):
+        read_output(bad)
