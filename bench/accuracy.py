@@ -43,6 +43,10 @@ def _pid_view(cap, pid: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def count_accuracy(n: int, log: Log, workdir: Path) -> tuple[list[list], dict]:
     configs = [
+        SlabkitCapture(name="bpf-default", label="bpf (slabkit's default), default sampling",
+                       cache="filp", backend="bpf", keep=True),
+        SlabkitCapture(name="bpf-full", label="bpf, stack_sample=1", cache="filp",
+                       backend="bpf", stack_sample=1, keep=True),
         SlabkitCapture(name="bpftrace-default", label="bpftrace, default stack sampling",
                        cache="filp", backend="bpftrace", keep=True),
         SlabkitCapture(name="bpftrace-full", label="bpftrace, stack_sample=1", cache="filp",
@@ -84,15 +88,20 @@ def count_accuracy(n: int, log: Log, workdir: Path) -> tuple[list[list], dict]:
     return rows, data
 
 
-def _stacks_taken(folder: Path, pid: int) -> int:
-    """Stacks the sampled program really took for ``pid`` (``@s`` and ``@w``, raw output)."""
+def _stacks_taken(folder: Path, pid: int) -> int | None:
+    """Stacks the sampled bpftrace program really took for ``pid`` (``@s`` and ``@w``, raw
+    output); None for the bpf backend, whose samples are stored already weighted."""
     from slabkit.backends.bpftrace import RAW, read_maps
+    if not (folder / RAW).exists():
+        return None
     maps, _, _ = read_maps(folder / RAW)
     return sum(n for m in ("@s", "@w") for k, n in maps.get(m, {}).items()
                if k.split(",", 1)[0] == str(pid))
 
 
 NO_STACK = "[no stack]"
+#: the bpf backend's sampling measured next to bpftrace's (32 is slabkit's default)
+BPF_SAMPLES = (32,)
 
 
 @dataclass
@@ -119,7 +128,9 @@ class Candidate(Bpftrace):
 
 
 def _row_label(t) -> str:
-    return t.label if isinstance(t, Candidate) else str(t.stack_sample)
+    if isinstance(t, Candidate):
+        return t.label
+    return f"{t.stack_sample} ({t.backend})"
 
 
 @contextlib.contextmanager
@@ -167,6 +178,9 @@ def share_accuracy(samples: tuple[int, ...], seconds: int, log: Log, workdir: Pa
                           backend="bpftrace", stack_sample=1, keep=True)
     sampled = [SlabkitCapture(name=f"N{n}", label=f"stack_sample={n}", cache="filp",
                               backend="bpftrace", stack_sample=n, keep=True) for n in samples]
+    # slabkit's default backend with its default sampling, on the same events
+    sampled += [SlabkitCapture(name=f"bpfN{n}", label=f"bpf stack_sample={n}", cache="filp",
+                               backend="bpf", stack_sample=n, keep=True) for n in BPF_SAMPLES]
     from .common import run_loop
     from .programs import ENV, sampled as program
     for n, first in candidates:
@@ -226,7 +240,8 @@ def share_accuracy(samples: tuple[int, ...], seconds: int, log: Log, workdir: Pa
         inc = _shares(v, "inclusive")
         t_err = max(abs(inc.get(f, 0.0) - s) for f, s in truth.items()) * 100
         samples_taken = _stacks_taken(infos[t.name]["folder"], pid)
-        rows.append([_row_label(t), f"{int(v[0]['count'].sum()):,}", f"{samples_taken:,}",
+        rows.append([_row_label(t), f"{int(v[0]['count'].sum()):,}",
+                     "-" if samples_taken is None else f"{samples_taken:,}",
                      f"{diffs['callsite'][0]:.2f}",
                      f"{diffs['inclusive'][0]:.2f} ({diffs['inclusive'][1]})",
                      f"{diffs['stack'][0]:.2f}", f"{t_err:.2f}", "yes" if found else "NO"])
@@ -283,7 +298,7 @@ def run_accuracy(*, quick: bool, log: Log) -> tuple[str, dict, list[list]]:
                          title=f"count accuracy at full speed: `slabwork open {n:,} /dev/null` "
                                "under each backend"))
         for name, v in d.items():
-            if name.startswith("bpftrace") and "reported" in v:
+            if name.startswith("bpf") and "reported" in v:
                 summary.append([f"exact count per process ({name}, {n:,} at full speed)",
                                 f"{v['reported']:,} of {n:,}, lost {v['lost_total']}",
                                 "exact", "yes" if v["reported"] == n else "NO"])
@@ -301,6 +316,7 @@ def run_accuracy(*, quick: bool, log: Log) -> tuple[str, dict, list[list]]:
                                    "functions/stacks >= 1 %)"))
             out.append(table(["function (call path)", "known share %", "N=1 %",
                               *[f"N={s} %" for s in samples],
+                              *[f"bpf N={s} %" for s in BPF_SAMPLES],
                               *[f"N={n} first[{f}] %" for n, f in candidates]], detail,
                              title="inclusive share per call path (by_frame how='inclusive')"))
             ap = d["all_processes"]
@@ -311,6 +327,7 @@ def run_accuracy(*, quick: bool, log: Log) -> tuple[str, dict, list[list]]:
                                    "of 5 opens each running alongside): by_frame inclusive, "
                                    "rows >= 1 %"))
             names = [(f"N{s}", f"stack_sample={s}") for s in samples]
+            names += [(f"bpfN{s}", f"bpf backend stack_sample={s}") for s in BPF_SAMPLES]
             names += [(f"cand{n}-{f.replace(', ', '-')}", f"N={n}, @first[{f}] (candidate)")
                       for n, f in candidates]
             for key, what in names:

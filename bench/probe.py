@@ -124,6 +124,10 @@ def filp_configs() -> list[Tracer]:
     return [
         SlabkitCapture(name="slabkit-default", label="slabkit.capture('filp') default (auto)",
                        cache="filp"),
+        SlabkitCapture(name="slabkit-bpf-full", label="slabkit bpf stack_sample=1 (full stacks)",
+                       cache="filp", backend="bpf", stack_sample=1),
+        SlabkitCapture(name="slabkit-bpftrace", label="slabkit bpftrace backend (default sampling)",
+                       cache="filp", backend="bpftrace"),
         SlabkitCapture(name="slabkit-bpftrace-full", label="slabkit bpftrace stack_sample=1",
                        cache="filp", backend="bpftrace", stack_sample=1),
         SlabkitCapture(name="slabkit-perf", label="slabkit perf backend", cache="filp",
@@ -139,6 +143,10 @@ def kmalloc_configs() -> list[Tracer]:
     return [
         SlabkitCapture(name="slabkit-default", label="slabkit.capture('kmalloc-64') default",
                        cache="kmalloc-64"),
+        SlabkitCapture(name="slabkit-bpf-full", label="slabkit bpf stack_sample=1 (full stacks)",
+                       cache="kmalloc-64", backend="bpf", stack_sample=1),
+        SlabkitCapture(name="slabkit-bpftrace", label="slabkit bpftrace backend (default sampling)",
+                       cache="kmalloc-64", backend="bpftrace"),
         SlabkitCapture(name="slabkit-bpftrace-full", label="slabkit bpftrace stack_sample=1",
                        cache="kmalloc-64", backend="bpftrace", stack_sample=1),
         SlabkitCapture(name="slabkit-perf", label="slabkit perf backend", cache="kmalloc-64",
@@ -191,7 +199,7 @@ def _current_check() -> str:
     from .programs import CURRENT, VARIANTS
     try:
         from slabkit.capturing import prepare
-        theirs = prepare("filp").program.text
+        theirs = prepare("filp", backend="bpftrace").program.text
     except Exception as e:  # not root, no bpftrace: say so
         return f"\n(could not render slabkit's own program to compare: {e})\n"
     mine = dict((n, p) for n, _, p in VARIANTS)[CURRENT]
@@ -199,7 +207,8 @@ def _current_check() -> str:
     def norm(text: str) -> list[str]:
         return [l.strip() for l in text.splitlines() if l.strip() and "slabkit-attached" not in l]
     if norm(theirs) == norm(mine):
-        return f"\n`{CURRENT}` is exactly the program slabkit renders for filp today.\n"
+        return (f"\n`{CURRENT}` is exactly the program slabkit's bpftrace backend renders for "
+                "filp today.\n")
     return (f"\nWARNING: slabkit's filp program differs from `{CURRENT}` here; slabkit's:\n\n"
             + "\n".join("    " + l for l in theirs.splitlines()) + "\n")
 
@@ -222,11 +231,13 @@ def summary_rows(d: dict) -> list[list]:
         rows.append([f"probe effect, slabkit default capture ({cache})",
                      f"{r(dflt)} (cpu {r(_med(d, part, 'slabkit-default', 'cpu_ratios'))})",
                      ">= 0.80", "-" if dflt is None else ("yes" if dflt >= 0.8 else "NO")])
-        full = _med(d, part, "slabkit-bpftrace-full")
         anchor = _med(d, part, "anchor-bpftrace-stacks")
-        rows.append([f"full-stack mode vs anchor bpftrace @[comm, kstack] ({cache})",
-                     f"{r(full)} vs {r(anchor)}", ">= anchor",
-                     "-" if None in (full, anchor) else ("yes" if full >= anchor else "NO")])
+        for name, what in (("slabkit-bpf-full", "bpf"), ("slabkit-bpftrace-full", "bpftrace")):
+            full = _med(d, part, name)
+            rows.append([f"full-stack mode ({what}) vs anchor bpftrace @[comm, kstack] "
+                         f"({cache})", f"{r(full)} vs {r(anchor)}", ">= anchor",
+                         "-" if None in (full, anchor) else
+                         ("yes" if full >= anchor else "NO")])
     if "variants" in d:
         best = [(median(v["ratios"]), n) for n, v in d["variants"].items()
                 if not n.startswith("_") and v["ratios"] and n.startswith("N=")]

@@ -1,7 +1,8 @@
 """slabkit's real capture path against Debian's stock 6.1 and 6.12 kernels, over SSH.
 
 Each kernel boots once for this module (the ``guest`` fixture of conftest.py). Every capture is
-``slabkit.capture(cache, host=guest.target())``: an :class:`slabkit.remote.SSHTarget` on the
+``slabkit.capture(cache, host=guest.target(), backend=...)``, with slabkit's own BPF counter and
+with bpftrace: an :class:`slabkit.remote.SSHTarget` on the
 guest's OpenSSH server, so the cache table, kernel facts, plan, bpftrace program, run control,
 kallsyms and cgroup mapping all go through the code real remote captures use. It is started
 with tests/live_capture.capture_around, which runs the workload (bench/slabwork.c, ``-n``: no
@@ -62,9 +63,14 @@ def slabwork(target, *args: str):
     return work, seen
 
 
-def _capture(target, cache: str, work, tmp_path):
+def _capture(target, cache: str, work, tmp_path, backend: str = "auto"):
     # The stop event ends the capture (status "interrupted"); 600 s is only an upper bound.
-    return capture_around(cache, work, host=target, base=tmp_path, seconds=600)
+    return capture_around(cache, work, host=target, base=tmp_path, seconds=600, backend=backend)
+
+
+#: both in-kernel counters: slabkit's own raw-tracepoint program (built here, copied to the
+#: guest; its argument layout read from the guest kernel's BTF) and bpftrace (kprobes there)
+BACKENDS = ["bpf", "bpftrace"]
 
 
 def _slabwork_rows(cap, pid: int):
@@ -80,12 +86,12 @@ def _stack_functions(cap, rows) -> dict[int, list]:
     return {int(sid): list(g["function"]) for sid, g in fr.groupby("stack_id")}
 
 
-def _check_meta(cap, guest, target, strategy: str) -> dict:
+def _check_meta(cap, guest, target, strategy: str, backend: str) -> dict:
     meta = cap.meta
     assert meta["kernel_release"] == guest.release
     assert meta["host"] == target.name and meta["target"] == target.name
     assert set(cap.allocs["host"]) == {target.name}
-    assert meta["backend"] == "bpftrace" and meta["tracer_version"]
+    assert meta["backend"] == backend and meta["tracer_version"]
     plan = meta["plan"]
     assert plan["strategy"] == strategy
     assert plan["reason"], "the plan records why it was chosen"
@@ -96,16 +102,21 @@ def _check_meta(cap, guest, target, strategy: str) -> dict:
     return plan
 
 
-def test_filp_counts_slabwork_opens_exactly_through_kprobes(guest, target, tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_filp_counts_slabwork_opens_exactly(guest, target, tmp_path, backend):
     work, seen = slabwork(target, "open", str(N), "/etc/hostname")
-    cap = _capture(target, "filp", work, tmp_path)
+    cap = _capture(target, "filp", work, tmp_path, backend)
 
-    plan = _check_meta(cap, guest, target, "kprobe-cachep")
+    plan = _check_meta(cap, guest, target, "kprobe-cachep", backend)
     assert "no name field" in plan["reason"]
     assert set(plan["functions"]) == ALLOC_FUNCTIONS[guest.series]
     assert plan["match_name"] == "filp" and plan["exact"] is True
-    for fn in plan["functions"]:
-        assert f"kprobe:{fn}" in cap.meta["program"]
+    if backend == "bpftrace":
+        for fn in plan["functions"]:
+            assert f"kprobe:{fn}" in cap.meta["program"]
+    else:   # the raw tracepoint passes the cache pointer on 6.1 and 6.12: no kprobes needed
+        assert "raw tracepoint kmem_cache_alloc" in cap.meta["program"]
+        assert "--cache filp" in cap.meta["program"]
 
     rows = _slabwork_rows(cap, seen["pid"])
     assert int(rows["count"].sum()) == N, cap.allocs.groupby("comm")["count"].sum().to_dict()
@@ -121,13 +132,14 @@ def test_filp_counts_slabwork_opens_exactly_through_kprobes(guest, target, tmp_p
         assert OPEN_PATH & set(funcs), funcs
 
 
-def test_kmalloc_cg_1k_counts_slabwork_pipes_exactly(guest, target, tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kmalloc_cg_1k_counts_slabwork_pipes_exactly(guest, target, tmp_path, backend):
     # pipe(): alloc_pipe_info() kcalloc()s 16 pipe_buffers (640 bytes, GFP_KERNEL_ACCOUNT) from
     # kmalloc-cg-1k; probe-checks.md found that size class exact for slabwork on both kernels.
     work, seen = slabwork(target, "pipe", str(N))
-    cap = _capture(target, "kmalloc-cg-1k", work, tmp_path)
+    cap = _capture(target, "kmalloc-cg-1k", work, tmp_path, backend)
 
-    plan = _check_meta(cap, guest, target, "kmalloc-size-class")
+    plan = _check_meta(cap, guest, target, "kmalloc-size-class", backend)
     assert plan["alloc_events"] == ["kmem:kmalloc"] and plan["functions"] == []
     assert plan["match_bytes_alloc"] == 1024 and plan["gfp_type"] == "cg"
     if guest.series == "6.1":
