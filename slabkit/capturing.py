@@ -94,7 +94,8 @@ def capture(cache: str, seconds: float = 10, *, backend: str = "auto", mode: str
     >>> cap = slabkit.capture("filp", seconds=5)          # doctest: +SKIP
     >>> slabkit.by_process(cap).head()                     # doctest: +SKIP
 
-    ``backend``: "auto" (bpftrace, else perf, else ftrace, else stap), or one by name.
+    ``backend``: "auto" (slabkit's own BPF counter "bpf", else bpftrace, else perf, else
+    ftrace, else stap), or one by name. ``meta["backends_not_used"]`` says why others were not.
     ``mode``: "allocs" (who allocates) or "outstanding" (objects not freed by the end).
     ``pid``/``comm``: only that process. ``out``: the capture folder (default: a new folder
     under ``data/captures``). ``stop_event``: set it from another thread to end early.
@@ -234,6 +235,7 @@ def run_prepared(prep: Prepared, seconds: float, *, out=None, base=None, progres
     meta.pop("cgroups", None)
     losses = {**result.losses, **parsed.losses}
     meta.update(losses=losses, lost_total=int(sum(losses.values())),
+                stack_losses=parsed.stack_losses,
                 estimated_stacks=parsed.estimated, notes=plan.notes + parsed.notes + control.messages,
                 total_allocs=int(parsed.allocs["count"].sum()) if len(parsed.allocs) else 0)
     if plan.mode == "outstanding":

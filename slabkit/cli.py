@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--duration", type=float, default=10.0, metavar="SECONDS",
                    help="how long to capture (default 10)")
     p.add_argument("-b", "--backend", default="auto",
-                   help="auto (default), bpftrace, perf, ftrace or stap")
+                   help="auto (default: bpf, else bpftrace, perf, ftrace, stap), bpf, "
+                        "bpftrace, perf, ftrace or stap")
     p.add_argument("--outstanding", action="store_true",
                    help="track frees too and report objects still allocated at the end")
     p.add_argument("--pid", default=None, help="only this process id")

@@ -162,8 +162,9 @@ def _plan_dedicated(resolved, facts: KernelFacts, notes: list[str], common: dict
     free = _free_events(facts, common["mode"])
     if ev is not None and ev.has("name"):
         if slot is not None and ev.has("bytes_alloc"):
-            notes.append(f"kernel filter tests bytes_alloc == {slot} (the slot size) before the "
-                         "name, so most other caches' events are dropped by an integer compare")
+            notes.append(f"tracers that filter on event fields (bpftrace, perf, ftrace) test "
+                         f"bytes_alloc == {slot} (the slot size) before the name, so most other "
+                         "caches' events are dropped by an integer compare")
         return Plan(kind=resolved.kind, strategy="tracepoint-name", exact=True,
                     reason="kmem:kmem_cache_alloc carries the cache name on this kernel",
                     alloc_events=["kmem:kmem_cache_alloc"], match_name=resolved.name,

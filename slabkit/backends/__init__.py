@@ -70,6 +70,8 @@ class Parsed:
     losses: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     estimated: bool = False              # counts per stack are estimates (sampling)
+    #: stack samples that could not be recorded (counts per process are not affected)
+    stack_losses: dict[str, int] = field(default_factory=dict)
 
 
 class Backend:

@@ -248,12 +248,13 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     kallsyms = meta.get("kallsyms_path")
     frames = frames_from_addresses(stacks, Path(path).parent / kallsyms if kallsyms else None)
 
-    losses = {k: v for k, v in stats.items() if k in COUNT_LOSSES + STACK_LOSSES and v}
+    losses = {k: v for k, v in stats.items() if k in COUNT_LOSSES and v}
+    stack_losses = {k: v for k, v in stats.items() if k in STACK_LOSSES and v}
     notes = []
     if losses.get("count_map_full"):
         notes.append(f"WARNING: the counts map was full: {losses['count_map_full']} events were "
                      "not counted; raise map_keys")
-    lost_stacks = sum(losses.get(k, 0) for k in STACK_LOSSES)
+    lost_stacks = sum(stack_losses.values())
     if lost_stacks:
         notes.append(f"{lost_stacks} stack samples were not recorded (map full or stack walk "
                      "failed): counts per process stay exact; their share shows as stack -1")
@@ -261,4 +262,4 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         notes.append(f"stacks sampled 1 in {every}: counts per process are exact, counts per "
                      "stack are estimates")
     return Parsed(allocs=allocs, frames=frames, losses=losses, notes=notes,
-                  estimated=every > 1)
+                  estimated=every > 1, stack_losses=stack_losses)

@@ -188,7 +188,11 @@ def _split_key(key: str, nfixed: int, path: Path) -> list[str]:
 
 
 def read_maps(path: Path) -> tuple[dict[str, dict], dict[str, int], list[str]]:
-    """Maps by name, counters of helper errors, and printf lines of a bpftrace json output."""
+    """Maps by name, counters of helper errors, and printf lines of a bpftrace json output.
+
+    Helper errors are counted by helper (``map_update_elem_failed``) and also by the program
+    line they happened on (``map_update_elem_failed@7``), so the parser can tell a full
+    counts map (events lost) from a full stack map (counts intact)."""
     maps: dict[str, dict] = {}
     errors: dict[str, int] = {}
     printed: list[str] = []
@@ -208,6 +212,9 @@ def read_maps(path: Path) -> tuple[dict[str, dict], dict[str, int], list[str]]:
             elif kind == "helper_error":
                 h = f"{doc.get('helper', '?')}_failed"
                 errors[h] = errors.get(h, 0) + 1
+                if doc.get("line") is not None:
+                    at = f"{h}@{doc['line']}"
+                    errors[at] = errors.get(at, 0) + 1
             elif kind == "printf":
                 printed.append(str(doc.get("data", "")))
             elif kind == "lost_events":
@@ -316,8 +323,7 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     kallsyms = meta.get("kallsyms_path")
     frames = frames_from_addresses(stacks, Path(path).parent / kallsyms if kallsyms else None)
 
-    losses = {("map_updates_failed" if k == "map_update_elem_failed" else k): v
-              for k, v in errors.items()}
+    losses, stack_losses = _split_helper_errors(errors, meta.get("program") or "", plan)
     notes = []
     failed = losses.get("map_updates_failed", 0)
     if failed:
@@ -325,11 +331,49 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
                 if plan.mode == "outstanding" else "events were not counted")
         notes.append(f"WARNING: a bpftrace map was full ({failed} failed updates): {what}; "
                      "raise map_keys")
+    if stack_losses.get("stack_map_updates_failed"):
+        notes.append(f"a bpftrace stack map was full ({stack_losses['stack_map_updates_failed']} "
+                     "failed updates): counts per process stay exact, stacks of the threads it "
+                     "missed are borrowed from their other stacks or shown as stack -1; raise "
+                     "map_keys")
     if every > 1:
         notes.append(f"stacks sampled 1 in {every}: counts per process are exact, counts per "
                      "stack are estimates")
     return Parsed(allocs=allocs, frames=frames, outstanding=outstanding, losses=losses,
-                  notes=notes, estimated=every > 1)
+                  notes=notes, estimated=every > 1, stack_losses=stack_losses)
+
+
+#: maps whose failed update loses events (or tracked objects): the rest only lose stacks
+_COUNTING_MAPS = ("@c[", "@r[", "@live[", "@who[", "@stk[")
+
+
+def _split_helper_errors(errors: dict[str, int], program: str, plan: "Plan"
+                         ) -> tuple[dict[str, int], dict[str, int]]:
+    """(losses, stack losses) from :func:`read_maps` errors: a failed map update on a line
+    of ``program`` that updates a counting map is a loss; one on a stack/first-seen map line
+    is a stack loss. Without line numbers (older output), every failure counts as a loss."""
+    lines = program.splitlines()
+    losses: dict[str, int] = {}
+    stack: dict[str, int] = {}
+    by_line = {k: v for k, v in errors.items() if "@" in k}
+    for k, v in errors.items():
+        if "@" in k:
+            continue
+        if k != "map_update_elem_failed":
+            losses[k] = v
+            continue
+        line_known = {int(x.split("@")[1]): n for x, n in by_line.items()
+                      if x.startswith(k + "@") and x.split("@")[1].isdigit()}
+        if not line_known or not lines:
+            losses["map_updates_failed"] = v
+            continue
+        for lineno, n in line_known.items():
+            text = lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+            if any(m in text for m in _COUNTING_MAPS) or not text:
+                losses["map_updates_failed"] = losses.get("map_updates_failed", 0) + n
+            else:
+                stack["stack_map_updates_failed"] = stack.get("stack_map_updates_failed", 0) + n
+    return losses, stack
 
 
 def finish_allocs(allocs: pd.DataFrame, req: pd.DataFrame | None, plan: "Plan", meta: dict,
