@@ -16,6 +16,7 @@ it logs in as root (``PermitRootLogin prohibit-password``); otherwise as the cur
 """
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -172,8 +173,21 @@ def sshd_server(tmp_path_factory):
             pytest.fail(f"ssh test cannot run (SLABKIT_REQUIRE_LIVE=1): {reason}")
         pytest.skip(reason)
     server = SSHServer(tmp_path_factory.mktemp("sshd"))
+    copy = _bpf_copy_on_this_machine()
+    had_copy = copy.exists()
     server.start()
     try:
         yield server
     finally:
         server.stop()
+        if not had_copy:   # the bpf backend copied slabcount to the 'remote' (this machine)
+            shutil.rmtree(copy, ignore_errors=True)
+            for d in (copy.parent,):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+
+
+def _bpf_copy_on_this_machine() -> Path:
+    from slabkit.backends.bpf import REMOTE_DIR
+    from slabkit.bpf.build import source_hash
+    return Path(REMOTE_DIR) / source_hash()

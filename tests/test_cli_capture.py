@@ -35,11 +35,15 @@ def test_bad_input_is_one_line_and_exit_code_2(live, args, message):
     assert len(res.stderr.strip().splitlines()) <= 2
 
 
-def test_print_program_runs_nothing_and_shows_plan_and_program(live):
-    res = run("capture", "filp", "--print-program")
+@pytest.mark.parametrize("backend, shown", [
+    ("auto", "slabcount --cache filp --stack-every 32"),          # auto: the bpf backend
+    ("bpftrace", 'str(args->name, 6) == "filp"'),
+])
+def test_print_program_runs_nothing_and_shows_plan_and_program(live, backend, shown):
+    res = run("capture", "filp", "--print-program", "--backend", backend)
     assert res.returncode == 0, res.stderr
     assert "strategy tracepoint-name" in res.stdout
-    assert 'str(args->name, 6) == "filp"' in res.stdout
+    assert shown in res.stdout
 
 
 def test_stap_backend_says_clearly_why_it_cannot_run_here(live):

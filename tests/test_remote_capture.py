@@ -84,31 +84,35 @@ def test_an_unreachable_host_fails_clearly_and_the_other_result_is_kept(remote, 
     assert "ssh" in message and "true" in message   # says how to check the connection
 
 
+@pytest.mark.parametrize("backend, raw_name, tracer", [
+    ("bpf", "slabcount.tsv", "slabcount"), ("bpftrace", "bpftrace.jsonl", "bpftrace")])
 def test_interrupting_a_remote_capture_leaves_no_tracer_on_the_target(live, sshd_server,  # noqa: F811
-                                                                      tmp_path):
+                                                                      tmp_path, backend,
+                                                                      raw_name, tracer):
     require_tool("bpftrace")
     env = dict(os.environ, SLABKIT_SSH_OPTIONS=shlex.join(sshd_server.client_options))
     out = tmp_path / "cap"
     proc = subprocess.Popen([sys.executable, "-m", "slabkit", "capture", "filp", "-d", "60",
-                             "--host", sshd_server.destination, "-o", str(out), "--quiet"],
+                             "--host", sshd_server.destination, "-o", str(out), "--quiet",
+                             "--backend", backend],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    raw = out / "bpftrace.jsonl"
+    raw = out / raw_name
     deadline = time.time() + 90
     while time.time() < deadline and not (raw.is_file() and b"slabkit-attached" in raw.read_bytes()):
         time.sleep(0.2)
-    tracers = _remote_bpftrace(sshd_server.proc.pid)
-    assert tracers, "no bpftrace runs under the target's sshd"
+    tracers = _remote_tracers(sshd_server.proc.pid, tracer)
+    assert tracers, f"no {tracer} runs under the target's sshd"
     os.kill(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=90)
     assert proc.returncode == 0, stderr
     assert "Top processes" in stdout
     deadline = time.time() + 20
-    while time.time() < deadline and _remote_bpftrace(sshd_server.proc.pid):
+    while time.time() < deadline and _remote_tracers(sshd_server.proc.pid, tracer):
         time.sleep(0.2)
-    assert not _remote_bpftrace(sshd_server.proc.pid)
+    assert not _remote_tracers(sshd_server.proc.pid, tracer)
 
 
-def _remote_bpftrace(sshd_pid: int) -> list[int]:
-    """bpftrace processes descending from the test's sshd (i.e. run on the 'remote')."""
-    return procs.descendants_named(sshd_pid, "bpftrace")
+def _remote_tracers(sshd_pid: int, comm: str) -> list[int]:
+    """Tracer processes descending from the test's sshd (i.e. run on the 'remote')."""
+    return procs.descendants_named(sshd_pid, comm)

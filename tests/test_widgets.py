@@ -271,7 +271,8 @@ def test_runner_captures_and_summarises(runner_base):
     assert cap is not None and cap.path is not None and cap.path.parent == runner_base
     assert cap.cache == "filp" and cap.meta["status"] == "complete"
     assert runner.progress.value == 1.0 and any(0 < v < 1 for v in seen)
-    assert "bpftrace" in runner.messages.value      # the plan and program were shown
+    assert f"backend {cap.meta['backend']}" in runner.messages.value or \
+        cap.meta["backend"] in runner.messages.value   # the plan and program were shown
     total = int(cap.allocs["count"].sum())
     assert total == cap.meta["total_allocs"] > 0
     assert f"{total:,} allocations" in runner.summary.value

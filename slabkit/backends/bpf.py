@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 RAW = "slabcount.tsv"
 STDERR = "slabcount.stderr"
+#: where the binary is copied on SSH targets (tmpfs on most systems: gone at reboot), in a
+#: folder named by the source hash so an old copy is never run
 REMOTE_DIR = "/run/slabkit/bin"
 BTF = "/sys/kernel/btf/vmlinux"
 
@@ -63,11 +65,12 @@ def install(target: "Target") -> str:
     local = build()
     if _is_this_machine(target):
         return str(local)
-    path = f"{REMOTE_DIR}/slabcount-{source_hash()}"
+    folder = f"{REMOTE_DIR}/{source_hash()}"
+    path = f"{folder}/slabcount"          # named so that its comm is "slabcount" there too
     if not target.exists(path):
-        res = target.run(["mkdir", "-p", REMOTE_DIR])
+        res = target.run(["mkdir", "-p", folder])
         if res.returncode != 0:
-            raise TracerUnavailable(f"cannot create {REMOTE_DIR} on {target.name}: "
+            raise TracerUnavailable(f"cannot create {folder} on {target.name}: "
                                     f"{res.stderr.strip()}")
         tmp = f"{path}.part"
         target.write_bytes(tmp, local.read_bytes())
