@@ -18,6 +18,7 @@ from .backends import Backend, Options, Program, choose
 from .control import RunControl
 from .errors import ProbeFailed, SlabkitError
 from .facts import KernelFacts, gather_facts
+from .frames import drop_tracer_glue
 from .names import check_seconds
 from .plan import Plan, plan_capture
 from .runner import TermAsInterrupt
@@ -231,7 +232,9 @@ def run_prepared(prep: Prepared, seconds: float, *, out=None, base=None, progres
     meta.update(_save_kallsyms(target, folder))
     store.write_running(folder, meta)
     parsed = prep.backend.parse(folder, plan, meta)
-    _trim_kallsyms(folder, meta, parsed.frames)
+    _trim_kallsyms(folder, meta, parsed.frames)   # before dropping glue: a reparse needs it
+    parsed.allocs, parsed.frames, parsed.outstanding = drop_tracer_glue(
+        parsed.allocs, parsed.frames, parsed.outstanding)
     meta.pop("cgroups", None)
     losses = {**result.losses, **parsed.losses}
     meta.update(losses=losses, lost_total=int(sum(losses.values())),

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slabkit",
         description="Who allocates from a Linux slab cache: list caches, capture allocations "
-                    "with bpftrace/perf/ftrace/SystemTap, and analyse them.")
+                    "with slabkit's BPF counter/bpftrace/perf/ftrace/SystemTap, and analyse them.")
     parser.add_argument("--version", action="version", version=f"slabkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, metavar="DIR",
                    help="capture folder to write (default: new folder in data/captures)")
     p.add_argument("--stack-sample", type=int, default=None, metavar="N",
-                   help="bpftrace: take a stack for 1 event in N, count all (default 32)")
+                   help="bpf/bpftrace: take a stack for 1 event in N, count all (default 32)")
     p.add_argument("--full-stacks", action="store_true", help="a stack for every event")
     p.add_argument("--sample-every", type=int, default=1, metavar="N",
                    help="perf: record 1 event in N and scale counts back (default 1)")

@@ -17,6 +17,7 @@ import pandas as pd
 
 from . import store
 from .errors import CaptureNotFound, InvalidInput, ParseError
+from .frames import drop_tracer_glue
 from .tables import Capture
 
 PathLike = Union[str, os.PathLike]
@@ -105,6 +106,8 @@ def reparse_folder(folder: Path) -> Capture:
     meta = json.loads(meta_path.read_text())
     plan = Plan.from_json(meta["plan"])
     parsed = get_backend(meta["backend"]).parse(folder, plan, meta)
+    parsed.allocs, parsed.frames, parsed.outstanding = drop_tracer_glue(
+        parsed.allocs, parsed.frames, parsed.outstanding)
     host = meta.get("host") or "unknown"
     if meta.get("status") in (None, "running", "failed"):
         meta["status"] = "interrupted"

@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 class Options:
     """Backend knobs a user may set; recorded in the capture's meta."""
 
-    stack_sample: int = 1          # bpftrace: take a stack for 1 event in N (all counted)
+    stack_sample: int = 1          # bpf/bpftrace: take a stack for 1 event in N (all counted)
     sample_every: int = 1          # perf: record 1 event in N (counts scaled back by N)
-    map_keys: int | None = None    # bpftrace: map size in keys (default 65536; 262144 for
+    map_keys: int | None = None    # bpf/bpftrace: map size in keys (default 65536; 262144 for
                                    # outstanding mode); a full map is reported
     buffer_kb: int = 8192          # perf/ftrace per-CPU buffer size
 
@@ -100,6 +100,24 @@ class Backend:
 
     def parse(self, folder: Path, plan: "Plan", meta: dict) -> Parsed:
         raise NotImplementedError
+
+
+def run_marked_tracer(target: "Target", program: Program, raw: Path, errf: Path,
+                      control: "RunControl", *, what: str) -> tuple[str, int | None, str]:
+    """Run a tracer that prints ``slabkit-attached`` on stdout once its probes are live and
+    writes its results when stopped (SIGINT, sent on leaving :func:`tracer_process`).
+
+    stdout goes to ``raw``, stderr to ``errf``. Returns (end reason, exit status, stderr)."""
+    from ..runner import tracer_process
+    with open(raw, "wb") as out, open(errf, "wb") as err:
+        with tracer_process(target, program.argv, stdout=out, stderr=err,
+                            env=program.env or None) as proc:
+            def attached() -> bool:
+                with open(raw, "rb") as f:
+                    return b"slabkit-attached" in f.read(4096)
+            control.wait_attached(attached, lambda: proc.poll() is None, what=what)
+            reason = control.run_for(lambda: proc.poll() is None)
+    return reason, proc.returncode, errf.read_text(errors="replace")
 
 
 def registry() -> dict[str, Backend]:

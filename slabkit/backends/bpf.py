@@ -31,9 +31,8 @@ import pandas as pd
 
 from ..errors import ParseError, ProbeFailed, TracerUnavailable
 from ..names import check_cache_name, check_comm
-from ..runner import tracer_process
 from ..target import LocalTarget
-from . import Backend, Options, Parsed, Program, RunResult
+from . import Backend, Options, Parsed, Program, RunResult, run_marked_tracer
 from .bpftrace import finish_allocs, frames_from_addresses, spread_counts
 
 if TYPE_CHECKING:
@@ -163,17 +162,9 @@ class BpfBackend(Backend):
     def run(self, target: "Target", program: Program, folder: Path,
             control: "RunControl") -> RunResult:
         raw = folder / RAW
-        errf = folder / STDERR
-        with open(raw, "wb") as out, open(errf, "wb") as err:
-            with tracer_process(target, program.argv, stdout=out, stderr=err) as proc:
-                def attached() -> bool:
-                    with open(raw, "rb") as f:
-                        return b"slabkit-attached" in f.read(256)
-                control.wait_attached(attached, lambda: proc.poll() is None, what="slabcount")
-                reason = control.run_for(lambda: proc.poll() is None)
-            # leaving the block sent SIGINT: slabcount detached, printed its maps and exited
-        stderr = errf.read_text(errors="replace")
-        rc = proc.returncode
+        # stopping it (SIGINT) makes slabcount detach, print its maps and exit
+        reason, rc, stderr = run_marked_tracer(target, program, raw, folder / STDERR, control,
+                                               what="slabcount")
         if rc not in (0, None) and not _complete(raw):
             raise ProbeFailed("slabcount failed", returncode=rc, stderr=stderr.strip(),
                               raw_path=str(raw))

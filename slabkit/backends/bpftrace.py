@@ -38,8 +38,7 @@ import pandas as pd
 
 from ..errors import ParseError, ProbeFailed
 from ..names import check_cache_name, check_comm
-from ..runner import tracer_process
-from . import Backend, Options, Parsed, Program, RunResult
+from . import Backend, Options, Parsed, Program, RunResult, run_marked_tracer
 
 if TYPE_CHECKING:
     from ..control import RunControl
@@ -152,18 +151,9 @@ class BpftraceBackend(Backend):
     def run(self, target: "Target", program: Program, folder: Path,
             control: "RunControl") -> RunResult:
         raw = folder / RAW
-        errf = folder / STDERR
-        with open(raw, "wb") as out, open(errf, "wb") as err:
-            with tracer_process(target, program.argv, stdout=out, stderr=err,
-                                env=program.env) as proc:
-                def attached() -> bool:
-                    with open(raw, "rb") as f:
-                        return b"slabkit-attached" in f.read(4096)
-                control.wait_attached(attached, lambda: proc.poll() is None, what="bpftrace")
-                reason = control.run_for(lambda: proc.poll() is None)
-            # leaving the block sent SIGINT: bpftrace printed its maps and exited
-        stderr = errf.read_text(errors="replace")
-        rc = proc.returncode
+        # stopping it (SIGINT) makes bpftrace print its maps and exit
+        reason, rc, stderr = run_marked_tracer(target, program, raw, folder / STDERR, control,
+                                               what="bpftrace")
         if reason == "tracer-exited" and rc not in (0, None):
             raise ProbeFailed("bpftrace failed", returncode=rc, stderr=_clean_stderr(stderr),
                               raw_path=str(raw))

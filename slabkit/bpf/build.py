@@ -92,6 +92,9 @@ def build(force: bool = False) -> Path:
         _step(["cc", "-O2", "-Wall", "-I.", "-o", "slabcount", "slabcount.c", "-static",
                "-lbpf", "-lelf", "-lz"], work)
         os.replace(work / "slabcount", out)   # atomic: a half-built binary is never used
+    for old in out.parent.parent.glob("slabcount-*"):    # builds of older sources
+        if old != out.parent and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
     return out
 
 

@@ -180,16 +180,18 @@ static __always_inline void take_stack(void *ctx, struct key *who, __u64 weight)
 		}
 		h |= 1;                 /* 0 means "no stack" */
 		sk.stack = h;
-		if (!bpf_map_lookup_elem(&stacks, &h)) {
-			st->depth = depth;
-			if (bpf_map_update_elem(&stacks, &h, st, BPF_NOEXIST) == -7)
-				bump(STAT_STACK_FULL);
-		}
 	}
 	__u64 *w = bpf_map_lookup_elem(&samples, &sk);
-	if (w) {
+	if (w) {                /* seen before by this key: its stack is stored already */
 		__sync_fetch_and_add(w, weight);
-	} else if (bpf_map_update_elem(&samples, &sk, &weight, BPF_NOEXIST)) {
+		return;
+	}
+	if (sk.stack && !bpf_map_lookup_elem(&stacks, &sk.stack)) {
+		st->depth = (__u32)n / 8;
+		if (bpf_map_update_elem(&stacks, &sk.stack, st, BPF_NOEXIST) == -7)
+			bump(STAT_STACK_FULL);
+	}
+	if (bpf_map_update_elem(&samples, &sk, &weight, BPF_NOEXIST)) {
 		w = bpf_map_lookup_elem(&samples, &sk);   /* lost a race with another CPU */
 		if (w)
 			__sync_fetch_and_add(w, weight);
