@@ -18,7 +18,8 @@ Output of ``slabcount`` (tab-separated, printed after detaching)::
     slabkit-attached  kmem_cache_alloc
     stat    matched   100214              # also count_map_full, stack_failed, ...
     count   <pid> <tid> <cgroup> <comm hex> <count> <bytes_req>
-    sample  <pid> <tid> <cgroup> <comm hex> <stack hash> <weight>
+    sample  <pid> <tid> <cgroup> <comm hex> <stack hash> <weight> <bytes_req>
+                                          # full stacks (stack_sample=1): these are the counts
     stack   <stack hash> <hex address>...  # allocator first; tracing frames cut
     end
 """
@@ -202,9 +203,10 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
                 if kind == "count":
                     counts.append((int(parts[1]), int(parts[2]), int(parts[3]),
                                    _comm(parts[4]), int(parts[5]), int(parts[6])))
-                elif kind == "sample":
+                elif kind == "sample":   # (older outputs have no bytes_req column)
                     samples.append((int(parts[1]), int(parts[2]), int(parts[3]),
-                                    _comm(parts[4]), int(parts[5], 16), int(parts[6])))
+                                    _comm(parts[4]), int(parts[5], 16), int(parts[6]),
+                                    int(parts[7]) if len(parts) > 7 else 0))
                 elif kind == "stack":
                     stacks[int(parts[1], 16)] = tuple(int(a, 16) for a in parts[2:])
                 elif kind == "stat":
@@ -219,7 +221,7 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
                          "(killed?); its counts are lost", path=str(path))
     keys = ["pid", "tid", "cgroup_id", "comm"]
     exact = pd.DataFrame(counts, columns=keys + ["count", "bytes_req"])
-    sampled = pd.DataFrame(samples, columns=keys + ["stack", "samples"])
+    sampled = pd.DataFrame(samples, columns=keys + ["stack", "samples", "bytes_req"])
     return exact, sampled, stacks, stats
 
 
@@ -231,12 +233,23 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     ids: dict[tuple[int, ...], int] = {}
     hash_to_id = {h: ids.setdefault(addrs, len(ids)) for h, addrs in by_hash.items() if addrs}
     sampled["stack_id"] = sampled["stack"].map(hash_to_id).fillna(-1).astype("int64")
-    sampled = sampled.groupby(keys + ["stack_id"], as_index=False)["samples"].sum()
+    sampled = sampled.groupby(keys + ["stack_id"], as_index=False)[["samples", "bytes_req"]].sum()
     every = int(meta.get("options", {}).get("stack_sample", 1) or 1)
-    allocs = spread_counts(exact[keys + ["count"]], sampled, keys)
-    req = exact[keys + ["bytes_req"]].rename(columns={"bytes_req": "req"}) \
-        if plan.strategy == "kmalloc-size-class" else None
-    allocs = finish_allocs(allocs, req, plan, meta, keys)
+    kmalloc = plan.strategy == "kmalloc-size-class"
+    if every == 1 and exact.empty:
+        # full-stack mode: every event was recorded with its stack; these are the counts
+        allocs = sampled.rename(columns={"samples": "count"})
+        allocs = allocs[allocs["count"] > 0].reset_index(drop=True)
+        req_exact = allocs.pop("bytes_req")
+        allocs = finish_allocs(allocs, None, plan, meta, keys)
+        if kmalloc:
+            allocs["bytes_req"] = req_exact.astype("Int64")
+    else:
+        allocs = spread_counts(exact[keys + ["count"]], sampled[keys + ["stack_id", "samples"]],
+                               keys)
+        req = exact[keys + ["bytes_req"]].rename(columns={"bytes_req": "req"}) \
+            if kmalloc else None
+        allocs = finish_allocs(allocs, req, plan, meta, keys)
 
     stacks = {sid: list(addrs) for addrs, sid in ids.items()}
     kallsyms = meta.get("kallsyms_path")
