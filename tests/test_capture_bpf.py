@@ -81,9 +81,11 @@ def test_dentry_from_lookups_of_missing_names(bpf, tmp_path):
     assert int(pid_rows(cap, w.pid)["count"].sum()) == N
 
 
-def test_kmalloc_size_class_is_exact_with_requested_bytes(bpf, tmp_path):
+@pytest.mark.parametrize("stack_sample", [None, 1])   # default sampling; full stacks
+def test_kmalloc_size_class_is_exact_with_requested_bytes(bpf, tmp_path, stack_sample):
     with Workload("eventfd", N) as w:
-        cap = capture_around("kmalloc-64", w.go, base=tmp_path, backend="bpf")
+        cap = capture_around("kmalloc-64", w.go, base=tmp_path, backend="bpf",
+                             stack_sample=stack_sample)
     rows = pid_rows(cap, w.pid)
     assert cap.meta["plan"]["strategy"] == "kmalloc-size-class"
     assert int(rows["count"].sum()) == N
@@ -110,13 +112,16 @@ def test_pid_and_comm_filters(bpf, tmp_path, by):
         assert int(pid_rows(cap, o.pid)["count"].sum()) == N
 
 
-def test_a_full_counts_map_is_reported_not_hidden(bpf, tmp_path):
+@pytest.mark.parametrize("stack_sample", [None, 1])
+def test_a_full_counts_map_is_reported_not_hidden(bpf, tmp_path, stack_sample):
     """map_keys=16 with more than 16 processes allocating: the events that found no slot are
-    counted as lost and the capture says so."""
+    counted as lost and the capture says so (full-stack mode counts in its (key, stack) map,
+    so there that map filling up is the loss)."""
     def spawn_many():
         for _ in range(40):
             subprocess.run(["/bin/true"], check=True)
-    cap = capture_around("filp", spawn_many, base=tmp_path, backend="bpf", map_keys=16)
+    cap = capture_around("filp", spawn_many, base=tmp_path, backend="bpf", map_keys=16,
+                         stack_sample=stack_sample)
     assert cap.meta["losses"].get("count_map_full", 0) > 0
     assert cap.meta["lost_total"] >= cap.meta["losses"]["count_map_full"]
     assert any("counts map was full" in n for n in cap.meta["notes"])
@@ -210,11 +215,12 @@ def test_reasons_when_the_kernel_lacks_what_the_program_needs(tmp_path):
     assert "kmalloc_node" in backend.unsupported(node, old)
 
 
-def test_recorded_output_parses_to_the_known_workload():
-    """Recorded here: ``slabcount --cache filp`` around ``slabwork open 2000`` (pid in the
-    fixture's README)."""
-    exact, sampled, stacks, stats = read_output(RECORDED)
-    meta = json.loads((RECORDED.parent / "README.json").read_text())
+@pytest.mark.parametrize("name", ["filp-6.18", "filp-6.18-v1"])   # v1: samples without bytes_req
+def test_recorded_output_parses_to_the_known_workload(name):
+    """Recorded here: ``slabcount --cache filp`` around ``slabwork open 2000`` (pid and the
+    command in the .json beside it)."""
+    exact, sampled, stacks, stats = read_output(FIXTURES / "bpf" / f"{name}.tsv")
+    meta = json.loads((FIXTURES / "bpf" / f"{name}.json").read_text())
     mine = exact[exact["pid"] == meta["pid"]]
     # the forked python opened the binary before exec (comm still python3), then slabwork ran
     assert int(mine.loc[mine["comm"] == "slabwork", "count"].sum()) == meta["n"]
@@ -222,6 +228,8 @@ def test_recorded_output_parses_to_the_known_workload():
     assert stats["matched"] == int(exact["count"].sum())
     assert set(sampled["stack"]) <= set(stacks)
     assert all(len(a) > 3 for a in stacks.values())
+    # weights: 1 for each key's first stack, plus 32 for each later sample of that stack
+    assert (sampled["samples"] % 32).isin([0, 1]).all() and (sampled["samples"] > 0).all()
 
 
 @pytest.mark.parametrize("cut", ["no-end", "bad-line"])

@@ -8,9 +8,11 @@
  * pointer compare (the `struct kmem_cache *` is learnt once, by name, through BTF/CO-RE).
  *
  * Per matching event: one per-CPU hash update keyed by (pid, tid, cgroup, comm): exact counts,
- * no locks. A kernel stack is taken for the first event of each key on each CPU and then for
- * 1 event in `stack_every` (random), weighted so that per-stack counts are estimates whose
- * per-key sums are exact (user space spreads each exact count over its stacks).
+ * no locks. A kernel stack is taken for the first event of each key and then for 1 event in
+ * `stack_every` (random), weighted so that per-stack counts are estimates whose per-key sums
+ * are exact (user space spreads each exact count over its stacks). With `stack_every` 1
+ * (full stacks) every event updates only the per-CPU (key, stack) map, which then holds the
+ * exact counts.
  *
  * Stacks are hashed here (64-bit) and stored once per hash, so unlike a stack-id map two
  * different stacks never share an id silently. Everything that could not be recorded is
@@ -88,11 +90,13 @@ struct {
 	__type(value, struct value);
 } counts SEC(".maps");
 
+/* weight (events this sample stands for) and requested bytes, per (key, stack): per-CPU, so
+ * no atomics; in full-stack mode (stack_every == 1) these are the exact counts */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct stack_key);
-	__type(value, __u64);
+	__type(value, struct value);
 } samples SEC(".maps");
 
 struct {
@@ -160,7 +164,8 @@ static __always_inline int is_target(__u64 s)
 	return ok;
 }
 
-static __always_inline void take_stack(void *ctx, struct key *who, __u64 weight)
+static __always_inline void take_stack(void *ctx, struct key *who, __u64 weight,
+				       __u64 bytes_req)
 {
 	__u32 zero = 0;
 	struct stack *st = bpf_map_lookup_elem(&scratch, &zero);
@@ -181,9 +186,10 @@ static __always_inline void take_stack(void *ctx, struct key *who, __u64 weight)
 		h |= 1;                 /* 0 means "no stack" */
 		sk.stack = h;
 	}
-	__u64 *w = bpf_map_lookup_elem(&samples, &sk);
+	struct value *w = bpf_map_lookup_elem(&samples, &sk);
 	if (w) {                /* seen before by this key: its stack is stored already */
-		__sync_fetch_and_add(w, weight);
+		w->count += weight;
+		w->bytes_req += bytes_req;
 		return;
 	}
 	if (sk.stack && !bpf_map_lookup_elem(&stacks, &sk.stack)) {
@@ -191,12 +197,16 @@ static __always_inline void take_stack(void *ctx, struct key *who, __u64 weight)
 		if (bpf_map_update_elem(&stacks, &sk.stack, st, BPF_NOEXIST) == -7)
 			bump(STAT_STACK_FULL);
 	}
-	if (bpf_map_update_elem(&samples, &sk, &weight, BPF_NOEXIST)) {
-		w = bpf_map_lookup_elem(&samples, &sk);   /* lost a race with another CPU */
-		if (w)
-			__sync_fetch_and_add(w, weight);
-		else
-			bump(STAT_SAMPLE_FULL);
+	struct value nv = { .count = weight, .bytes_req = bytes_req };
+	if (bpf_map_update_elem(&samples, &sk, &nv, BPF_NOEXIST)) {
+		w = bpf_map_lookup_elem(&samples, &sk);   /* another CPU inserted it first */
+		if (w) {
+			w->count += weight;
+			w->bytes_req += bytes_req;
+		} else {
+			/* full-stack mode counts here: a lost sample is a lost event */
+			bump(stack_every == 1 ? STAT_COUNT_FULL : STAT_SAMPLE_FULL);
+		}
 	}
 }
 
@@ -219,15 +229,17 @@ static __always_inline int count(void *ctx, __u64 bytes_req)
 	}
 	k.cgroup = bpf_get_current_cgroup_id();
 	bump(STAT_MATCHED);
+	if (stack_every == 1) {         /* full-stack mode: the samples are the counts */
+		take_stack(ctx, &k, 1, bytes_req);
+		return 0;
+	}
 
 	struct value *v = bpf_map_lookup_elem(&counts, &k);
 	if (v) {
 		v->count += 1;
 		v->bytes_req += bytes_req;
-		if (stack_every > 1 && bpf_get_prandom_u32() % stack_every == 0)
-			take_stack(ctx, &k, stack_every);
-		else if (stack_every == 1)
-			take_stack(ctx, &k, 1);
+		if (bpf_get_prandom_u32() % stack_every == 0)
+			take_stack(ctx, &k, stack_every, 0);
 		return 0;
 	}
 	struct value nv = { .count = 1, .bytes_req = bytes_req };
@@ -241,7 +253,7 @@ static __always_inline int count(void *ctx, __u64 bytes_req)
 		v->bytes_req += bytes_req;
 		return 0;
 	}
-	take_stack(ctx, &k, 1);   /* the key's first event: every thread gets a stack */
+	take_stack(ctx, &k, 1, 0);   /* the key's first event: every thread gets a stack */
 	return 0;
 }
 

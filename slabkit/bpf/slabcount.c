@@ -229,14 +229,19 @@ static void dump(struct slabcount_bpf *skel)
 	}
 
 	struct stack_key sk, *prevsk = NULL;
-	__u64 w;
 	fd = bpf_map__fd(skel->maps.samples);
 	while (bpf_map_get_next_key(fd, prevsk, &sk) == 0) {
-		if (!bpf_map_lookup_elem(fd, &sk, &w)) {
+		if (!bpf_map_lookup_elem(fd, &sk, vals)) {
+			__u64 w = 0, req = 0;
+			for (int c = 0; c < ncpu; c++) {
+				w += vals[c].count;
+				req += vals[c].bytes_req;
+			}
 			printf("sample\t%u\t%u\t%llu\t", sk.who.pid, sk.who.tid,
 			       (unsigned long long)sk.who.cgroup);
 			print_comm(sk.who.comm);
-			printf("\t%016llx\t%llu\n", (unsigned long long)sk.stack, (unsigned long long)w);
+			printf("\t%016llx\t%llu\t%llu\n", (unsigned long long)sk.stack,
+			       (unsigned long long)w, (unsigned long long)req);
 		}
 		prevsk = &sk;
 	}
