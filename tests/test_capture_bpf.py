@@ -244,3 +244,35 @@ def test_broken_output_is_a_clear_error(tmp_path, cut):
         match = "not a slabcount output line"
     with pytest.raises(ParseError, match=match):
         read_output(bad)
+
+
+def test_both_stack_paths_give_the_same_stacks(bpf, tmp_path):
+    """Stacks go to the kernel's stack map (ids with the top bit) and, where its bucket holds
+    another stack, are copied and hashed instead. A one-bucket stack map sends all but one
+    stack down the second path: both must give whole, exact, allocator-first stacks."""
+    from bench.common import run_loop
+    from slabkit.frames import Kallsyms
+    out = tmp_path / "slabcount.tsv"
+    with open(out, "wb") as o:
+        proc = subprocess.Popen([str(bpf), "--cache", "filp", "--stack-every", "1",
+                                 "--kstack-keys", "1", "--comm", "slabwork"], stdout=o)
+        try:
+            deadline = time.time() + 30
+            while b"slabkit-attached" not in out.read_bytes() and time.time() < deadline:
+                time.sleep(0.05)
+            mix = run_loop("mixloop", 1)    # opens, eventfds, pipes, sockets...: many stacks
+        finally:
+            proc.send_signal(2)
+            proc.wait(30)
+    exact, sampled, stacks, stats = read_output(out)
+    assert exact.empty                                   # full stacks: samples are the counts
+    from bench.accuracy import FILPS_PER_CALL
+    made = sum(n * FILPS_PER_CALL.get(k, 1) for k, n in mix.extra.items())
+    mine = sampled[sampled["pid"] == mix.pid]
+    assert int(mine["samples"].sum()) == made and stats["count_map_full"] == 0
+    kinds = {"kernel map" if h >> 63 else "hashed" for h in sampled["stack"]}
+    assert kinds == {"kernel map", "hashed"}, kinds
+    ks = Kallsyms.from_path()
+    for h, addrs in stacks.items():
+        func, _, _ = ks.resolve(list(addrs))
+        assert str(func[0]).startswith("kmem_cache_alloc"), (hex(h), list(func)[:3])

@@ -121,6 +121,17 @@ struct {
 	__type(value, struct stack);
 } scratch SEC(".maps");
 
+/* The kernel's own stack map: bpf_get_stackid hashes and stores a stack in C, cheaper than
+ * copying it out and hashing it here. Ids from it are marked with the top bit; a stack whose
+ * bucket holds another one (-EEXIST: two stacks, one slot) takes the copy-and-hash path. */
+#define KSTACK_ID (1ULL << 63)
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 4096);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, MAX_DEPTH * sizeof(__u64));
+} kstacks SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_N);
@@ -167,12 +178,33 @@ static __always_inline int is_target(__u64 s)
 static __always_inline void take_stack(void *ctx, struct key *who, __u64 weight,
 				       __u64 bytes_req)
 {
+	struct stack_key sk = { .who = *who, .stack = 0 };
+	long id = bpf_get_stackid(ctx, &kstacks, 0);
+	if (id >= 0) {
+		sk.stack = KSTACK_ID | (__u64)id;
+		struct value *w = bpf_map_lookup_elem(&samples, &sk);
+		if (w) {
+			w->count += weight;
+			w->bytes_req += bytes_req;
+			return;
+		}
+		struct value nv = { .count = weight, .bytes_req = bytes_req };
+		if (bpf_map_update_elem(&samples, &sk, &nv, BPF_NOEXIST)) {
+			w = bpf_map_lookup_elem(&samples, &sk);
+			if (w) {
+				w->count += weight;
+				w->bytes_req += bytes_req;
+			} else {
+				bump(stack_every == 1 ? STAT_COUNT_FULL : STAT_SAMPLE_FULL);
+			}
+		}
+		return;
+	}
 	__u32 zero = 0;
 	struct stack *st = bpf_map_lookup_elem(&scratch, &zero);
 	if (!st)
 		return;
 	long n = bpf_get_stack(ctx, st->ip, sizeof(st->ip), 0);
-	struct stack_key sk = { .who = *who, .stack = 0 };
 	if (n <= 0) {
 		bump(STAT_STACK_FAILED);
 	} else {
@@ -183,7 +215,7 @@ static __always_inline void take_stack(void *ctx, struct key *who, __u64 weight,
 				break;
 			h = (h ^ st->ip[i]) * 0x100000001b3ULL;
 		}
-		h |= 1;                 /* 0 means "no stack" */
+		h = (h & ~KSTACK_ID) | 1;       /* 0: no stack; top bit: a kstacks id */
 		sk.stack = h;
 	}
 	struct value *w = bpf_map_lookup_elem(&samples, &sk);

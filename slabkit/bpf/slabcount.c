@@ -10,6 +10,7 @@
  *   slabcount --cache NAME [options]       a cache by name (pointer learnt once)
  *   slabcount --kmalloc-size N [--gfp-require X] [--gfp-forbid Y] [options]
  * options: --pid P --comm C --stack-every N --count-keys K --sample-keys K --stack-keys K
+ *          --kstack-keys K (the kernel stack map; 1 forces most stacks down the hashed path)
  *
  * Output: tab-separated lines (see slabkit/backends/bpf.py); "end" last, so a cut-off
  * output is detected. comm is printed as hex (it may hold any byte but NUL).
@@ -193,6 +194,17 @@ static int skip_frame(unsigned long long ip)
 	return 0;
 }
 
+static void print_stack(unsigned long long id, const __u64 *ip, __u32 depth)
+{
+	printf("stack\t%016llx", id);
+	__u32 i = 0;
+	while (i < depth && i < 4 && skip_frame(ip[i]))
+		i++;
+	for (; i < depth && i < MAX_DEPTH; i++)
+		printf("\t%llx", (unsigned long long)ip[i]);
+	printf("\n");
+}
+
 static void dump(struct slabcount_bpf *skel)
 {
 	int ncpu = libbpf_num_possible_cpus();
@@ -250,16 +262,22 @@ static void dump(struct slabcount_bpf *skel)
 	struct stack st;
 	fd = bpf_map__fd(skel->maps.stacks);
 	while (bpf_map_get_next_key(fd, prevh, &h) == 0) {
-		if (!bpf_map_lookup_elem(fd, &h, &st)) {
-			printf("stack\t%016llx", (unsigned long long)h);
-			__u32 i = 0;
-			while (i < st.depth && i < 4 && skip_frame(st.ip[i]))
-				i++;
-			for (; i < st.depth && i < MAX_DEPTH; i++)
-				printf("\t%llx", (unsigned long long)st.ip[i]);
-			printf("\n");
-		}
+		if (!bpf_map_lookup_elem(fd, &h, &st))
+			print_stack(h, st.ip, st.depth);
 		prevh = &h;
+	}
+	/* the kernel's stack map: ids marked with the top bit; frames end at the first 0 */
+	__u32 id, *previd = NULL;
+	fd = bpf_map__fd(skel->maps.kstacks);
+	while (bpf_map_get_next_key(fd, previd, &id) == 0) {
+		memset(st.ip, 0, sizeof(st.ip));
+		if (!bpf_map_lookup_elem(fd, &id, st.ip)) {
+			__u32 depth = 0;
+			while (depth < MAX_DEPTH && st.ip[depth])
+				depth++;
+			print_stack((1ULL << 63) | id, st.ip, depth);
+		}
+		previd = &id;
 	}
 	printf("end\n");
 	fflush(stdout);
@@ -281,7 +299,7 @@ int main(int argc, char **argv)
 {
 	const char *cache = NULL, *comm = NULL;
 	long kmalloc_size = 0, pid = 0, every = 32, count_keys = 65536, sample_keys = 65536;
-	long stack_keys = 16384, gfp_require = 0, gfp_forbid = 0;
+	long stack_keys = 16384, kstack_keys = 4096, gfp_require = 0, gfp_forbid = 0;
 	int probe = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -300,6 +318,7 @@ int main(int argc, char **argv)
 		else if (!strcmp(a, "--count-keys")) count_keys = num(a, v, 16, 1 << 24);
 		else if (!strcmp(a, "--sample-keys")) sample_keys = num(a, v, 16, 1 << 24);
 		else if (!strcmp(a, "--stack-keys")) stack_keys = num(a, v, 16, 1 << 22);
+		else if (!strcmp(a, "--kstack-keys")) kstack_keys = num(a, v, 1, 1 << 20);
 		else die(2, "unknown option %s", a);
 	}
 	libbpf_set_print(quiet_print);
@@ -352,6 +371,7 @@ int main(int argc, char **argv)
 	bpf_map__set_max_entries(skel->maps.counts, count_keys);
 	bpf_map__set_max_entries(skel->maps.samples, sample_keys);
 	bpf_map__set_max_entries(skel->maps.stacks, stack_keys);
+	bpf_map__set_max_entries(skel->maps.kstacks, kstack_keys);
 	bpf_program__set_autoload(skel->progs.on_cache_alloc, cache != NULL);
 	bpf_program__set_autoload(skel->progs.on_kmalloc, kmalloc_size != 0);
 	int err = slabcount_bpf__load(skel);
