@@ -124,7 +124,10 @@ class Candidate(Bpftrace):
         meta = dict(full_meta, kallsyms_path="kallsyms.txt.gz",
                     options=dict(full_meta.get("options") or {}, stack_sample=self.stack_sample))
         parsed = parse_output(raw, Plan.from_json(meta["plan"]), meta)
-        return SimpleNamespace(allocs=parsed.allocs, frames=parsed.frames, meta=meta)
+        # as slabkit.capture does: stacks must not depend on what else was attached
+        from slabkit.frames import drop_tracer_glue
+        allocs, frames, _ = drop_tracer_glue(parsed.allocs, parsed.frames)
+        return SimpleNamespace(allocs=allocs, frames=frames, meta=meta)
 
 
 def _row_label(t) -> str:
