@@ -14,8 +14,9 @@
  * (full stacks) every event updates only the per-CPU (key, stack) map, which then holds the
  * exact counts.
  *
- * Stacks are hashed here (64-bit) and stored once per hash, so unlike a stack-id map two
- * different stacks never share an id silently. Everything that could not be recorded is
+ * Stacks go to the kernel's stack map (bpf_get_stackid without BPF_F_REUSE_STACKID, so a
+ * bucket is never silently overwritten by another stack); a stack whose bucket is taken is
+ * copied out and hashed here (64-bit) instead. Everything that could not be recorded is
  * counted in `stats` and reported.
  */
 #include <linux/bpf.h>
@@ -175,6 +176,28 @@ static __always_inline int is_target(__u64 s)
 	return ok;
 }
 
+/* Add to an existing (key, stack) sample; 0 when there is none yet. */
+static __always_inline int add_to_sample(struct stack_key *sk, __u64 weight, __u64 bytes_req)
+{
+	struct value *w = bpf_map_lookup_elem(&samples, sk);
+	if (!w)
+		return 0;
+	w->count += weight;
+	w->bytes_req += bytes_req;
+	return 1;
+}
+
+static __always_inline void new_sample(struct stack_key *sk, __u64 weight, __u64 bytes_req)
+{
+	struct value nv = { .count = weight, .bytes_req = bytes_req };
+	if (bpf_map_update_elem(&samples, sk, &nv, BPF_NOEXIST) == 0)
+		return;
+	if (add_to_sample(sk, weight, bytes_req))   /* another CPU inserted it first */
+		return;
+	/* full-stack mode counts here: a lost sample is a lost event */
+	bump(stack_every == 1 ? STAT_COUNT_FULL : STAT_SAMPLE_FULL);
+}
+
 static __always_inline void take_stack(void *ctx, struct key *who, __u64 weight,
 				       __u64 bytes_req)
 {
@@ -182,24 +205,11 @@ static __always_inline void take_stack(void *ctx, struct key *who, __u64 weight,
 	long id = bpf_get_stackid(ctx, &kstacks, 0);
 	if (id >= 0) {
 		sk.stack = KSTACK_ID | (__u64)id;
-		struct value *w = bpf_map_lookup_elem(&samples, &sk);
-		if (w) {
-			w->count += weight;
-			w->bytes_req += bytes_req;
-			return;
-		}
-		struct value nv = { .count = weight, .bytes_req = bytes_req };
-		if (bpf_map_update_elem(&samples, &sk, &nv, BPF_NOEXIST)) {
-			w = bpf_map_lookup_elem(&samples, &sk);
-			if (w) {
-				w->count += weight;
-				w->bytes_req += bytes_req;
-			} else {
-				bump(stack_every == 1 ? STAT_COUNT_FULL : STAT_SAMPLE_FULL);
-			}
-		}
+		if (!add_to_sample(&sk, weight, bytes_req))
+			new_sample(&sk, weight, bytes_req);
 		return;
 	}
+	/* the kernel map's bucket holds another stack: copy this one out and hash it here */
 	__u32 zero = 0;
 	struct stack *st = bpf_map_lookup_elem(&scratch, &zero);
 	if (!st)
@@ -218,28 +228,14 @@ static __always_inline void take_stack(void *ctx, struct key *who, __u64 weight,
 		h = (h & ~KSTACK_ID) | 1;       /* 0: no stack; top bit: a kstacks id */
 		sk.stack = h;
 	}
-	struct value *w = bpf_map_lookup_elem(&samples, &sk);
-	if (w) {                /* seen before by this key: its stack is stored already */
-		w->count += weight;
-		w->bytes_req += bytes_req;
-		return;
-	}
+	if (add_to_sample(&sk, weight, bytes_req))
+		return;                 /* seen before by this key: its stack is stored already */
 	if (sk.stack && !bpf_map_lookup_elem(&stacks, &sk.stack)) {
 		st->depth = (__u32)n / 8;
 		if (bpf_map_update_elem(&stacks, &sk.stack, st, BPF_NOEXIST) == -7)
 			bump(STAT_STACK_FULL);
 	}
-	struct value nv = { .count = weight, .bytes_req = bytes_req };
-	if (bpf_map_update_elem(&samples, &sk, &nv, BPF_NOEXIST)) {
-		w = bpf_map_lookup_elem(&samples, &sk);   /* another CPU inserted it first */
-		if (w) {
-			w->count += weight;
-			w->bytes_req += bytes_req;
-		} else {
-			/* full-stack mode counts here: a lost sample is a lost event */
-			bump(stack_every == 1 ? STAT_COUNT_FULL : STAT_SAMPLE_FULL);
-		}
-	}
+	new_sample(&sk, weight, bytes_req);
 }
 
 static __always_inline int count(void *ctx, __u64 bytes_req)
