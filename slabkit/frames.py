@@ -408,7 +408,7 @@ def drop_tracer_glue(allocs: pd.DataFrame, frames: pd.DataFrame,
     def merge_rows(df: pd.DataFrame | None) -> pd.DataFrame | None:
         if df is None or not len(df):
             return df
-        new = df["stack_id"].map(lambda s: remap.get(s, s)).astype(df["stack_id"].dtype)
+        new = df["stack_id"].map(remap).fillna(df["stack_id"]).astype(df["stack_id"].dtype)
         if (new == df["stack_id"]).all():
             return df
         df = df.assign(stack_id=new)

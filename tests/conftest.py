@@ -61,6 +61,16 @@ def _child_tracers() -> list[str]:
             if p.comm in ("slabcount", "bpftrace", "perf", "stap", "staprun", "ssh")]
 
 
+def require_bpf() -> Path:
+    """slabkit's BPF counter, built (needs clang/libbpf and a kernel with BTF), or skip/fail."""
+    from slabkit.bpf.build import build, missing_tools
+    if missing_tools():
+        skip_or_fail(missing_tools())
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        skip_or_fail("this kernel has no BTF (/sys/kernel/btf/vmlinux)")
+    return build()
+
+
 @pytest.fixture
 def live():
     """Root, tracefs mounted: the live kernel can be traced. Checks nothing is left behind."""

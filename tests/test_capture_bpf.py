@@ -15,7 +15,7 @@ import pytest
 import procs
 import slabkit
 from bench.workload import Workload
-from conftest import FIXTURES, skip_or_fail
+from conftest import FIXTURES, require_bpf, skip_or_fail
 from live_capture import capture_around, pid_rows
 from slabkit.backends import Options, get_backend
 from slabkit.backends.bpf import read_output, render_argv
@@ -30,12 +30,7 @@ RECORDED = FIXTURES / "bpf" / "filp-6.18.tsv"
 
 @pytest.fixture
 def bpf(live):
-    from slabkit.bpf.build import build, missing_tools
-    if missing_tools():
-        skip_or_fail(missing_tools())
-    if not Path("/sys/kernel/btf/vmlinux").exists():
-        skip_or_fail("this kernel has no BTF (/sys/kernel/btf/vmlinux)")
-    return build()
+    return require_bpf()
 
 
 def functions_of(cap, stack_ids):

@@ -15,7 +15,7 @@ import procs
 import slabkit
 from slabkit.errors import CaptureNotFound, UnknownCache
 from bench.workload import Workload
-from conftest import require_tool
+from conftest import require_bpf, require_tool
 from live_capture import capture_around, pid_rows
 
 N = 3000
@@ -128,15 +128,11 @@ TRACERS = {"bpf": ("slabcount.tsv", "slabcount"), "bpftrace": ("bpftrace.jsonl",
 
 @pytest.fixture(params=sorted(TRACERS))
 def cli_backend(request, live):
-    require_tool("bpftrace") if request.param == "bpftrace" else _require_bpf()
+    if request.param == "bpftrace":
+        require_tool("bpftrace")
+    else:
+        require_bpf()
     return request.param
-
-
-def _require_bpf():
-    from slabkit.bpf.build import missing_tools
-    if missing_tools():
-        from conftest import skip_or_fail
-        skip_or_fail(missing_tools())
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

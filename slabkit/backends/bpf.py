@@ -16,7 +16,7 @@ built here (:mod:`slabkit.bpf.build`) and copied to remote targets, which need n
 Output of ``slabcount`` (tab-separated, printed after detaching)::
 
     slabkit-attached  kmem_cache_alloc
-    stat    matched   100214              # also count_map_full, stack_failed, ...
+    stat    count_map_full   0            # also stack_failed, stack_map_full, ...
     count   <pid> <tid> <cgroup> <comm hex> <count> <bytes_req>
     sample  <pid> <tid> <cgroup> <comm hex> <stack hash> <weight> <bytes_req>
                                           # full stacks (stack_sample=1): these are the counts

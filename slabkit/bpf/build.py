@@ -10,6 +10,7 @@ installs them. Without them the ``bpf`` backend says so and ``backend="auto"`` u
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -24,8 +25,10 @@ HERE = Path(__file__).resolve().parent
 PACKAGES = "clang bpftool libbpf-dev libelf-dev zlib1g-dev gcc"
 
 
+@functools.lru_cache(maxsize=1)
 def source_hash() -> str:
-    """First 16 hex digits of the sources' SHA-256: names the build and the copy on targets."""
+    """First 16 hex digits of the sources' SHA-256: names the build and the copy on targets.
+    Computed once per process, so one process always runs one build."""
     h = hashlib.sha256()
     for name in SOURCES:
         h.update(name.encode() + b"\0" + (HERE / name).read_bytes())

@@ -33,7 +33,6 @@ struct kmem_cache {
 } __attribute__((preserve_access_index));
 
 /* Set by the loader before load (read-only afterwards: the verifier prunes dead branches). */
-const volatile __u32 by_size = 0;        /* 0: match the cache pointer; 1: kmalloc size class */
 const volatile __u32 cache_arg = 2;      /* raw tp argument holding struct kmem_cache * */
 const volatile __u32 size_arg = 3;       /* kmalloc: bytes_alloc */
 const volatile __u32 req_arg = 2;        /* kmalloc: bytes_req */
@@ -65,7 +64,7 @@ struct value {
 
 struct stack_key {
 	struct key who;
-	__u64 stack;            /* hash of the frames */
+	__u64 stack;            /* KSTACK_ID | kstacks id, or our hash of the frames; 0: none */
 };
 
 struct stack {
@@ -75,7 +74,6 @@ struct stack {
 };
 
 enum stat {
-	STAT_MATCHED,           /* events counted */
 	STAT_COUNT_FULL,        /* counts map full: event NOT counted */
 	STAT_STACK_FAILED,      /* bpf_get_stack failed: the sample has no stack */
 	STAT_STACK_FULL,        /* stacks map full */
@@ -256,7 +254,6 @@ static __always_inline int count(void *ctx, __u64 bytes_req)
 		}
 	}
 	k.cgroup = bpf_get_current_cgroup_id();
-	bump(STAT_MATCHED);
 	if (stack_every == 1) {         /* full-stack mode: the samples are the counts */
 		take_stack(ctx, &k, 1, bytes_req);
 		return 0;

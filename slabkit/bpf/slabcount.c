@@ -35,7 +35,7 @@ struct key { __u32 pid, tid; __u64 cgroup; char comm[COMM_LEN]; };
 struct value { __u64 count, bytes_req; };
 struct stack_key { struct key who; __u64 stack; };
 struct stack { __u32 depth, pad; __u64 ip[MAX_DEPTH]; };
-static const char *stat_names[] = { "matched", "count_map_full", "stack_failed",
+static const char *stat_names[] = { "count_map_full", "stack_failed",
 				    "stack_map_full", "sample_map_full", "cache_map_full" };
 
 static void die(int code, const char *fmt, ...)
@@ -350,7 +350,6 @@ int main(int argc, char **argv)
 	struct slabcount_bpf *skel = slabcount_bpf__open();
 	if (!skel)
 		die(3, "cannot open the BPF object: %s", strerror(errno));
-	skel->rodata->by_size = kmalloc_size ? 1 : 0;
 	skel->rodata->cache_arg = f.cache_arg < 0 ? 2 : f.cache_arg;
 	skel->rodata->size_arg = f.size_arg;
 	skel->rodata->req_arg = f.req_arg;
