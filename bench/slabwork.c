@@ -14,6 +14,10 @@
  *                                5 pipe (10 filps: 5 pseudo + 5 clone), 4 socket(AF_UNIX),
  *                                3 epoll_create1, 2 signalfd, 1 memfd_create; prints ops
  *                                (filps) and "mix open=.. eventfd=.. ..." (bench accuracy)
+ *   slabwork lifecycle N PATH  N x open(PATH) as "slabwork", renames itself "slabwork-b"
+ *                            (prctl), N more, then forks a child that makes N more and exits:
+ *                            3N filp allocations across a rename and a fork; the report line
+ *                            is "done 3N child <pid>" (tests of comm/tgid attribution)
  *
  * Protocol (so a test can start its probe after the process exists): prints "pid <pid>",
  * waits for a line on stdin ("go"), does the work, prints "done <count>", then waits for
@@ -26,6 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -40,6 +46,15 @@ static int wait_line(void) {
     return fgets(buf, sizeof buf, stdin) ? buf[0] : -1;
 }
 
+static int open_close(const char *path, long n) {
+    for (long i = 0; i < n; i++) {
+        int fd = open(path, O_RDONLY);
+        if (fd < 0) { perror("open"); return -1; }
+        close(fd);
+    }
+    return 0;
+}
+
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -50,7 +65,7 @@ int main(int argc, char **argv) {
     int nowait = 0;
     if (argc > 1 && strcmp(argv[1], "-n") == 0) { nowait = 1; argv++; argc--; }
     if (argc < 3) {
-        fprintf(stderr, "usage: slabwork [-n] open|stat|eventfd|pipe|sleep|hold|loop|eventfdloop|mixloop N [PATH]\n");
+        fprintf(stderr, "usage: slabwork [-n] open|stat|eventfd|pipe|sleep|hold|loop|eventfdloop|mixloop|lifecycle N [PATH]\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -60,13 +75,23 @@ int main(int argc, char **argv) {
     printf("pid %d\n", getpid());
     if (!nowait && wait_line() < 0) return 1;
     long done = 0;
-    if (strcmp(mode, "open") == 0) {
-        for (long i = 0; i < n; i++) {
-            int fd = open(path, O_RDONLY);
-            if (fd < 0) { perror("open"); return 1; }
-            close(fd);
-            done++;
+    pid_t child = 0;
+    if (strcmp(mode, "lifecycle") == 0) {
+        if (open_close(path, n) < 0) return 1;
+        if (prctl(PR_SET_NAME, "slabwork-b", 0, 0, 0) < 0) { perror("prctl"); return 1; }
+        if (open_close(path, n) < 0) return 1;
+        child = fork();
+        if (child < 0) { perror("fork"); return 1; }
+        if (child == 0) _exit(open_close(path, n) < 0 ? 1 : 0);
+        int status;
+        if (waitpid(child, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status)) {
+            fprintf(stderr, "child failed\n");
+            return 1;
         }
+        done = 3 * n;
+    } else if (strcmp(mode, "open") == 0) {
+        if (open_close(path, n) < 0) return 1;
+        done = n;
     } else if (strcmp(mode, "stat") == 0) {
         char name[4096];
         struct stat st;
@@ -193,7 +218,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "unknown mode %s\n", mode);
         return 2;
     }
-    printf("done %ld\n", done);
+    if (child > 0) printf("done %ld child %d\n", done, (int)child);
+    else printf("done %ld\n", done);
     if (!nowait) while (wait_line() >= 0) {}
     return 0;
 }

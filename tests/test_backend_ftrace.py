@@ -17,7 +17,7 @@ import pytest
 
 import slabkit
 import slabkit.capturing as capturing
-from bench.workload import Workload
+from bench.workload import Workload, binary as workload_binary
 from conftest import FIXTURES, TRACEFS
 from live_capture import assert_count, capture_around, pid_rows
 from sshd import sshd_server  # noqa: F401  (fixture)
@@ -38,6 +38,8 @@ FIX = FIXTURES / "ftrace"
 LINE = re.compile(r"^\s*(?P<comm>.*)-(?P<tid>\d+) +\( *(?P<tgid>[\d-]+)\) \[(?P<cpu>\d+)\] "
                   r"\S+ +[\d.]+: (?P<what>kmem_cache_alloc|kmalloc|<stack trace>)(?P<rest>.*)$",
                   re.M)
+TASK_LINE = re.compile(r"^\s*.*-(?P<tid>\d+) +\( *[\d-]+\) \[\d+\] \S+ +[\d.]+: "
+                       r"task_(?:newtask|rename): ")
 
 
 def plan_filp(**kw) -> Plan:
@@ -59,7 +61,8 @@ def lines(text: str):
 
 def expected_by_tid(text: str) -> dict[int, int]:
     """Allocations per thread, the simple way: every event line, plus every stack entry whose
-    line before (skipping its frames) is not an event of the same thread (its event lost)."""
+    line before (skipping its frames) is not an event of the same thread (its event lost).
+    A task event's stack (task_newtask, task_rename) is no allocation."""
     out: dict[int, int] = {}
     prev_event_tid = None
     for line in text.splitlines():
@@ -67,11 +70,12 @@ def expected_by_tid(text: str) -> dict[int, int]:
             continue
         m = LINE.match(line)
         if m is None:
-            prev_event_tid = None
+            t = TASK_LINE.match(line)
+            prev_event_tid = ("task", int(t["tid"])) if t else None
             continue
         tid = int(m["tid"])
         if m["what"] == "<stack trace>":
-            if prev_event_tid != tid:
+            if prev_event_tid not in (tid, ("task", tid)):
                 out[tid] = out.get(tid, 0) + 1
             prev_event_tid = None
         else:
@@ -86,9 +90,13 @@ def functions_of(frames, stack_ids) -> set[str]:
 
 
 def copy_fixture(name: str, tmp_path: Path) -> Path:
-    """The parser reads ftrace.tasks.txt next to the output: give each test its own folder."""
+    """The parser reads ftrace.tasks.txt next to the output: give each test its own folder
+    (with the fixture's own ``NAME.tasks.txt`` where it has one)."""
     dst = tmp_path / "ftrace.txt"
     shutil.copy(FIX / name, dst)
+    tasks = FIX / name.replace(".txt", ".tasks.txt")
+    if tasks.is_file():
+        shutil.copy(tasks, tmp_path / "ftrace.tasks.txt")
     return dst
 
 
@@ -109,6 +117,8 @@ def test_render_describes_the_instance_writes():
                  "echo 1 > INSTANCE/options/record-tgid", "echo 1 > INSTANCE/options/stacktrace",
                  f"echo '{prog.filter}' > INSTANCE/events/kmem/kmem_cache_alloc/filter",
                  "echo 1 > INSTANCE/events/kmem/kmem_cache_alloc/enable",
+                 "echo 1 > INSTANCE/events/task/task_newtask/enable",
+                 "echo 1 > INSTANCE/events/task/task_rename/enable",
                  "cat INSTANCE/trace_pipe", "rmdir INSTANCE"):
         assert part in text, part
 
@@ -209,6 +219,84 @@ def test_unknown_comm_and_tgid_are_filled_from_the_same_thread(tmp_path):
     assert set(rows["pid"]) == {int(tgid)} and set(rows["comm"]) == {comm}
 
 
+def lifecycle_expectations(text: str) -> dict:
+    """From filp-lifecycle.txt's own lines: the rename and fork, and the events around them."""
+    rename = re.search(r"task_rename: pid=(\d+) oldcomm=(\S+) newcomm=(\S+)", text)
+    fork = re.search(r"task_newtask: pid=(\d+) comm=(\S+) clone_flags=([0-9a-f]+)", text)
+    parent, child = int(rename[1]), int(fork[1])
+    out = {"parent": parent, "child": child, "old": rename[2], "new": rename[3],
+           "child_comm": fork[2], "thread": int(fork[3], 16) & 0x10000, "before": 0,
+           "after": 0, "kid": 0, "printed_before": set()}
+    renamed = False
+    for line in text.splitlines():
+        if "task_rename:" in line and f"pid={parent} " in line:
+            renamed = True
+        m = LINE.match(line)
+        if m is None or m["what"] != "kmem_cache_alloc":
+            continue
+        if int(m["tid"]) == parent:
+            out["after" if renamed else "before"] += 1
+            if not renamed:
+                out["printed_before"].add(m["comm"].strip())
+        elif int(m["tid"]) == child:
+            out["kid"] += 1
+    return out
+
+
+def test_task_events_give_each_event_its_comm_and_tgid_at_event_time(tmp_path):
+    """A real recording of ``slabwork lifecycle 50``: events as ``slabwork``, a rename to
+    ``slabwork-b``, more events, a fork whose child allocates. ftrace printed the comm of the
+    events before the rename as the comm after it (looked up later); the task events put each
+    event back under the comm it had, and give the child its own tgid."""
+    text = (FIX / "filp-lifecycle.txt").read_text()
+    x = lifecycle_expectations(text)
+    assert x["before"] == x["after"] == x["kid"] == 50 and not x["thread"]
+    assert x["new"] in x["printed_before"]          # what the fix is for: printed stale
+    parsed = parse_output(copy_fixture("filp-lifecycle.txt", tmp_path), plan_filp(), {})
+    a = parsed.allocs
+    by_comm = a[a["tid"] == x["parent"]].groupby("comm")["count"].sum().to_dict()
+    assert by_comm == {x["old"]: x["before"], x["new"]: x["after"]}
+    assert set(a[a["tid"] == x["parent"]]["pid"]) == {x["parent"]}
+    kid = a[a["tid"] == x["child"]]
+    assert set(kid["pid"]) == {x["child"]} and set(kid["comm"]) == {x["child_comm"]}
+    assert int(kid["count"].sum()) == x["kid"]
+    assert any("printed a comm or tgid left by an earlier task" in n for n in parsed.notes)
+    # every allocation is counted once, task events and their stacks are not allocations
+    assert int(a["count"].sum()) == sum(expected_by_tid(text).values())
+    assert not any("were not events" in n for n in parsed.notes)
+
+
+def test_a_stale_printed_comm_gives_way_to_later_lines_and_the_end_lookup(tmp_path):
+    """What CI met: a task's first lines print the comm an earlier task of the same pid left
+    in saved_cmdlines (``bash``); the real recording's lines are rewritten so."""
+    text = (FIX / "filp-open.txt").read_text()
+    m = next(m for m in lines(text) if m["what"] != "<stack trace>")
+    comm, tid = m["comm"].strip(), m["tid"]
+    known = f"{comm}-{tid}"
+    out, n = [], 0
+    for line in text.splitlines():
+        if n < 20 and not line.startswith(" =>") and known in line:
+            line = line.replace(known, "bash".rjust(len(comm)) + "-" + tid)
+            n += 1
+        out.append(line)
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "ftrace.txt").write_text("\n".join(out) + "\n")
+    parsed = parse_output(first / "ftrace.txt", plan_filp(), {})
+    rows = parsed.allocs[parsed.allocs["tid"] == int(tid)]
+    assert set(rows["comm"]) == {comm}                      # the thread's last printed comm
+    assert any("printed a comm or tgid left by an earlier task" in n for n in parsed.notes)
+    # every line stale: the lookup at the capture's end (ftrace.tasks.txt) decides
+    every = tmp_path / "every"
+    every.mkdir()
+    (every / "ftrace.txt").write_text(text.replace(known, "bash".rjust(len(comm)) + "-" + tid))
+    stale = parse_output(every / "ftrace.txt", plan_filp(), {})
+    assert set(stale.allocs[stale.allocs["tid"] == int(tid)]["comm"]) == {"bash"}
+    (every / "ftrace.tasks.txt").write_text(f"# tid tgid comm\n{tid}\t{m['tgid']}\t{comm}\n")
+    fixed = parse_output(every / "ftrace.txt", plan_filp(), {})
+    assert set(fixed.allocs[fixed.allocs["tid"] == int(tid)]["comm"]) == {comm}
+
+
 # --------------------------------------------------------------------------------------------
 # live: instances, captures
 
@@ -270,6 +358,62 @@ def test_filp_count_is_exact_and_stacks_show_the_open_path(live, tmp_path):
     assert our_instances() == before and not cat_children()
     again = slabkit.load(cap.path, reparse=True)
     assert int(pid_rows(again, w.pid)["count"].sum()) == int(rows["count"].sum())
+
+
+def test_counts_per_comm_are_exact_across_a_rename_and_a_fork(live, tmp_path):
+    n = 500
+    with Workload("lifecycle", n, "/etc/hostname") as w:
+        report: list[str] = []
+        cap = capture_around("filp", lambda: report.append(w.go()), backend="ftrace",
+                             base=tmp_path)
+    child = int(report[0].split()[-1])
+    a = cap.allocs
+    parent = a[a["tid"] == w.pid]
+    assert parent.groupby("comm")["count"].sum().to_dict() == {"slabwork": n, "slabwork-b": n}
+    assert set(parent["pid"]) == {w.pid}
+    kid = a[a["tid"] == child]
+    assert set(kid["pid"]) == {child} and set(kid["comm"]) == {"slabwork-b"}
+    assert int(kid["count"].sum()) == n
+    assert cap.meta["lost_total"] == 0
+
+
+def saved_comm(pid: int) -> str | None:
+    for line in (TRACEFS / "saved_cmdlines").read_text().splitlines():
+        a, _, b = line.partition(" ")
+        if a == str(pid):
+            return b
+    return None
+
+
+def test_a_reused_pid_is_not_reported_under_its_previous_tasks_comm(live, tmp_path):
+    """CI once saw ``bash`` on a slabwork's first events: the kernel's saved_cmdlines still
+    held an earlier task of that pid. Made on purpose here: a task named ``stalecomm``
+    allocates under a capture (so its comm is saved), exits, and slabwork gets its pid."""
+    stale = tmp_path / "stalecomm"
+    shutil.copy(workload_binary(), stale)
+    p = subprocess.Popen([str(stale), "open", "100", "/etc/hostname"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    pid = int(p.stdout.readline().split()[1])
+    capture_around("filp", lambda: (p.stdin.write("go\n"), p.stdin.flush(),
+                                    p.stdout.readline()),
+                   backend="ftrace", base=tmp_path / "first", pid=pid)
+    p.stdin.close()
+    p.wait()
+    assert saved_comm(pid) == "stalecomm"
+    for _ in range(10):     # another fork may take the pid first: try again
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        w = Workload("open", N, "/etc/hostname")
+        if w.pid == pid:
+            break
+        w.finish()
+    assert w.pid == pid, "could not start the workload on the stale pid"
+    with w:
+        cap = capture_around("filp", w.go, backend="ftrace", base=tmp_path / "second",
+                             pid=w.pid)
+    assert_count(cap, w.pid, N)
+    assert set(pid_rows(cap, w.pid)["comm"]) == {"slabwork"}
+    printed = (Path(cap.path) / "ftrace.txt").read_text().count(f"stalecomm-{pid} ")
+    print(f"{printed} lines printed the stale comm")
 
 
 def test_kmalloc_size_class_count_is_exact_for_eventfd(live, tmp_path):

@@ -10,6 +10,8 @@ What runs (``slabkit capture filp --backend ftrace --print-program``)::
     echo 1 > INSTANCE/options/sym-offset                  # frames as func+0x3c/0x110 [module]
     echo 1 > INSTANCE/options/sym-addr                    # ... <ffffffff816bdd0c>
     echo 'bytes_alloc == 192 && name == "filp"' > INSTANCE/events/kmem/kmem_cache_alloc/filter
+    echo 1 > INSTANCE/events/task/task_newtask/enable     # comm at event time (see below)
+    echo 1 > INSTANCE/events/task/task_rename/enable
     echo 1 > INSTANCE/events/kmem/kmem_cache_alloc/enable
     cat INSTANCE/trace_pipe > ftrace.txt                  # until the capture ends
     echo 0 > INSTANCE/events/kmem/kmem_cache_alloc/enable # then drain, read losses, rmdir
@@ -32,11 +34,15 @@ Output (``trace_pipe``, record-tgid on), one event then its stack::
 
 The first frame is the tracing glue (left in: the analysis layer skips it). ``comm`` and
 ``tgid`` are looked up when the line is *printed*, from maps the kernel fills at a task's
-next context switch after an event: a comm can be stale (``bash`` for a pid that exec'ed
-``slabwork`` just after), and a task's first events, read at once, print ``<...>-TID
-(-------)`` (a CPU-bound task may print so on every line). Those are filled from the same
-thread's other lines, else from ``saved_tgids``/``saved_cmdlines``/``/proc`` read when the
-capture ends (``ftrace.tasks.txt``); what stays unknown is missing.
+next context switch after an event: a comm can be stale (CI saw ``bash`` on a slabwork's
+first lines, left by an earlier task of the same pid; a renamed task's earlier lines print
+the new name), and a task's first events, read at once, print ``<...>-TID (-------)`` (a
+CPU-bound task may print so on every line). So the instance also records ``task_newtask``
+and ``task_rename`` (exec, prctl) where the kernel has them, and the parser gives each event
+the comm and tgid its task had at event time: after a task event, the one it says; before a
+thread's first rename, the name it renamed from; for a thread with no task event in the
+capture (one task, one comm throughout), the lookup at the capture's end (``/proc``, then
+``saved_tgids``/``saved_cmdlines``: ``ftrace.tasks.txt``), else its last printed line.
 Losses are the instance's ``per_cpu/cpu*/stats`` (``overrun``, ``dropped events``), counted
 in ring-buffer entries (an event and its stack are two); ``trace_pipe`` also prints
 ``CPU:N [LOST M EVENTS]`` lines, reported in the notes.
@@ -79,6 +85,9 @@ TASKS = "ftrace.tasks.txt"
 
 #: instance options set before enabling (name -> value); absent ones are skipped
 INSTANCE_OPTIONS = {"record-tgid": "1", "stacktrace": "1", "sym-offset": "1", "sym-addr": "1"}
+#: events that say when a thread id's task or comm changes, recorded next to the allocations so
+#: the parser knows each event's comm at event time (printed comms can be stale: module doc)
+TASK_EVENTS = ("task/task_newtask", "task/task_rename")
 #: how long to wait for trace_pipe to drain after the event is disabled
 DRAIN_TIMEOUT_S = 10.0
 
@@ -148,10 +157,12 @@ class FtraceProgram(Program):
     filter: str = ""
     buffer_kb: int = 8192
     options: dict[str, str] = field(default_factory=lambda: dict(INSTANCE_OPTIONS))
+    task_events: list[str] = field(default_factory=lambda: list(TASK_EVENTS))
 
 
 def render_text(tracefs: str, events: list[str], expr: str, buffer_kb: int,
-                options: dict[str, str]) -> str:
+                options: dict[str, str], task_events: tuple[str, ...] | list[str] = ()
+                ) -> str:
     """The shell-like description of what :meth:`FtraceBackend.run` writes."""
     q = shlex.quote
     lines = ["# ftrace: a private tracefs instance; INSTANCE = slabkit-<pid>-<start>-<n>",
@@ -162,10 +173,13 @@ def render_text(tracefs: str, events: list[str], expr: str, buffer_kb: int,
         if expr:
             lines.append(f"echo {q(expr)} > INSTANCE/events/{ev}/filter")
     lines.append("cat INSTANCE/trace_pipe > ftrace.txt &   # until the capture ends")
-    lines += [f"echo 1 > INSTANCE/events/{ev}/enable" for ev in events]
+    if task_events:
+        lines.append("# task events (where the kernel has them): each event's comm at event time")
+    lines += [f"echo 1 > INSTANCE/events/{ev}/enable" for ev in [*task_events, *events]]
     lines.append("# ... capture ...")
-    lines += [f"echo 0 > INSTANCE/events/{ev}/enable" for ev in events]
+    lines += [f"echo 0 > INSTANCE/events/{ev}/enable" for ev in [*events, *task_events]]
     lines += ["# wait until per_cpu/cpu*/stats say entries: 0, stop cat, keep the stats",
+              "# look up comm/tgid of the threads seen (/proc, saved_cmdlines) > ftrace.tasks.txt",
               "rmdir INSTANCE"]
     return "\n".join(lines) + "\n"
 
@@ -253,58 +267,70 @@ def read_stats(target: "Target", base: str) -> tuple[dict[str, int], str]:
     return total, "".join(raw)
 
 
-_UNKNOWN_TASK = re.compile(rb"<\.\.\.>-(\d+)|-(\d+) +\(-------\)")
+#: the "comm-TID (TGID) [" of an event line or stack header; TGID may print as -------
+_TASK_PREFIX = re.compile(rb"-(\d+) +\((?: *\d+|-------)\) \[")
+#: at most this many live threads are looked up in /proc at the end of a capture
+PROC_LOOKUPS = 5000
 
 
-def unknown_tids(path: Path, chunk_bytes: int = 1 << 24) -> set[int]:
-    """Thread ids whose lines printed an unknown comm (``<...>``) or tgid (``(-------)``)."""
-    found: set[int] = set()
+def seen_tids(path: Path, chunk_bytes: int = 1 << 24) -> dict[int, int]:
+    """Thread id -> number of lines (events, stacks) it printed in a trace_pipe text."""
+    found: dict[int, int] = {}
     with open(path, "rb") as f:
         tail = b""
         while True:
             data = f.read(chunk_bytes)
+            buf = tail + data
+            # a match is < 64 bytes: one starting before the last 64 is whole in buf; the
+            # rest are found again in the kept tail with the next chunk
+            cut = len(buf) - 64 if data else len(buf)
+            for m in _TASK_PREFIX.finditer(buf):
+                if m.start() < cut:
+                    t = int(m.group(1))
+                    found[t] = found.get(t, 0) + 1
             if not data:
-                break
-            for m in _UNKNOWN_TASK.finditer(tail + data):
-                found.add(int(m.group(1) or m.group(2)))
-            tail = data[-64:]
-    return found
+                return found
+            tail = buf[max(cut, 0):]
 
 
-def save_unknown_tasks(target: "Target", tracefs: str, raw: Path, out: Path) -> int:
-    """Look up the threads the output printed as unknown and write ``tid tgid comm`` lines.
+def save_tasks(target: "Target", tracefs: str, raw: Path, out: Path) -> int:
+    """Look up the comm and tgid of every thread the output shows; write ``tid tgid comm``.
 
     ftrace prints comm and tgid from maps the kernel fills at a task's next context switch
     after an event, so a busy task's lines read at once through trace_pipe print unknown
     (checked here: a CPU-bound ``slabwork loop`` printed ``<...>-PID (-------)`` on every
-    line). By the end of the capture the kernel's ``saved_tgids`` / ``saved_cmdlines`` usually
-    know them; ``/proc/<tid>/status`` covers live tasks they miss. Returns how many resolved.
+    line), or print what an earlier task of the same pid left there (CI saw ``bash`` on the
+    first lines of a ``slabwork`` whose pid had been a bash's). At the end of the capture
+    ``/proc/<tid>/status`` is exact for live threads; ``saved_tgids``/``saved_cmdlines`` (by
+    then updated) cover threads that exited. The parser uses these for threads with no task
+    event in the capture. Returns how many threads were resolved.
     """
-    tids = unknown_tids(raw)
-    header = "# tid tgid comm: threads ftrace printed as unknown, looked up at the capture's end"
-    if not tids:
+    counts = seen_tids(raw)
+    header = "# tid tgid comm: threads of the capture, looked up at its end (/proc, saved_*)"
+    if not counts:
         out.write_text(header + "\n")
         return 0
-    maps = target.read_many([f"{tracefs}/saved_tgids", f"{tracefs}/saved_cmdlines"])
+    tids = set(counts)
     tgid: dict[int, int] = {}
     comm: dict[int, str] = {}
-    for line in (maps.get(f"{tracefs}/saved_tgids") or "").splitlines():
-        a, _, b = line.partition(" ")
-        if a.isdigit() and b.strip().isdigit() and int(a) in tids and int(b) > 0:
-            tgid[int(a)] = int(b)
-    for line in (maps.get(f"{tracefs}/saved_cmdlines") or "").splitlines():
-        a, _, b = line.partition(" ")
-        if a.isdigit() and int(a) in tids and b and b != "<...>":
-            comm[int(a)] = b
-    missing = sorted(t for t in tids if t not in tgid or t not in comm)[:2000]
-    status = target.read_many([f"/proc/{t}/status" for t in missing])
-    for t in missing:
+    busiest = sorted(tids, key=lambda t: -counts[t])[:PROC_LOOKUPS]
+    status = target.read_many([f"/proc/{t}/status" for t in busiest])
+    for t in busiest:
         for line in (status.get(f"/proc/{t}/status") or "").splitlines():
             key, _, value = line.partition(":")
             if key == "Tgid" and value.strip().isdigit():
-                tgid.setdefault(t, int(value))
+                tgid[t] = int(value)
             elif key == "Name":
-                comm.setdefault(t, value.strip())
+                comm[t] = value.strip()
+    maps = target.read_many([f"{tracefs}/saved_tgids", f"{tracefs}/saved_cmdlines"])
+    for line in (maps.get(f"{tracefs}/saved_tgids") or "").splitlines():
+        a, _, b = line.partition(" ")
+        if a.isdigit() and b.strip().isdigit() and int(a) in tids and int(b) > 0:
+            tgid.setdefault(int(a), int(b))
+    for line in (maps.get(f"{tracefs}/saved_cmdlines") or "").splitlines():
+        a, _, b = line.partition(" ")
+        if a.isdigit() and int(a) in tids and b and b != "<...>":
+            comm.setdefault(int(a), b)
     lines = [header]
     lines += [f"{t}\t{tgid.get(t, '-')}\t{comm.get(t, '')}" for t in sorted(tids)
               if t in tgid or t in comm]
@@ -313,7 +339,7 @@ def save_unknown_tasks(target: "Target", tracefs: str, raw: Path, out: Path) -> 
 
 
 def read_tasks(path: Path) -> dict[int, tuple[int | None, str | None]]:
-    """``ftrace.tasks.txt`` (see :func:`save_unknown_tasks`): tid -> (tgid, comm)."""
+    """``ftrace.tasks.txt`` (see :func:`save_tasks`): tid -> (tgid, comm)."""
     out: dict[int, tuple[int | None, str | None]] = {}
     if not path.is_file():
         return out
@@ -356,7 +382,8 @@ class FtraceBackend(Backend):
         tracefs = facts.tracefs or "/sys/kernel/tracing"
         events = [e.replace(":", "/") for e in plan.alloc_events]
         expr = kernel_filter(plan)
-        text = render_text(tracefs, events, expr, options.buffer_kb, INSTANCE_OPTIONS)
+        text = render_text(tracefs, events, expr, options.buffer_kb, INSTANCE_OPTIONS,
+                           TASK_EVENTS)
         return FtraceProgram(backend=self.name,
                              argv=["cat", f"{tracefs}/instances/{{instance}}/trace_pipe"],
                              text=text, tracefs=tracefs, events=events, filter=expr,
@@ -376,17 +403,17 @@ class FtraceBackend(Backend):
         except OSError as e:
             raise ProbeFailed(f"cannot create tracefs instance {base}: {e}") from None
         try:
-            self._configure(target, base, program)
+            task_events = self._configure(target, base, program)
             argv = [a.replace("{instance}", name) for a in program.argv]
             with open(raw, "wb") as out, open(errf, "wb") as err:
                 reader = target.popen(argv, stdout=out, stderr=err)
                 record = register(reader, argv) if isinstance(target, LocalTarget) else None
                 try:
-                    self._enable(target, base, program, "1")
+                    self._enable(target, base, [*task_events, *program.events], "1")
                     control.wait_attached(lambda: True, lambda: reader.poll() is None,
                                           what="ftrace")
                     reason = control.run_for(lambda: reader.poll() is None)
-                    self._enable(target, base, program, "0")
+                    self._enable(target, base, [*program.events, *task_events], "0")
                     self._drain(target, base, reader)
                 finally:
                     # cat ignores a SIGINT it inherited as ignored: TERM it at once
@@ -394,7 +421,7 @@ class FtraceBackend(Backend):
                     unregister(record)
             stats, stats_text = read_stats(target, base)
             (folder / STATS).write_text(stats_text)
-            save_unknown_tasks(target, program.tracefs, raw, folder / TASKS)
+            save_tasks(target, program.tracefs, raw, folder / TASKS)
             losses = {"overrun": stats.get("overrun", 0),
                       "dropped_events": stats.get("dropped events", 0)}
         finally:
@@ -419,11 +446,13 @@ class FtraceBackend(Backend):
             raise ProbeFailed(f"writing {value!r} to {rel} of the tracefs instance failed: {e}",
                               stderr=log) from None
 
-    def _configure(self, target: "Target", base: str, program: "FtraceProgram") -> None:
+    def _configure(self, target: "Target", base: str, program: "FtraceProgram") -> list[str]:
+        """Size the buffer, set the options and filters; returns the task events present."""
         self._write(target, base, "buffer_size_kb", str(int(program.buffer_kb)))
         # which options and events exist: one read (one round trip on SSH targets)
         have = target.read_many([f"{base}/options/{o}" for o in program.options]
-                                + [f"{base}/events/{ev}/enable" for ev in program.events])
+                                + [f"{base}/events/{ev}/enable"
+                                   for ev in [*program.events, *program.task_events]])
         for opt, value in program.options.items():
             if have.get(f"{base}/options/{opt}") is not None:
                 self._write(target, base, f"options/{opt}", value)
@@ -435,9 +464,11 @@ class FtraceBackend(Backend):
                 raise ProbeFailed(f"this kernel has no {ev} event in tracefs")
             if program.filter:
                 self._write(target, base, f"events/{ev}/filter", program.filter)
+        return [ev for ev in program.task_events
+                if have.get(f"{base}/events/{ev}/enable") is not None]
 
-    def _enable(self, target: "Target", base: str, program: "FtraceProgram", value: str) -> None:
-        for ev in program.events:
+    def _enable(self, target: "Target", base: str, events: list[str], value: str) -> None:
+        for ev in events:
             self._write(target, base, f"events/{ev}/enable", value)
 
     @staticmethod
@@ -520,39 +551,115 @@ def _frame_line(line: str) -> str:
     return line.strip()
 
 
-def _fill_unknown_tasks(counts: dict[tuple, list[int]],
-                        known: dict[int, tuple[int | None, str | None]]
-                        ) -> tuple[dict[tuple, list[int]], int]:
-    """Give rows whose tgid/comm printed unknown (``<...>-TID (-------)``) those of another
-    row of the same thread id, else those looked up at the end of the capture (``known``,
-    from :func:`read_tasks`). A thread id keeps its tgid for its life; the first known comm
-    is taken (the comm may change at exec). Returns (counts, events filled)."""
-    pid_of: dict[int, int] = {}
-    comm_of: dict[int, str] = {}
-    for pid, tid, comm, _ in counts:
+_NEWTASK = ": task_newtask: "
+_RENAME = ": task_rename: "
+_NEWTASK_RE = re.compile(r"pid=(\d+) comm=(.*) clone_flags=([0-9a-fA-F]+) oom_score_adj=")
+_RENAME_RE = re.compile(r"(?:pid=(\d+) )?oldcomm=(.*) newcomm=(.*) oom_score_adj=")
+CLONE_THREAD = 0x00010000
+
+
+class _Timeline:
+    """What the task events say about each thread id, in output order.
+
+    A thread id's *epochs*: 0 until its first task event, then one more after each. A
+    ``task_newtask`` starts a new task on the id (comm copied from its creator; tgid the
+    creator's with CLONE_THREAD, else its own id); a ``task_rename`` (exec, prctl, a write
+    to /proc/PID/comm) changes the comm, and says the comm before.
+    """
+
+    def __init__(self) -> None:
+        self.epoch: dict[int, int] = {}
+        #: tid -> per epoch >= 1: (tgid or None, comm, started by newtask)
+        self.starts: dict[int, list[tuple[int | None, str, bool]]] = {}
+        #: tid -> comm of epoch 0 when the first event was a rename
+        self.comm_before: dict[int, str] = {}
+        #: (tid, epoch) -> the comm its last line printed
+        self.printed: dict[tuple[int, int], str] = {}
+        self.last: dict[int, str] = {}
+
+    def event(self, head: str, task: tuple, marker: str) -> None:
+        rest = head[head.find(marker) + len(marker):]
+        if marker == _NEWTASK:
+            m = _NEWTASK_RE.match(rest)
+            if not m:
+                return
+            tid = int(m.group(1))
+            thread = int(m.group(3), 16) & CLONE_THREAD
+            self._start(tid, ((task[0] if thread else tid), m.group(2), True))
+        else:
+            m = _RENAME_RE.match(rest)
+            if not m:
+                return
+            tid = int(m.group(1)) if m.group(1) else task[1]
+            if not self.starts.get(tid):
+                self.comm_before.setdefault(tid, m.group(2))
+            self._start(tid, (None, m.group(3), False))
+
+    def _start(self, tid: int, start: tuple[int | None, str, bool]) -> None:
+        ep = self.epoch.get(tid, 0)
+        if tid in self.last:
+            self.printed[(tid, ep)] = self.last.pop(tid)
+        self.starts.setdefault(tid, []).append(start)
+        self.epoch[tid] = ep + 1
+
+    def close(self) -> None:
+        for tid, comm in self.last.items():
+            self.printed[(tid, self.epoch.get(tid, 0))] = comm
+        self.last.clear()
+
+    def resolve(self, tgid: int | None, tid: int, comm: str | None, ep: int,
+                known: dict[int, tuple[int | None, str | None]]
+                ) -> tuple[int | None, str | None]:
+        """The (tgid, comm) of an event printed as ``comm-tid (tgid)`` in epoch ``ep``."""
+        starts = self.starts.get(tid, [])
+        last_new = max((i + 1 for i, s in enumerate(starts) if s[2]), default=0)
+        end_tgid, end_comm = known.get(tid, (None, None))
+        if ep > 0:
+            new_tgid, new_comm, _ = starts[ep - 1]
+            comm = new_comm
+            if new_tgid is not None:
+                tgid = new_tgid
+        elif tid in self.comm_before:
+            comm = self.comm_before[tid]
+        elif not starts and end_comm:
+            comm = end_comm        # one task, one comm all along: the end's lookup is exact
+        else:
+            comm = self.printed.get((tid, ep), comm)
+        if ep >= last_new and end_tgid is not None and not (ep > 0 and starts[ep - 1][0]):
+            tgid = end_tgid        # the task alive at the end (or last seen) on this id
+        return tgid, comm
+
+
+def _resolve_tasks(counts: dict[tuple, list[int]], timeline: _Timeline,
+                   known: dict[int, tuple[int | None, str | None]]
+                   ) -> tuple[dict[tuple, list[int]], int, int]:
+    """Rows keyed ``(tgid, tid, comm, stack_id, epoch)`` as printed -> ``(tgid, tid, comm,
+    stack_id)`` as they were at event time (:class:`_Timeline`, ``known`` from
+    :func:`read_tasks`). A tgid still unknown is taken from another row of the same thread
+    and epoch. Returns (counts, events printed unknown then filled, events whose printed comm
+    or tgid was stale and corrected)."""
+    pid_of: dict[tuple[int, int], int] = {}
+    for pid, tid, _, _, ep in counts:
         if pid is not None:
-            pid_of.setdefault(tid, pid)
-        if comm is not None:
-            comm_of.setdefault(tid, comm)
-    for tid, (tg, cm) in known.items():
-        if tg is not None:
-            pid_of.setdefault(tid, tg)
-        if cm:
-            comm_of.setdefault(tid, cm)
+            pid_of.setdefault((tid, ep), pid)
     out: dict[tuple, list[int]] = {}
-    filled = 0
-    for (pid, tid, comm, sid), c in counts.items():
-        if (pid is None and tid in pid_of) or (comm is None and tid in comm_of):
-            pid = pid if pid is not None else pid_of.get(tid)
-            comm = comm if comm is not None else comm_of.get(tid)
+    filled = corrected = 0
+    for (pid, tid, comm, sid, ep), c in counts.items():
+        tgid, name = timeline.resolve(pid, tid, comm, ep, known)
+        if tgid is None:
+            tgid = pid_of.get((tid, ep))
+        if (pid is None and tgid is not None) or (comm is None and name is not None):
             filled += c[0]
-        d = out.get((pid, tid, comm, sid))
+        elif (pid is not None and tgid != pid) or (comm is not None and name != comm):
+            corrected += c[0]
+        key = (tgid, tid, name, sid)
+        d = out.get(key)
         if d is None:
-            out[(pid, tid, comm, sid)] = list(c)
+            out[key] = list(c)
         else:
             d[0] += c[0]
             d[1] += c[1]
-    return out, filled
+    return out, filled, corrected
 
 
 def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
@@ -561,7 +668,8 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     Each event is paired with the ``<stack trace>`` entry that follows it on the same CPU and
     thread (a per-CPU stack of pending events handles an interrupt's event nested between an
     event and its stack). An event whose stack was lost is counted with stack_id -1; a stack
-    whose event was lost is counted from the stack entry's own comm/tid/tgid.
+    whose event was lost is counted from the stack entry's own comm/tid/tgid. Task events
+    (``task_newtask``, ``task_rename``) give each event its comm and tgid at event time.
     """
     path = Path(path)
     if not path.is_file():
@@ -569,14 +677,18 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     markers = [f": {e.split(':', 1)[1]}: " for e in plan.alloc_events]
     kmalloc = plan.strategy == "kmalloc-size-class"
     tasks = _Tasks()
-    pending: dict[str, list[tuple[tuple, int]]] = {}
+    timeline = _Timeline()
+    epoch = timeline.epoch
+    last = timeline.last
+    #: per CPU: events waiting for their stack: (task, bytes_req or None for a task event, epoch)
+    pending: dict[str, list[tuple[tuple, int | None, int]]] = {}
     counts: dict[tuple, list[int]] = {}
     stack_keys: dict[str, int] = {}       # frames text -> stack_id
     lost_lines = 0
     unknown = 0
 
-    def add(task: tuple, sid: int, req: int) -> None:
-        key = (task[0], task[1], task[2], sid)
+    def add(task: tuple, sid: int, req: int, ep: int) -> None:
+        key = (task[0], task[1], task[2], sid, ep)
         c = counts.get(key)
         if c is None:
             counts[key] = [1, req]
@@ -588,15 +700,17 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         head, _, frames = entry.partition("\n")
         if head.endswith(_STACK_HEAD):
             cpu, task = _split_prefix(head[:-len(_STACK_HEAD)], tasks)
+            stack = pending.get(cpu)
+            if stack and stack[-1][0][1] == task[1]:
+                ev_task, req, ep = stack.pop()
+                if req is None:        # a task event's stack: not an allocation
+                    continue
+            else:  # its event was lost (overwritten): count it from the stack entry
+                ev_task, req, ep = task, 0, epoch.get(task[1], 0)
             sid = stack_keys.get(frames)
             if sid is None:
                 sid = stack_keys[frames] = len(stack_keys)
-            stack = pending.get(cpu)
-            if stack and stack[-1][0][1] == task[1]:
-                ev_task, req = stack.pop()
-                add(ev_task, sid, req)
-            else:  # its event was lost (overwritten): count it from the stack entry
-                add(task, sid, 0)
+            add(ev_task, sid, req, ep)
             continue
         for marker in markers:
             i = head.find(marker)
@@ -605,6 +719,10 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         else:
             if head.startswith("CPU:") and (m := _LOST_RE.search(head)):
                 lost_lines += int(m.group(2))
+            elif (i := head.find(_NEWTASK)) >= 0 or (i := head.find(_RENAME)) >= 0:
+                cpu, task = _split_prefix(head[:i], tasks)
+                timeline.event(head, task, _NEWTASK if _NEWTASK in head else _RENAME)
+                pending.setdefault(cpu, []).append((task, None, 0))
             elif head.strip() and not head.lstrip().startswith("#"):
                 unknown += 1
             continue
@@ -615,12 +733,16 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
             if j >= 0:
                 k = head.find(" ", j + 11)
                 req = int(head[j + 11:k if k >= 0 else None])
-        pending.setdefault(cpu, []).append((task, req))
+        if task[2] is not None:
+            last[task[1]] = task[2]
+        pending.setdefault(cpu, []).append((task, req, epoch.get(task[1], 0)))
     for stack in pending.values():     # events whose stack never came
-        for task, req in stack:
-            add(task, -1, req)
+        for task, req, ep in stack:
+            if req is not None:
+                add(task, -1, req, ep)
+    timeline.close()
 
-    counts, filled = _fill_unknown_tasks(counts, read_tasks(path.parent / TASKS))
+    counts, filled, corrected = _resolve_tasks(counts, timeline, read_tasks(path.parent / TASKS))
     lines_by_id = {sid: [_frame_line(l) for l in text.split("\n") if l.strip()]
                    for text, sid in stack_keys.items()}
     allocs, frames = build_tables(counts, {}, plan, meta, frame_lines=lines_by_id)
@@ -631,7 +753,11 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     if filled:
         notes.append(f"{filled} events were printed before the kernel saved their task's "
                      "comm/tgid (it does at the next context switch): attributed through the "
-                     f"thread id's other events or {TASKS}")
+                     f"task events, the thread id's other events or {TASKS}")
+    if corrected:
+        notes.append(f"{corrected} events printed a comm or tgid left by an earlier task of the "
+                     "same pid, or one from after a rename: attributed by the task events "
+                     f"(task_newtask, task_rename) or the end-of-capture lookup ({TASKS})")
     if unknown:
         notes.append(f"{unknown} lines of the ftrace output were not events and were skipped")
     return Parsed(allocs=allocs, frames=frames, losses={}, notes=notes, estimated=False)
