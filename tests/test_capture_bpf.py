@@ -18,10 +18,11 @@ from bench.workload import Workload
 from conftest import FIXTURES, require_bpf, skip_or_fail
 from live_capture import capture_around, pid_rows
 from slabkit.backends import Options, get_backend
-from slabkit.backends.bpf import read_output, render_argv
+from slabkit.backends.bpf import probe_kernel, read_output, render_argv
 from slabkit.errors import InvalidInput, ParseError
 from slabkit.facts import KernelFacts
 from slabkit.plan import Plan
+from slabkit.target import LocalTarget
 
 N = 3000
 OPEN_PATH = {"do_sys_openat2", "__x64_sys_openat", "path_openat", "do_filp_open"}
@@ -87,6 +88,12 @@ def test_kmalloc_size_class_is_exact_with_requested_bytes(bpf, tmp_path, stack_s
     req = int(rows["bytes_req"].sum())
     assert N * 33 <= req <= N * 64               # eventfd_ctx is requested at 33..64 bytes
     assert "do_eventfd" in functions_of(cap, rows["stack_id"])
+    # full stacks come from the regular tracepoint where BTF describes its record
+    record = probe_kernel(LocalTarget(), str(bpf))["kmalloc_record"] == 1
+    assert ("--record-event" in cap.meta["argv"]) == (record and stack_sample == 1)
+    f = cap.frames
+    first = f[(f["depth"] == 0) & f["stack_id"].isin(list(rows["stack_id"]))]["function"]
+    assert set(first) == {"__kmalloc_cache_noprof"}       # the tracing frames are cut
 
 
 @pytest.mark.parametrize("by", ["pid", "comm"])
@@ -190,6 +197,12 @@ def test_argv_carries_only_validated_values():
                                 match_bytes_alloc=64, gfp_forbid=0x400000,
                                 alloc_events=["kmem:kmalloc"]), Options())
     assert km[1:7] == ["--kmalloc-size", "64", "--gfp-forbid", "0x400000", "--stack-every", "1"]
+    kmalloc = _plan(strategy="kmalloc-size-class", match_name=None, match_bytes_alloc=64,
+                    alloc_events=["kmem:kmalloc"])
+    assert "--record-event" in render_argv("s", kmalloc, Options(), kmalloc_record=True)
+    assert "--record-event" not in render_argv("s", kmalloc, Options(stack_sample=32),
+                                               kmalloc_record=True)
+    assert "--record-event" not in render_argv("s", _plan(), Options(), kmalloc_record=True)
     with pytest.raises(InvalidInput):
         render_argv("s", _plan(match_name="filp; rm -rf /"), Options())
     with pytest.raises(InvalidInput):
@@ -198,7 +211,6 @@ def test_argv_carries_only_validated_values():
 
 def test_reasons_when_the_kernel_lacks_what_the_program_needs(tmp_path):
     backend = get_backend("bpf")
-    from slabkit.target import LocalTarget
     assert "no BTF" in backend.unavailable(LocalTarget(tmp_path), KernelFacts())
     old = KernelFacts(bpf={"binary": "x", "cache_arg": -1, "size_arg": 3, "gfp_arg": 4,
                            "req_arg": 2})

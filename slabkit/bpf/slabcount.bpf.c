@@ -323,4 +323,29 @@ int on_kmalloc(struct bpf_raw_tracepoint_args *ctx)
 	return count(ctx, pick(req_arg, a0, a1, a2, a3, a4));
 }
 
+/*
+ * The same test on kmalloc's *regular* tracepoint, which hands over the event record the
+ * kernel built (fields found by name through CO-RE). Used for full stacks only: there the
+ * stack walk dominates, and from a regular tracepoint it starts in perf_trace_kmalloc,
+ * frames shallower than from the raw one (the BPF program, bpf_trace_runN, __bpf_trace_*).
+ */
+struct trace_event_raw_kmalloc {
+	__u64 bytes_req;
+	__u64 bytes_alloc;
+	unsigned long gfp_flags;
+} __attribute__((preserve_access_index));
+
+SEC("tp/kmem/kmalloc")
+int on_kmalloc_record(struct trace_event_raw_kmalloc *ctx)
+{
+	if (ctx->bytes_alloc != match_size)
+		return 0;
+	__u64 gfp = ctx->gfp_flags;
+	if (gfp_require && !(gfp & gfp_require))
+		return 0;
+	if (gfp & gfp_forbid)
+		return 0;
+	return count(ctx, ctx->bytes_req);
+}
+
 char LICENSE[] SEC("license") = "GPL";

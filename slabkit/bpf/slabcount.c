@@ -8,7 +8,9 @@
  * Usage:
  *   slabcount --probe                      kernel facts (raw tracepoint argument indices)
  *   slabcount --cache NAME [options]       a cache by name (pointer learnt once)
- *   slabcount --kmalloc-size N [--gfp-require X] [--gfp-forbid Y] [options]
+ *   slabcount --kmalloc-size N [--gfp-require X] [--gfp-forbid Y] [--record-event] [options]
+ *            (--record-event: the regular kmalloc tracepoint and its record, not the raw one:
+ *            cheaper with --stack-every 1, where the stack walk starts fewer frames deep)
  * options: --pid P --comm C --stack-every N --count-keys K --sample-keys K --stack-keys K
  *          --kstack-keys K (the kernel stack map; 1 forces most stacks down the hashed path)
  *
@@ -90,11 +92,29 @@ static const struct btf_param *tp_params(const struct btf *btf, const char *tp, 
 	return btf_params(t) + 1;
 }
 
-struct facts { int cache_arg, size_arg, req_arg, gfp_arg; };
+struct facts { int cache_arg, size_arg, req_arg, gfp_arg, kmalloc_record; };
+
+/* Does the kmalloc event record (struct trace_event_raw_kmalloc) have the fields we read? */
+static int has_kmalloc_record(const struct btf *btf)
+{
+	int id = btf__find_by_name_kind(btf, "trace_event_raw_kmalloc", BTF_KIND_STRUCT);
+	if (id < 0)
+		return 0;
+	const struct btf_type *t = btf__type_by_id(btf, id);
+	const struct btf_member *m = btf_members(t);
+	int found = 0;
+	for (int i = 0; i < btf_vlen(t); i++) {
+		const char *n = btf__name_by_offset(btf, m[i].name_off);
+		found += !strcmp(n, "bytes_req") || !strcmp(n, "bytes_alloc") ||
+			 !strcmp(n, "gfp_flags");
+	}
+	return found == 3;
+}
 
 static void find_facts(struct facts *f)
 {
 	f->cache_arg = f->size_arg = f->req_arg = f->gfp_arg = -1;
+	f->kmalloc_record = 0;
 	struct btf *btf = btf__load_vmlinux_btf();
 	if (!btf)
 		die(3, "the kernel has no BTF (/sys/kernel/btf/vmlinux): %s", strerror(errno));
@@ -120,6 +140,7 @@ static void find_facts(struct facts *f)
 			f->gfp_arg = i;
 		}
 	}
+	f->kmalloc_record = has_kmalloc_record(btf);
 	btf__free(btf);
 }
 
@@ -147,7 +168,8 @@ static int n_machinery, cap_machinery;
 static int is_machinery_name(const char *n)
 {
 	return !strncmp(n, "bpf_trace_run", 13) || !strncmp(n, "__bpf_trace_", 12) ||
-	       !strncmp(n, "__traceiter_", 12) || !strncmp(n, "bpf_prog_", 9);
+	       !strncmp(n, "__traceiter_", 12) || !strncmp(n, "bpf_prog_", 9) ||
+	       !strncmp(n, "perf_trace_", 11);
 }
 
 static void read_kallsyms(void)
@@ -300,11 +322,12 @@ int main(int argc, char **argv)
 	const char *cache = NULL, *comm = NULL;
 	long kmalloc_size = 0, pid = 0, every = 32, count_keys = 65536, sample_keys = 65536;
 	long stack_keys = 16384, kstack_keys = 4096, gfp_require = 0, gfp_forbid = 0;
-	int probe = 0;
+	int probe = 0, record = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (!strcmp(a, "--probe")) { probe = 1; continue; }
+		if (!strcmp(a, "--record-event")) { record = 1; continue; }
 		if (!v)
 			die(2, "%s needs a value", a);
 		i++;
@@ -325,8 +348,9 @@ int main(int argc, char **argv)
 	struct facts f;
 	find_facts(&f);
 	if (probe) {
-		printf("cache_arg\t%d\nsize_arg\t%d\nreq_arg\t%d\ngfp_arg\t%d\n",
-		       f.cache_arg, f.size_arg, f.req_arg, f.gfp_arg);
+		printf("cache_arg\t%d\nsize_arg\t%d\nreq_arg\t%d\ngfp_arg\t%d\n"
+		       "kmalloc_record\t%d\n",
+		       f.cache_arg, f.size_arg, f.req_arg, f.gfp_arg, f.kmalloc_record);
 		return 0;
 	}
 	if (!cache == !kmalloc_size)
@@ -341,7 +365,12 @@ int main(int argc, char **argv)
 	if (cache && f.cache_arg != 2 && f.cache_arg != 3)
 		die(3, "unexpected kmem_cache_alloc argument layout (cache is argument %d)",
 		    f.cache_arg);
-	if (kmalloc_size && (f.size_arg < 0 || f.gfp_arg < 0 || f.req_arg < 0))
+	if (record && !kmalloc_size)
+		die(2, "--record-event goes with --kmalloc-size");
+	if (record && !f.kmalloc_record)
+		die(3, "this kernel's BTF has no kmalloc event record (trace_event_raw_kmalloc "
+		       "with bytes_req, bytes_alloc, gfp_flags)");
+	if (kmalloc_size && !record && (f.size_arg < 0 || f.gfp_arg < 0 || f.req_arg < 0))
 		die(3, "raw tracepoint kmalloc lacks bytes_alloc/gfp_flags arguments here");
 
 	struct rlimit rl = { RLIM_INFINITY, RLIM_INFINITY };
@@ -372,7 +401,8 @@ int main(int argc, char **argv)
 	bpf_map__set_max_entries(skel->maps.stacks, stack_keys);
 	bpf_map__set_max_entries(skel->maps.kstacks, kstack_keys);
 	bpf_program__set_autoload(skel->progs.on_cache_alloc, cache != NULL);
-	bpf_program__set_autoload(skel->progs.on_kmalloc, kmalloc_size != 0);
+	bpf_program__set_autoload(skel->progs.on_kmalloc, kmalloc_size != 0 && !record);
+	bpf_program__set_autoload(skel->progs.on_kmalloc_record, kmalloc_size != 0 && record);
 	int err = slabcount_bpf__load(skel);
 	if (err)
 		die(3, "the kernel refused the BPF program: %s", strerror(-err));
@@ -384,13 +414,15 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	struct bpf_link *link = bpf_program__attach(cache ? skel->progs.on_cache_alloc
+						      : record ? skel->progs.on_kmalloc_record
 						      : skel->progs.on_kmalloc);
 	if (!link) {
 		int e = errno;
 		slabcount_bpf__destroy(skel);
 		die(3, "cannot attach to the raw tracepoint: %s", strerror(e));
 	}
-	printf("slabkit-attached\t%s\n", cache ? "kmem_cache_alloc" : "kmalloc");
+	printf("slabkit-attached\t%s\n", cache ? "kmem_cache_alloc"
+					   : record ? "kmalloc (event record)" : "kmalloc");
 	fflush(stdout);
 	while (!stop)
 		pause();
