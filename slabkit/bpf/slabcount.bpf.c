@@ -308,19 +308,26 @@ int on_cache_alloc(struct bpf_raw_tracepoint_args *ctx)
 	return count(ctx, 0);
 }
 
+/* One kmalloc event: the size class and GFP tests, then count it. */
+static __always_inline int kmalloc_event(void *ctx, __u64 bytes_alloc, __u64 gfp,
+					 __u64 bytes_req)
+{
+	if (bytes_alloc != match_size)
+		return 0;
+	if (gfp_require && !(gfp & gfp_require))
+		return 0;
+	if (gfp & gfp_forbid)
+		return 0;
+	return count(ctx, bytes_req);
+}
+
 SEC("raw_tp/kmalloc")
 int on_kmalloc(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u64 a0 = ctx->args[0], a1 = ctx->args[1], a2 = ctx->args[2], a3 = ctx->args[3],
 	      a4 = ctx->args[4];
-	if (pick(size_arg, a0, a1, a2, a3, a4) != match_size)
-		return 0;
-	__u64 gfp = pick(gfp_arg, a0, a1, a2, a3, a4);
-	if (gfp_require && !(gfp & gfp_require))
-		return 0;
-	if (gfp & gfp_forbid)
-		return 0;
-	return count(ctx, pick(req_arg, a0, a1, a2, a3, a4));
+	return kmalloc_event(ctx, pick(size_arg, a0, a1, a2, a3, a4),
+			     pick(gfp_arg, a0, a1, a2, a3, a4), pick(req_arg, a0, a1, a2, a3, a4));
 }
 
 /*
@@ -338,14 +345,7 @@ struct trace_event_raw_kmalloc {
 SEC("tp/kmem/kmalloc")
 int on_kmalloc_record(struct trace_event_raw_kmalloc *ctx)
 {
-	if (ctx->bytes_alloc != match_size)
-		return 0;
-	__u64 gfp = ctx->gfp_flags;
-	if (gfp_require && !(gfp & gfp_require))
-		return 0;
-	if (gfp & gfp_forbid)
-		return 0;
-	return count(ctx, ctx->bytes_req);
+	return kmalloc_event(ctx, ctx->bytes_alloc, ctx->gfp_flags, ctx->bytes_req);
 }
 
 char LICENSE[] SEC("license") = "GPL";
