@@ -382,12 +382,13 @@ class FtraceBackend(Backend):
         tracefs = facts.tracefs or "/sys/kernel/tracing"
         events = [e.replace(":", "/") for e in plan.alloc_events]
         expr = kernel_filter(plan)
+        task_events = list(TASK_EVENTS)
         text = render_text(tracefs, events, expr, options.buffer_kb, INSTANCE_OPTIONS,
-                           TASK_EVENTS)
+                           task_events)
         return FtraceProgram(backend=self.name,
                              argv=["cat", f"{tracefs}/instances/{{instance}}/trace_pipe"],
                              text=text, tracefs=tracefs, events=events, filter=expr,
-                             buffer_kb=int(options.buffer_kb))
+                             buffer_kb=int(options.buffer_kb), task_events=task_events)
 
     def run(self, target: "Target", program: Program, folder: Path,
             control: "RunControl") -> RunResult:
@@ -577,8 +578,8 @@ class _Timeline:
         self.printed: dict[tuple[int, int], str] = {}
         self.last: dict[int, str] = {}
 
-    def event(self, head: str, task: tuple, marker: str) -> None:
-        rest = head[head.find(marker) + len(marker):]
+    def event(self, rest: str, task: tuple, marker: str) -> None:
+        """One task event line: ``rest`` is the text after ``marker``."""
         if marker == _NEWTASK:
             m = _NEWTASK_RE.match(rest)
             if not m:
@@ -719,9 +720,11 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         else:
             if head.startswith("CPU:") and (m := _LOST_RE.search(head)):
                 lost_lines += int(m.group(2))
-            elif (i := head.find(_NEWTASK)) >= 0 or (i := head.find(_RENAME)) >= 0:
+            elif (marker := _NEWTASK if _NEWTASK in head else
+                  _RENAME if _RENAME in head else None):
+                i = head.find(marker)
                 cpu, task = _split_prefix(head[:i], tasks)
-                timeline.event(head, task, _NEWTASK if _NEWTASK in head else _RENAME)
+                timeline.event(head[i + len(marker):], task, marker)
                 pending.setdefault(cpu, []).append((task, None, 0))
             elif head.strip() and not head.lstrip().startswith("#"):
                 unknown += 1
