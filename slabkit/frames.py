@@ -364,6 +364,8 @@ class Kallsyms:
 #: *else* is attached: with two or more probes on one tracepoint the kernel calls them through
 #: ``__traceiter_<event>``, so the same allocation's stack gains a frame when another tracer
 #: runs. Dropped from the inner end only, so stacks mean the same whoever else is tracing.
+#: slabcount (``slabkit/bpf/slabcount.c``, ``is_machinery_name``) cuts the same names while its
+#: program is loaded, the only time its ``bpf_prog_`` frame can be named: keep the lists alike.
 TRACER_GLUE_RE = re.compile(
     r"(?:__traceiter_\w+|perf_trace_\w+|trace_event_raw_event_\w+|__bpf_trace_\w+"
     r"|bpf_trace_run\d+|bpf_prog_\w+|trace_call_bpf)$")
