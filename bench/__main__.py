@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from slabkit.runner import TermAsInterrupt
+from slabkit.host.procs import TermAsInterrupt
 
 from .common import RESULTS, Log, machine, table
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or (1 if args.quick else 2)
     log = Log(args.quiet)
 
-    from slabkit.target import LocalTarget
+    from slabkit.host.target import LocalTarget
     if not LocalTarget().is_root() and set(stages) & {"probe", "accuracy"}:
         print("the probe and accuracy stages trace the live kernel: run as root "
               "(or --only load)", file=sys.stderr)
@@ -133,7 +133,7 @@ def leftovers() -> list[str]:
     """tracefs instances and registered tracers of this process still there (should be none)."""
     import os
 
-    from slabkit.runner import INSTANCE_PREFIX, STATE_DIR
+    from slabkit.host.procs import INSTANCE_PREFIX, STATE_DIR
     found = []
     inst = Path("/sys/kernel/tracing/instances")
     mine = f"{INSTANCE_PREFIX}{os.getpid()}-"

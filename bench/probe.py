@@ -198,7 +198,7 @@ def _current_check() -> str:
     """A line saying whether variant ``CURRENT`` is still slabkit's program for filp."""
     from .programs import CURRENT, VARIANTS
     try:
-        from slabkit.capturing import prepare
+        from slabkit.capturing.run import prepare
         theirs = prepare("filp", backend="bpftrace").program.text
     except Exception as e:  # not root, no bpftrace: say so
         return f"\n(could not render slabkit's own program to compare: {e})\n"

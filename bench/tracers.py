@@ -1,7 +1,7 @@
 """The configurations a workload runs under: slabkit captures and hand-typed tracer commands.
 
 Each :class:`Tracer` has ``session(workdir)``: a context manager that starts the tracer, returns
-once its probe is live, and on exit stops it by pid (``slabkit.runner``: SIGINT, then SIGTERM
+once its probe is live, and on exit stops it by pid (``slabkit.host.procs``: SIGINT, then SIGTERM
 and SIGKILL, always reaped; tracefs instances removed) and fills the dict it yielded with what
 the run reported (output file, stderr tail, the Capture, losses).
 
@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slabkit.runner import instance_name, register, stop_process, unregister
-from slabkit.target import LocalTarget
+from slabkit.host.procs import instance_name, register, stop_process, unregister
+from slabkit.host.target import LocalTarget
 
 ATTACH_TIMEOUT_S = 120.0
 TRACEFS = "/sys/kernel/tracing"
@@ -251,7 +251,7 @@ class SlabkitCapture(Tracer):
     def session(self, workdir: Path) -> Iterator[dict]:
         import shutil
 
-        from slabkit.capturing import capture
+        from slabkit.capturing.run import capture
         folder = workdir / f"{self.name}-{next(_seq)}"
         attached, stop = threading.Event(), threading.Event()
         result: dict = {}

@@ -1,6 +1,6 @@
 """slabkit: who allocates from a Linux slab cache.
 
-The public API (stable; see README "Python API" and ``slabkit.schema`` for the tables)::
+The public API (stable; see README "Python API" and ``slabkit.model.schema`` for the tables)::
 
     slabkit.caches(root="/")                 # the slab cache table
     slabkit.resolve_cache("eventpoll_pwq")   # alias -> the slabinfo name it lives in
@@ -24,12 +24,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "caches": "slabinfo", "resolve_cache": "slabinfo", "read_slabinfo": "slabinfo",
-    "sample": "slabinfo", "growth": "slabinfo",
-    "capture": "capturing", "prepare": "capturing",
-    "load": "loading", "merge": "loading",
-    "list_captures": "store",
-    "Capture": "tables",
+    "caches": "host.slabinfo", "resolve_cache": "host.slabinfo", "read_slabinfo": "host.slabinfo",
+    "sample": "host.slabinfo", "growth": "host.slabinfo",
+    "capture": "capturing.run", "prepare": "capturing.run",
+    "load": "capturing.load", "merge": "capturing.load",
+    "list_captures": "capturing.store",
+    "Capture": "model.tables",
     "by_process": "analysis", "by_module": "analysis", "by_frame": "analysis",
     "top_stacks": "analysis", "callers": "analysis", "callees": "analysis",
     "matrix": "analysis", "diff": "analysis", "to_folded": "analysis",

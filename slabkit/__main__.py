@@ -1,3 +1,3 @@
-from .cli import main
+from slabkit.ui.cli import main
 
 raise SystemExit(main())

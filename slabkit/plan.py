@@ -1,6 +1,6 @@
 """Decide how to catch one cache's allocations on one kernel: pure, testable without root.
 
-``plan_capture(resolved, facts)`` looks at what the kernel offers (``slabkit.facts``) and
+``plan_capture(resolved, facts)`` looks at what the kernel offers (``slabkit.host.facts``) and
 returns a :class:`Plan`: which event or functions, which filter, whether the attribution is
 exact or a size-class estimate, and why. It refuses with a clear reason when nothing works.
 
@@ -23,9 +23,9 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import InvalidInput, TracerUnavailable, expected_one_of
-from .facts import KernelFacts, gfp_bits
-from .names import check_cache_name, check_comm, check_pid
+from slabkit.errors import InvalidInput, TracerUnavailable, expected_one_of
+from slabkit.host.facts import KernelFacts, gfp_bits
+from slabkit.validate import check_cache_name, check_comm, check_pid
 
 MODES = ("allocs", "outstanding")
 

@@ -1,6 +1,6 @@
 """Plots of a capture, seaborn style: each takes the data, keyword options, an optional ``ax``
 (the current Axes by default), draws on it and returns it. The numbers come from
-:mod:`slabkit.analysis`; nothing here computes what a pivot does not already give.
+:mod:`slabkit.analysis.pivots`; nothing here computes what a pivot does not already give.
 
 Titles say what is shown and for which cache; axis labels give units.
 """
@@ -15,9 +15,9 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
-from . import analysis
-from .analysis import CaptureLike, _unpack
-from .errors import InvalidInput, expected_one_of
+from slabkit.analysis import pivots as analysis
+from slabkit.analysis.pivots import CaptureLike, _unpack
+from slabkit.errors import InvalidInput, expected_one_of
 
 _VALUE_LABEL = {"count": "allocations", "bytes": "bytes allocated"}
 
@@ -66,7 +66,7 @@ def _barh(df: pd.DataFrame, label: str, value: str, ax: Axes, title: str, ylabel
 def plot_top_processes(cap: CaptureLike, *, n: int = 10, value: str = "count",
                        by: str | Sequence[str] = ("comm",), ax: Axes | None = None) -> Axes:
     """Horizontal bars: the ``n`` processes that allocated most (``value``: ``"count"`` or
-    ``"bytes"``), each labelled with its share; from :func:`slabkit.analysis.by_process`."""
+    ``"bytes"``), each labelled with its share; from :func:`slabkit.analysis.pivots.by_process`."""
     _check_value(value)
     ax = _ax(ax)
     df = analysis.by_process(cap, by=by, value=value).head(n)
@@ -82,7 +82,7 @@ def plot_top_callsites(cap: CaptureLike, *, n: int = 10, value: str = "count",
                        how: str = "callsite", ax: Axes | None = None) -> Axes:
     """Horizontal bars: the ``n`` kernel functions that allocated most, by callsite (the first
     frame outside the allocator) or ``how="inclusive"``; from
-    :func:`slabkit.analysis.by_frame`."""
+    :func:`slabkit.analysis.pivots.by_frame`."""
     _check_value(value)
     ax = _ax(ax)
     df = analysis.by_frame(cap, how, value=value).head(n)
@@ -97,7 +97,7 @@ def plot_process_module_heatmap(cap: CaptureLike, *, cols: str = "module", n_row
                                 n_cols: int = 12, value: str = "count",
                                 ax: Axes | None = None) -> Axes:
     """Heatmap of processes (rows) against responsible module or callsite (``cols``), the top
-    ``n_rows`` x ``n_cols`` of :func:`slabkit.analysis.matrix`; cells annotated when few."""
+    ``n_rows`` x ``n_cols`` of :func:`slabkit.analysis.pivots.matrix`; cells annotated when few."""
     _check_value(value)
     ax = _ax(ax)
     m = analysis.matrix(cap, rows="comm", cols=cols, value=value)
@@ -131,7 +131,7 @@ def plot_flame(cap: CaptureLike, *, ax: Axes | None = None, min_share: float = 0
     their kernel stacks from the syscall entry down to the allocator; a box's width is its
     share of all allocations. Boxes narrower than ``min_share`` are left out; a box is labelled
     with its function where the name fits. Each box is a Rectangle whose ``gid`` is its label.
-    Layout from :func:`slabkit.analysis.icicle`.
+    Layout from :func:`slabkit.analysis.pivots.icicle`.
     """
     ax = _ax(ax)
     nodes = analysis.icicle(cap, min_share=min_share)
@@ -170,7 +170,7 @@ def plot_flame(cap: CaptureLike, *, ax: Axes | None = None, min_share: float = 0
 def plot_slab_growth(series: pd.DataFrame, *, names: Sequence[str] | None = None,
                      ax: Axes | None = None) -> Axes:
     """Lines of memory held by each cache's slabs (MiB) over the capture's time (s), one per
-    cache ``name``; ``series`` has the columns of ``slabkit.schema.SLABINFO_SERIES``
+    cache ``name``; ``series`` has the columns of ``slabkit.model.schema.SLABINFO_SERIES``
     (``time_s, name, active_objs, num_objs, memory_bytes``). ``names`` picks caches."""
     ax = _ax(ax)
     missing = [c for c in ("time_s", "name", "memory_bytes") if c not in series.columns]

@@ -39,7 +39,7 @@ def _tracing_leftovers() -> list[str]:
     Instances are named ``slabkit-<owner pid>-<owner start time>-<n>``; one whose owner is
     another live process (a concurrent test run) is not this test's business.
     """
-    from slabkit.runner import _proc_start_time
+    from slabkit.host.procs import _proc_start_time
     left = []
     inst = TRACEFS / "instances"
     if inst.is_dir():
@@ -63,7 +63,7 @@ def _child_tracers() -> list[str]:
 
 def require_bpf() -> Path:
     """slabkit's BPF counter, built (needs clang/libbpf and a kernel with BTF), or skip/fail."""
-    from slabkit.bpf.build import build, missing_tools
+    from slabkit.slabcount.build import build, missing_tools
     if missing_tools():
         skip_or_fail(missing_tools())
     if not Path("/sys/kernel/btf/vmlinux").exists():

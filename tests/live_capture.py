@@ -4,8 +4,8 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-import slabkit.capturing as capture_mod
-from slabkit.tables import Capture
+import slabkit.capturing.run as capture_mod
+from slabkit.model.tables import Capture
 
 
 def capture_around(cache: str, work: Callable[[], None], *, seconds: float = 60,

@@ -189,5 +189,5 @@ def sshd_server(tmp_path_factory):
 
 def _bpf_copy_on_this_machine() -> Path:
     from slabkit.backends.bpf import REMOTE_DIR
-    from slabkit.bpf.build import source_hash
+    from slabkit.slabcount.build import source_hash
     return Path(REMOTE_DIR) / source_hash()

@@ -13,8 +13,8 @@ from conftest import FIXTURES
 from slabkit import analysis as A
 from slabkit.backends import stap
 from slabkit.errors import InvalidInput
-from slabkit.frames import frames_table
-from slabkit.tables import Capture
+from slabkit.model.stacks import frames_table
+from slabkit.model.tables import Capture
 
 
 @pytest.fixture(scope="module")
@@ -333,7 +333,7 @@ def test_unsorted_frames_give_the_same_answers(hand):
 
 
 def test_empty_capture():
-    from slabkit import schema
+    from slabkit.model import schema
     cap = Capture(schema.empty("allocs"), schema.empty("frames"), {"duration_s": 1.0})
     assert len(A.by_process(cap)) == 0
     assert len(A.by_frame(cap)) == 0

@@ -16,20 +16,20 @@ from pathlib import Path
 import pytest
 
 import slabkit
-import slabkit.capturing as capturing
+import slabkit.capturing.run as capturing
 from bench.workload import Workload, binary as workload_binary
 from conftest import FIXTURES, TRACEFS
 from live_capture import assert_count, capture_around, pid_rows
 from sshd import sshd_server  # noqa: F401  (fixture)
-from slabkit import runner
+from slabkit.host import procs as runner
 from slabkit.backends import Options
 from slabkit.backends.ftrace import (FtraceBackend, FtraceProgram, kernel_filter, parse_output,
                                      remove_instance)
-from slabkit.control import RunControl
+from slabkit.capturing.control import RunControl
 from slabkit.errors import ProbeFailed
-from slabkit.facts import KernelFacts
+from slabkit.host.facts import KernelFacts
 from slabkit.plan import Plan
-from slabkit.target import LocalTarget
+from slabkit.host.target import LocalTarget
 
 N = 2000
 SYSCALL_PATH = {"do_sys_openat2", "__x64_sys_openat", "path_openat", "do_filp_open"}
@@ -496,7 +496,7 @@ def test_a_bad_filter_fails_with_the_kernels_error_log_and_cleans_up(live, tmp_p
 @pytest.mark.ssh
 def test_a_capture_over_ssh_counts_exactly_and_removes_its_instance(live, sshd_server,  # noqa: F811
                                                                     tmp_path):
-    from slabkit.remote import SSHTarget
+    from slabkit.host.ssh import SSHTarget
     before = set(p.name for p in (TRACEFS / "instances").iterdir())
     with SSHTarget(sshd_server.destination, ssh_options=sshd_server.client_options) as t:
         with Workload("open", N, "/etc/hostname") as w:

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 
 import slabkit
-import slabkit.capturing as capturing
+import slabkit.capturing.run as capturing
 from bench.workload import Workload
 from conftest import FIXTURES, _child_tracers, require_tool
 from live_capture import assert_count, capture_around, pid_rows
 from sshd import sshd_server  # noqa: F401  (fixture)
 from slabkit.backends import Options
 from slabkit.backends.perf import PerfBackend, mmap_pages, parse_script, render_argv
-from slabkit.control import RunControl
+from slabkit.capturing.control import RunControl
 from slabkit.errors import ProbeFailed
-from slabkit.facts import KernelFacts
+from slabkit.host.facts import KernelFacts
 from slabkit.plan import Plan
 
 N = 2000
@@ -311,7 +311,7 @@ def test_a_bad_filter_fails_with_perfs_message(perf, tmp_path):
 @pytest.mark.ssh
 def test_a_capture_over_ssh_counts_exactly_and_leaves_nothing_on_the_target(perf, sshd_server,  # noqa: F811
                                                                            tmp_path):
-    from slabkit.remote import SSHTarget
+    from slabkit.host.ssh import SSHTarget
     before = set(Path("/tmp").glob("slabkit-perf.*"))
     with SSHTarget(sshd_server.destination, ssh_options=sshd_server.client_options) as t:
         with Workload("open", N, "/etc/hostname") as w:

@@ -32,7 +32,7 @@ import procs
 from conftest import DATA, skip_or_fail
 
 import slabkit
-from slabkit import report
+from slabkit.ui import report
 
 pytestmark = pytest.mark.browser
 

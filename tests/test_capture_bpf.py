@@ -20,9 +20,9 @@ from live_capture import capture_around, pid_rows
 from slabkit.backends import Options, get_backend
 from slabkit.backends.bpf import probe_kernel, read_output, render_argv
 from slabkit.errors import InvalidInput, ParseError
-from slabkit.facts import KernelFacts
+from slabkit.host.facts import KernelFacts
 from slabkit.plan import Plan
-from slabkit.target import LocalTarget
+from slabkit.host.target import LocalTarget
 
 N = 3000
 OPEN_PATH = {"do_sys_openat2", "__x64_sys_openat", "path_openat", "do_filp_open"}
@@ -258,7 +258,7 @@ def test_both_stack_paths_give_the_same_stacks(bpf, tmp_path):
     another stack, are copied and hashed instead. A one-bucket stack map sends all but one
     stack down the second path: both must give whole, exact, allocator-first stacks."""
     from bench.common import run_loop
-    from slabkit.frames import Kallsyms
+    from slabkit.model.stacks import Kallsyms
     out = tmp_path / "slabcount.tsv"
     with open(out, "wb") as o:
         proc = subprocess.Popen([str(bpf), "--cache", "filp", "--stack-every", "1",

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from slabkit import schema
+from slabkit.model import schema
 from slabkit.errors import ParseError, PermissionNeeded
-from slabkit.frames import Frame, FrameParser, Kallsyms, frames_table, parse_frame
+from slabkit.model.stacks import Frame, FrameParser, Kallsyms, frames_table, parse_frame
 
 K = 0xFFFFFFFF00000000
 
@@ -211,7 +211,7 @@ def _glue_tables():
 def test_tracer_glue_is_dropped_and_equal_stacks_merge():
     """Seen live: with a second probe on kmem_cache_alloc, bpftrace's stacks start with
     __traceiter_kmem_cache_alloc; the same path without it must be the same stack."""
-    from slabkit.frames import drop_tracer_glue
+    from slabkit.model.stacks import drop_tracer_glue
     allocs, fr = _glue_tables()
     a, f, _ = drop_tracer_glue(allocs, fr)
     assert list(a["stack_id"]) == [0, 2] and list(a["count"]) == [12, 1]

@@ -19,7 +19,7 @@ import pytest
 from conftest import DATA, require_tool
 
 import slabkit
-from slabkit import report
+from slabkit.ui import report
 from slabkit.errors import CaptureNotFound, SlabkitError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -164,7 +164,7 @@ def test_02_explores_each_sample(sample, tmp_path):
 
 def test_02_on_a_capture_that_saw_nothing(tmp_path):
     """An idle cache gives a capture with no allocations: every section still runs."""
-    from slabkit import store
+    from slabkit.capturing import store
     cap = slabkit.load(SAMPLES / "bpftrace-filp")
     cap.allocs, cap.frames = cap.allocs.iloc[0:0], cap.frames.iloc[0:0]
     cap.meta["total_allocs"] = 0
@@ -210,7 +210,7 @@ def _python_for_nobody(env: dict) -> str:
     for exe in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
         # it must also start itself again, as the kernel does (a venv interpreter under /root
         # was seen to start under setpriv yet fail to start its own kernel)
-        check = ("import slabkit.report, ipykernel, nbclient, subprocess, sys; "
+        check = ("import slabkit.ui.report, ipykernel, nbclient, subprocess, sys; "
                  "subprocess.run([sys.executable, '-c', ''], check=True)")
         probe = _as_nobody([exe, "-c", check], env, timeout=120)
         if probe.returncode == 0:
@@ -227,7 +227,7 @@ def _run_as_nobody(name: str, params: dict, shared: Path) -> subprocess.Complete
         os.chmod(path, 0o777)
     script = (
         "import nbformat\n"
-        "from slabkit.report import execute_notebook, notebook_path\n"
+        "from slabkit.ui.report import execute_notebook, notebook_path\n"
         f"nb = execute_notebook(notebook_path({name!r}), {params!r}, cwd={str(shared)!r})\n"
         f"nbformat.write(nb, {str(shared / 'out.ipynb')!r})\n")
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8",
@@ -332,7 +332,7 @@ def test_report_error_names_the_failing_cell(tmp_path):
 
 
 def test_cli_report(tmp_path, monkeypatch, capsys):
-    from slabkit.cli import main
+    from slabkit.ui.cli import main
     calls = []
 
     def fake(capture, out, *, show_code=False):

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from slabkit import slabinfo
+from slabkit.host import slabinfo
 from slabkit.backends.bpftrace import render_program
 from slabkit.backends import Options
 from slabkit.errors import InvalidInput, TracerUnavailable
-from slabkit.facts import gather_facts, gfp_bits, parse_format
+from slabkit.host.facts import gather_facts, gfp_bits, parse_format
 from slabkit.plan import plan_capture
-from slabkit.target import LocalTarget
+from slabkit.host.target import LocalTarget
 
 from kernel_tree import KERNELS, build_root, kernel_dirs
 

@@ -12,10 +12,12 @@ import pytest
 from conftest import FIXTURES
 from matplotlib.patches import Rectangle
 
-from slabkit import plots, schema
+from slabkit import plots
+
+from slabkit.model import schema
 from slabkit.backends import stap
 from slabkit.errors import InvalidInput
-from slabkit.tables import Capture
+from slabkit.model.tables import Capture
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 from sshd import sshd_server  # noqa: F401  (a pytest fixture)
 
 from slabkit.errors import InvalidInput
-from slabkit.remote import (
+from slabkit.host.ssh import (
     SSHDestination,
     SSHTarget,
     TargetUnreachable,
@@ -28,7 +28,7 @@ from slabkit.remote import (
     send_signal,
     stop_process,
 )
-from slabkit.target import LocalTarget, as_target
+from slabkit.host.target import LocalTarget, as_target
 
 pytestmark = pytest.mark.ssh
 
@@ -332,7 +332,7 @@ def test_popen_program_dies_with_this_python(sshd_server, tmp_path):  # noqa: F8
     argv = ["sleep", unique_seconds()]
     code = textwrap.dedent(f"""
         import subprocess, time
-        from slabkit.remote import SSHTarget
+        from slabkit.host.ssh import SSHTarget
         t = SSHTarget({sshd_server.destination!r}, ssh_options={sshd_server.client_options!r},
                       persist_s=1, stop_grace_s=1)
         t.popen({argv!r}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

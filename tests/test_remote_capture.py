@@ -20,7 +20,7 @@ import slabkit
 from bench.workload import Workload
 from conftest import require_tool
 from live_capture import capture_around
-from slabkit.remote import SSHTarget
+from slabkit.host.ssh import SSHTarget
 from sshd import sshd_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.ssh

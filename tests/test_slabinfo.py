@@ -1,4 +1,4 @@
-"""The cache table (slabkit.slabinfo): fake-root tests, live checks against sysfs and meminfo,
+"""The cache table (slabkit.host.slabinfo): fake-root tests, live checks against sysfs and meminfo,
 and the ``slabkit caches`` command.
 
 Fake root: ``tests/fixtures/slabinfo`` holds a real /proc/slabinfo of a 6.18 SLUB machine and a
@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from conftest import FIXTURES, HERE, skip_or_fail
 
-from slabkit import slabinfo
+from slabkit.host import slabinfo
 from slabkit.errors import (
     InvalidInput,
     ParseError,
@@ -29,7 +29,7 @@ from slabkit.errors import (
     SlabkitError,
     UnknownCache,
 )
-from slabkit.target import LocalTarget
+from slabkit.host.target import LocalTarget
 
 ROOT = FIXTURES / "slabinfo"
 SAVED = ROOT / "proc" / "slabinfo"

@@ -21,7 +21,7 @@ from matplotlib.patches import Rectangle
 import slabkit
 from slabkit.backends import registry
 from slabkit.errors import PermissionNeeded, TracerUnavailable
-from slabkit.widgets import CachePicker, CaptureRunner, PivotExplorer
+from slabkit.ui.widgets import CachePicker, CaptureRunner, PivotExplorer
 
 FAKE_ROOT = FIXTURES / "slabinfo"
 SAMPLES = DATA / "samples"

@@ -13,7 +13,7 @@ never assumed from the version) whose ``kmem_cache_alloc`` tracepoint passes the
 pointer (Linux 6.0+); the kmalloc family uses the ``kmalloc`` raw tracepoint, or with full
 stacks (``stack_sample=1``) the regular one, whose record the kernel builds anyway cheaply and
 from where the stack walk starts shallower. The binary is
-built here (:mod:`slabkit.bpf.build`) and copied to remote targets, which need nothing else.
+built here (:mod:`slabkit.slabcount.build`) and copied to remote targets, which need nothing else.
 
 Output of ``slabcount`` (tab-separated, printed after detaching)::
 
@@ -32,17 +32,17 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..errors import ParseError, ProbeFailed, TracerUnavailable
-from ..names import check_cache_name, check_comm
-from ..target import LocalTarget
-from . import Backend, Options, Parsed, Program, RunResult, run_marked_tracer
-from .bpftrace import finish_allocs, frames_from_addresses, spread_counts
+from slabkit.errors import ParseError, ProbeFailed, TracerUnavailable
+from slabkit.validate import check_cache_name, check_comm
+from slabkit.host.target import LocalTarget
+from slabkit.backends import Backend, Options, Parsed, Program, RunResult, run_marked_tracer
+from slabkit.backends.bpftrace import finish_allocs, frames_from_addresses, spread_counts
 
 if TYPE_CHECKING:
-    from ..control import RunControl
-    from ..facts import KernelFacts
-    from ..plan import Plan
-    from ..target import Target
+    from slabkit.capturing.control import RunControl
+    from slabkit.host.facts import KernelFacts
+    from slabkit.plan import Plan
+    from slabkit.host.target import Target
 
 RAW = "slabcount.tsv"
 STDERR = "slabcount.stderr"
@@ -63,7 +63,7 @@ def _is_this_machine(target: "Target") -> bool:
 
 def install(target: "Target") -> str:
     """The path of the current ``slabcount`` on the target (built here, copied if remote)."""
-    from ..bpf.build import build, source_hash
+    from slabkit.slabcount.build import build, source_hash
     local = build()
     if _is_this_machine(target):
         return str(local)
@@ -143,7 +143,7 @@ class BpfBackend(Backend):
                 facts.bpf.update(probe_kernel(target, binary), binary=binary)
             except (TracerUnavailable, OSError) as e:
                 return str(e)
-            from ..bpf.build import source_hash
+            from slabkit.slabcount.build import source_hash
             facts.tracers["bpf"] = f"slabcount {source_hash()}"
         return None
 

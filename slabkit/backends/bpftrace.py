@@ -36,15 +36,15 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..errors import ParseError, ProbeFailed
-from ..names import check_cache_name, check_comm
-from . import Backend, Options, Parsed, Program, RunResult, run_marked_tracer
+from slabkit.errors import ParseError, ProbeFailed
+from slabkit.validate import check_cache_name, check_comm
+from slabkit.backends import Backend, Options, Parsed, Program, RunResult, run_marked_tracer
 
 if TYPE_CHECKING:
-    from ..control import RunControl
-    from ..facts import KernelFacts
-    from ..plan import Plan
-    from ..target import Target
+    from slabkit.capturing.control import RunControl
+    from slabkit.host.facts import KernelFacts
+    from slabkit.plan import Plan
+    from slabkit.host.target import Target
 
 RAW = "bpftrace.jsonl"
 STDERR = "bpftrace.stderr"
@@ -418,7 +418,7 @@ def _outstanding(maps: dict, printed: list[str], path: Path, slot: int | None, m
 def load_kallsyms(path: Path | None):
     """The capture's saved kernel symbols (``kallsyms.txt.gz``), or None."""
     import gzip
-    from ..frames import Kallsyms
+    from slabkit.model.stacks import Kallsyms
     if path is None or not Path(path).is_file():
         return None
     with gzip.open(path, "rt") as f:
@@ -429,7 +429,7 @@ def frames_from_addresses(stacks: dict[int, list[int]], kallsyms_path: Path | No
                           ) -> pd.DataFrame:
     """The ``frames`` table for stacks of raw addresses, resolved through saved kallsyms."""
     import numpy as np
-    from .. import schema
+    from slabkit.model import schema
     keys = list(stacks)
     lengths = np.fromiter((len(stacks[k]) for k in keys), dtype=np.int64, count=len(keys))
     total = int(lengths.sum())

@@ -48,17 +48,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ParseError, ProbeFailed
-from ..runner import tracer_process
-from ..target import LocalTarget
-from . import Backend, Options, Parsed, Program, RunResult
-from .ftrace import build_tables, kernel_filter
+from slabkit.errors import ParseError, ProbeFailed
+from slabkit.host.procs import tracer_process
+from slabkit.host.target import LocalTarget
+from slabkit.backends import Backend, Options, Parsed, Program, RunResult
+from slabkit.backends.ftrace import build_tables, kernel_filter
 
 if TYPE_CHECKING:
-    from ..control import RunControl
-    from ..facts import KernelFacts
-    from ..plan import Plan
-    from ..target import Target
+    from slabkit.capturing.control import RunControl
+    from slabkit.host.facts import KernelFacts
+    from slabkit.plan import Plan
+    from slabkit.host.target import Target
 
 DATA = "perf.data"
 RAW = "perf.script.txt"

@@ -29,7 +29,7 @@ What it does (see /work/shared/KERNEL-MATRIX.md for why):
   :attr:`Guest.dropbear_port`), and waits until ``ssh ... true`` answers. :class:`Guest` is a context
   manager: boot on enter, power off (sysrq ``o``) on exit, else kill the qemu process by its pid;
   qemu gets ``PR_SET_PDEATHSIG`` so it never outlives the Python process;
-* ``guest.target()`` is a :class:`slabkit.remote.SSHTarget` for the booted guest, so slabkit's
+* ``guest.target()`` is a :class:`slabkit.host.ssh.SSHTarget` for the booted guest, so slabkit's
   real capture path (``slabkit.capture(..., host=guest.target())``) runs against it.
 
 Host packages it needs (``qemu-system-x86``, ``busybox-static``, ``dropbear-bin``,
@@ -799,7 +799,7 @@ class Guest:
         return self.ssh(f"cat {shlex.quote(path)}", check=True).stdout
 
     def target(self, server: str = "openssh", **kw):
-        """A :class:`slabkit.remote.SSHTarget` for this guest (root over the forwarded port).
+        """A :class:`slabkit.host.ssh.SSHTarget` for this guest (root over the forwarded port).
 
         ``server``: "openssh" (the guest's sshd, what real targets run) or "dropbear". It uses
         the harness's client key and ignores host keys (each boot is a fresh guest on a random
@@ -808,7 +808,7 @@ class Guest:
         closed when the guest shuts down.
         """
         # imported here: the harness itself is stdlib only
-        from slabkit.remote import SSHTarget
+        from slabkit.host.ssh import SSHTarget
 
         ports = {"openssh": self.port, "dropbear": self.dropbear_port}
         if server not in ports:

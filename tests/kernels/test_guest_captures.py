@@ -2,7 +2,7 @@
 
 Each kernel boots once for this module (the ``guest`` fixture of conftest.py). Every capture is
 ``slabkit.capture(cache, host=guest.target(), backend=...)``, with slabkit's own BPF counter and
-with bpftrace: an :class:`slabkit.remote.SSHTarget` on the
+with bpftrace: an :class:`slabkit.host.ssh.SSHTarget` on the
 guest's OpenSSH server, so the cache table, kernel facts, plan, bpftrace program, run control,
 kallsyms and cgroup mapping all go through the code real remote captures use. It is started
 with tests/live_capture.capture_around, which runs the workload (bench/slabwork.c, ``-n``: no

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Callable
 
-from .errors import ProbeFailed
+from slabkit.errors import ProbeFailed
 
 
 class RunControl:

@@ -1,2 +1,2 @@
 """slabkit's own BPF counter: ``slabcount.bpf.c`` (the in-kernel program) and ``slabcount.c``
-(its libbpf loader), built once per source change by :mod:`slabkit.bpf.build`."""
+(its libbpf loader), built once per source change by :mod:`slabkit.slabcount.build`."""

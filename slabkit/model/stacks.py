@@ -58,8 +58,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from . import schema
-from .errors import ParseError, PermissionNeeded
+from slabkit.model import schema
+from slabkit.errors import ParseError, PermissionNeeded
 
 
 class Frame(NamedTuple):
@@ -183,7 +183,7 @@ class FrameParser:
 
 def frames_table(stacks: Mapping[int, Sequence[str]], *, default_module: str | None = None
                  ) -> pd.DataFrame:
-    """Build the ``frames`` table (``slabkit.schema.FRAMES``) from ``{stack_id: [frame lines]}``.
+    """Build the ``frames`` table (``slabkit.model.schema.FRAMES``) from ``{stack_id: [frame lines]}``.
 
     Each list is innermost frame first, as every tracer prints it; its position becomes
     ``depth`` (0 = innermost). ``default_module`` fills the module of frames whose line names

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..errors import TracerUnavailable
+from slabkit.errors import TracerUnavailable
 
 SOURCES = ("slabcount.bpf.c", "slabcount.c")
 HERE = Path(__file__).resolve().parent
@@ -101,5 +101,5 @@ def build(force: bool = False) -> Path:
     return out
 
 
-if __name__ == "__main__":   # python -m slabkit.bpf.build
+if __name__ == "__main__":   # python -m slabkit.slabcount.build
     print(build(force=True))

@@ -1,6 +1,6 @@
 """Start, watch and stop tracer processes so that none is ever left behind.
 
-Each tracer runs in its own process group with a parent-death signal (``slabkit.target``),
+Each tracer runs in its own process group with a parent-death signal (``slabkit.host.target``),
 is registered in a state folder while it runs (so ``slabkit cleanup`` can end what a killed
 run left), is stopped with SIGINT (bpftrace and perf print their results on SIGINT), then
 SIGTERM and SIGKILL after grace periods, and is always reaped.
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-from .target import LocalTarget, Target
+from slabkit.host.target import LocalTarget, Target
 
 STATE_DIR = Path(os.environ.get("SLABKIT_STATE_DIR", "/run/slabkit"))
 INSTANCE_PREFIX = "slabkit-"
@@ -68,9 +68,9 @@ def stop_process(proc: subprocess.Popen, *, first: int = signal.SIGINT,
     """Stop a tracer politely, then firmly; always reap it. Returns its exit status.
 
     On an SSH target the remote supervisor does the same on the far side
-    (``slabkit.remote.stop_process``)."""
+    (``slabkit.host.ssh.stop_process``)."""
     if target is not None and not isinstance(target, LocalTarget):
-        from .remote import stop_process as remote_stop
+        from slabkit.host.ssh import stop_process as remote_stop
         return remote_stop(target, proc, signame=first, grace_s=grace_s)
     for sig, wait in ((first, grace_s), (signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
         if proc.poll() is not None:
@@ -156,7 +156,7 @@ def cleanup_leftovers(tracefs: str | None = "/sys/kernel/tracing") -> list[str]:
                 done.append(f"stopped {' '.join(info.get('argv', [])[:2])} (pid {pid})")
             rec.unlink(missing_ok=True)
     if tracefs:
-        from .backends.ftrace import remove_instance
+        from slabkit.backends.ftrace import remove_instance
         inst = Path(tracefs) / "instances"
         if inst.is_dir():
             for d in sorted(inst.iterdir()):

@@ -64,19 +64,19 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import pandas as pd
 
-from .. import schema
-from ..errors import ParseError, ProbeFailed
-from ..frames import frames_table
-from ..names import check_comm
-from ..runner import instance_name, register, stop_process, unregister
-from ..target import LocalTarget
-from . import Backend, Options, Parsed, Program, RunResult
+from slabkit.model import schema
+from slabkit.errors import ParseError, ProbeFailed
+from slabkit.model.stacks import frames_table
+from slabkit.validate import check_comm
+from slabkit.host.procs import instance_name, register, stop_process, unregister
+from slabkit.host.target import LocalTarget
+from slabkit.backends import Backend, Options, Parsed, Program, RunResult
 
 if TYPE_CHECKING:
-    from ..control import RunControl
-    from ..facts import KernelFacts
-    from ..plan import Plan
-    from ..target import Target
+    from slabkit.capturing.control import RunControl
+    from slabkit.host.facts import KernelFacts
+    from slabkit.plan import Plan
+    from slabkit.host.target import Target
 
 RAW = "ftrace.txt"
 STDERR = "ftrace.stderr"
@@ -101,7 +101,7 @@ def kernel_filter(plan: "Plan") -> str:
     """The in-kernel filter for the plan's events: :meth:`Plan.tracefs_filter` plus the comm.
 
     ``comm`` is a special field every tracefs event filter accepts (checked here with ftrace
-    and ``perf --filter``); the value is validated by :func:`slabkit.names.check_comm`.
+    and ``perf --filter``); the value is validated by :func:`slabkit.validate.check_comm`.
     """
     expr = plan.tracefs_filter()
     if plan.comm is not None:
@@ -118,7 +118,7 @@ def build_tables(counts: dict[tuple, list[int]], stacks: dict[tuple[str, ...], i
 
     ``counts``: ``(pid, tid, comm, stack_id) -> [count, bytes_req_sum]`` (pid/comm may be
     None: unknown). ``stacks``: frame-line tuple -> stack_id (lines innermost first, any form
-    :func:`slabkit.frames.parse_frame` reads; ``frame_lines`` overrides the lines per id).
+    :func:`slabkit.model.stacks.parse_frame` reads; ``frame_lines`` overrides the lines per id).
     ``scale`` multiplies counts (sampling 1 in N).
     """
     slot = int(plan.match_bytes_alloc or meta.get("slab_size") or 0) or None
@@ -545,7 +545,7 @@ def _split_prefix(prefix: str, tasks: _Tasks) -> tuple[str, tuple[int | None, in
 
 def _frame_line(line: str) -> str:
     """`` => f+0x3c/0x110 <ffffffff816bdd0c>`` -> ``0xffffffff816bdd0c : f+0x3c/0x110``, a form
-    :func:`slabkit.frames.parse_frame` reads with the address; other forms pass through."""
+    :func:`slabkit.model.stacks.parse_frame` reads with the address; other forms pass through."""
     m = _SYM_ADDR.match(line)
     if m:
         return f"0x{m.group('addr')} : {m.group('sym')}"

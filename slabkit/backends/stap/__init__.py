@@ -57,11 +57,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import schema
-from ..errors import InvalidInput, ParseError, ProbeFailed
-from ..frames import frames_table
-from ..names import check_cache_name, check_pid, check_seconds
-from . import Program
+from slabkit.model import schema
+from slabkit.errors import InvalidInput, ParseError, ProbeFailed
+from slabkit.model.stacks import frames_table
+from slabkit.validate import check_cache_name, check_pid, check_seconds
+from slabkit.backends import Program
 
 SCRIPT_NAME = "slabkit.stp"
 #: distinct (pid, tid, comm, stack) keys the script's table holds (stap preallocates them)
@@ -547,7 +547,7 @@ def compile_argv(script: str, cache: str, seconds: float | None, pid: int | None
 def _in_root(root: str, workdir: str):
     """preexec_fn: chroot into ``root``, go to ``workdir`` there, die with the parent."""
     def enter() -> None:
-        from ..target import _die_with_parent
+        from slabkit.host.target import _die_with_parent
         _die_with_parent()
         os.chroot(root)
         os.chdir(workdir)
@@ -567,7 +567,7 @@ def build_module(script_text: str, cmd: list[str], module: str, *, root: str | N
     import signal
     import tempfile
 
-    from ..target import _die_with_parent
+    from slabkit.host.target import _die_with_parent
     if root is not None:
         base = os.path.join(root, "tmp")
         os.makedirs(base, mode=0o1777, exist_ok=True)
@@ -705,7 +705,7 @@ class StapBackend:
     def _functions(self, plan, facts) -> list[str]:
         if plan.functions:
             return list(plan.functions)
-        from ..facts import ALLOC_FUNCTIONS
+        from slabkit.host.facts import ALLOC_FUNCTIONS
         return [f for f in ALLOC_FUNCTIONS if f in facts.functions]
 
     def unsupported(self, plan, facts) -> str | None:
@@ -754,9 +754,9 @@ class StapBackend:
     def run(self, target, program, folder, control):
         import uuid
 
-        from ..runner import tracer_process
-        from ..target import LocalTarget
-        from . import RunResult
+        from slabkit.host.procs import tracer_process
+        from slabkit.host.target import LocalTarget
+        from slabkit.backends import RunResult
         (folder / SCRIPT_FILE).write_text(program.text)
         build = isinstance(program, StapProgram) and bool(program.build_argv)
         raw_files = [RAW, STDERR_FILE, SCRIPT_FILE]
@@ -806,7 +806,7 @@ class StapBackend:
                          losses=losses, raw_files=raw_files)
 
     def parse(self, folder, plan, meta):
-        from . import Parsed
+        from slabkit.backends import Parsed
         path = folder / RAW
         allocs, frames = parse(path.read_text(errors="replace"),
                                object_size=meta.get("slab_size"), path=str(path))

@@ -1,7 +1,7 @@
 """Pivots over a capture: who allocated, from where, and how that changed.
 
-Every function is pure: it takes a :class:`~slabkit.tables.Capture` (or a plain
-``(allocs, frames)`` pair, tables as in ``slabkit.schema``) and returns a new DataFrame; none
+Every function is pure: it takes a :class:`~slabkit.model.tables.Capture` (or a plain
+``(allocs, frames)`` pair, tables as in ``slabkit.model.schema``) and returns a new DataFrame; none
 prints, plots or touches the capture. Each docstring gives the index and columns.
 
 Common columns of the ``by_*`` pivots:
@@ -42,8 +42,8 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 
-from .errors import InvalidInput, expected_one_of
-from .tables import Capture
+from slabkit.errors import InvalidInput, expected_one_of
+from slabkit.model.tables import Capture
 
 CaptureLike = Union[Capture, "tuple[pd.DataFrame, pd.DataFrame]"]
 

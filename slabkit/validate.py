@@ -1,14 +1,14 @@
 """Validation of everything a user can type that may reach a probe program or a command line.
 
 Values are checked against a strict character set here, and cache names additionally against the
-kernel's own list (``slabkit.slabinfo.resolve_cache``), before any program text is rendered.
+kernel's own list (``slabkit.host.slabinfo.resolve_cache``), before any program text is rendered.
 """
 from __future__ import annotations
 
 import math
 import re
 
-from .errors import InvalidInput
+from slabkit.errors import InvalidInput
 
 # Slab cache names the kernel creates: letters, digits and ``_ - . :`` (``:0000064`` merged
 # directories, ``kmalloc-rnd-01-64``, ``ext4_inode_cache``, ``TCPv6``, ``request_sock_TCP``).

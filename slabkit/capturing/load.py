@@ -15,10 +15,10 @@ from typing import Iterable, Union
 
 import pandas as pd
 
-from . import store
-from .errors import CaptureNotFound, InvalidInput, ParseError
-from .frames import drop_tracer_glue
-from .tables import Capture
+from slabkit.capturing import store
+from slabkit.errors import CaptureNotFound, InvalidInput, ParseError
+from slabkit.model.stacks import drop_tracer_glue
+from slabkit.model.tables import Capture
 
 PathLike = Union[str, os.PathLike]
 
@@ -98,8 +98,8 @@ def merge(caps: list[Capture]) -> Capture:
 def reparse_folder(folder: Path) -> Capture:
     """Rebuild a capture folder's tables from its raw tracer output and save them."""
     import json
-    from .backends import get_backend
-    from .plan import Plan
+    from slabkit.backends import get_backend
+    from slabkit.plan import Plan
     meta_path = folder / store.META if (folder / store.META).is_file() else folder / store.RUNNING
     if not meta_path.is_file():
         raise CaptureNotFound(f"{folder} has no meta.json or meta.running.json to reparse from")
@@ -145,7 +145,7 @@ def load_raw(path: Path) -> Capture:
     text_meta: dict = {"source": str(path), "backend": kind.split("-")[0], "status": "complete",
                        "raw": True, "host": "unknown"}
     if kind in ("stap-classic", "stap"):
-        from .backends import stap
+        from slabkit.backends import stap
         text = path.read_text(errors="replace")
         if kind == "stap-classic":
             allocs, frames = stap.parse_classic(text, path=str(path))

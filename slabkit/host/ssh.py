@@ -1,4 +1,4 @@
-"""Another machine as a :class:`~slabkit.target.Target`, reached with the system OpenSSH client.
+"""Another machine as a :class:`~slabkit.host.target.Target`, reached with the system OpenSSH client.
 
 slabkit reads the same kernel files and starts the same tracers on an SSH host as on this
 machine. Everything goes through the ``ssh`` program, so the user's ``~/.ssh/config``, keys,
@@ -39,7 +39,7 @@ They are placed before slabkit's own ``-o`` options, and ssh keeps the first val
 option, so a user's value wins (``-o ConnectTimeout=30``). slabkit adds ``BatchMode=yes`` (never
 prompt), ``ConnectTimeout``, ``ServerAlive*``, ``LogLevel=ERROR`` and the ``Control*`` options.
 
-Differences from :class:`~slabkit.target.LocalTarget` worth knowing:
+Differences from :class:`~slabkit.host.target.LocalTarget` worth knowing:
 
 * A program ended by a signal reports exit status ``128 + signal`` (what the remote shell
   sees), not a negative number; one that needed SIGKILL reports 255, as ssh does.
@@ -69,9 +69,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .errors import TargetUnreachable, InvalidInput
-from .names import check_seconds
-from .target import Target, _die_with_parent
+from slabkit.errors import TargetUnreachable, InvalidInput
+from slabkit.validate import check_seconds
+from slabkit.host.target import Target, _die_with_parent
 
 __all__ = ["SIGNALS", "SSHDestination", "SSHTarget", "TargetUnreachable", "parse_destination",
            "send_signal", "stop_process"]
@@ -328,7 +328,7 @@ def _teardown(exit_argv: list[str], control_dir: str, socket_path: str) -> None:
 
 
 class SSHTarget(Target):
-    """A machine reached with ``ssh``; every :class:`~slabkit.target.Target` method works on it.
+    """A machine reached with ``ssh``; every :class:`~slabkit.host.target.Target` method works on it.
 
     ``destination`` is ``host``, ``user@host``, ``user@host:port`` or ``ssh://user@host:port``
     (see :func:`parse_destination`). ``ssh_options`` are extra ``ssh`` arguments, for example

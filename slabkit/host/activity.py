@@ -11,10 +11,10 @@ from typing import Union
 
 import pandas as pd
 
-from .errors import ProbeFailed
-from .facts import gather_facts
-from .names import check_seconds
-from .target import Target, as_target, require_root
+from slabkit.errors import ProbeFailed
+from slabkit.host.facts import gather_facts
+from slabkit.validate import check_seconds
+from slabkit.host.target import Target, as_target, require_root
 
 PROGRAM = ("tracepoint:kmem:kmem_cache_alloc { @[str(args->name)] = count(); }\n"
            "interval:s:{seconds} { exit(); }\n")
@@ -60,7 +60,7 @@ def _by_tracepoint(target: Target, seconds: float) -> pd.DataFrame:
 
 
 def _by_slabinfo(target: Target, seconds: float) -> pd.DataFrame:
-    from .slabinfo import growth, sample
+    from slabkit.host.slabinfo import growth, sample
     series = sample(duration_s=seconds, interval_s=seconds, root=target)
     g = growth(series)
     out = pd.DataFrame({"name": g["name"], "allocs": g["delta_objs"].abs()})

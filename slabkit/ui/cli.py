@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__
-from .errors import SlabkitError
+from slabkit import __version__
+from slabkit.errors import SlabkitError
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def _add_target(p: argparse.ArgumentParser) -> None:
 
 
 def _target(args):
-    from .target import as_target
+    from slabkit.host.target import as_target
     if getattr(args, "host", None):
         return as_target(args.host if "@" in args.host or args.host.startswith("ssh://")
                          else "ssh://" + args.host)
@@ -102,13 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_capture(args) -> int:
-    from .capturing import capture, prepare
+    from slabkit.capturing.run import capture, prepare
     stack_sample = 1 if args.full_stacks else args.stack_sample
     opts = dict(backend=args.backend, mode="outstanding" if args.outstanding else "allocs",
                 pid=args.pid, comm=args.comm, host=_target(args), stack_sample=stack_sample,
                 sample_every=args.sample_every)
     if args.print_program:
-        from .names import check_seconds
+        from slabkit.validate import check_seconds
         check_seconds(args.duration)
         prep = prepare(args.cache, **opts)
         plan = prep.plan
@@ -130,7 +130,7 @@ def cmd_capture(args) -> int:
 
 def print_summary(cap, *, top: int = 10, file=None) -> None:
     """The end-of-capture summary: where it is, what was lost, top processes and call sites."""
-    from . import analysis
+    from slabkit import analysis
     out = file or sys.stdout
     m = cap.meta
     print(f"{m.get('cache')}: {m.get('total_allocs', 0)} allocations in "
@@ -160,7 +160,7 @@ def print_summary(cap, *, top: int = 10, file=None) -> None:
 
 
 def cmd_list(args) -> int:
-    from .store import list_captures
+    from slabkit.capturing.store import list_captures
     df = list_captures(args.where or None)
     if df.empty:
         print("no captures found")
@@ -170,14 +170,14 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .loading import load
+    from slabkit.capturing.load import load
     cap = load(args.path if len(args.path) > 1 else args.path[0], reparse=args.reparse)
     print_summary(cap, top=args.top)
     return 0
 
 
 def cmd_cleanup(args) -> int:
-    from .runner import cleanup_leftovers
+    from slabkit.host.procs import cleanup_leftovers
     done = cleanup_leftovers()
     print("\n".join(done) if done else "nothing left behind")
     return 0
@@ -186,14 +186,14 @@ def cmd_cleanup(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from .report import write_report
+    from slabkit.ui.report import write_report
     out = args.output or f"{Path(args.capture).resolve().name}.html"
     print(f"report: {write_report(args.capture, out, show_code=args.show_code)}")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from slabkit.ui.demo import run_demo
     return run_demo(duration=args.duration, cache=args.cache)
 
 
@@ -210,7 +210,7 @@ def _print_table(df, args) -> None:
 
 
 def cmd_caches(args) -> int:
-    from . import slabinfo
+    from slabkit.host import slabinfo
     if args.top is not None and args.top <= 0:
         raise SlabkitError_("--top must be a positive number of rows")
     if args.watch is not None:

@@ -48,15 +48,15 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .errors import (
+from slabkit.errors import (
     InvalidInput,
     ParseError,
     PermissionNeeded,
     SlabkitError,
     UnknownCache,
 )
-from .names import check_cache_name, check_seconds
-from .target import LocalTarget, Target, as_target
+from slabkit.validate import check_cache_name, check_seconds
+from slabkit.host.target import LocalTarget, Target, as_target
 
 Root = str | os.PathLike | Target
 
@@ -280,7 +280,7 @@ def _aliases(name: str, entries: dict[str, str | None], by_dir: dict[str, list[s
 def caches(root: Root = "/") -> pd.DataFrame:
     """The slab cache table: :func:`read_slabinfo` plus ``/sys/kernel/slab`` facts.
 
-    ``root`` is ``"/"``, a fake root folder, a :class:`~slabkit.target.Target`, or a saved
+    ``root`` is ``"/"``, a fake root folder, a :class:`~slabkit.host.target.Target`, or a saved
     slabinfo file (then the ``/sys/kernel/slab`` columns are NA). Columns: see the module docs.
     Kinds: ``kmalloc`` from the name (:func:`kmalloc_class`), ``bucket`` by the rule of
     :func:`bucket_caches`, else ``dedicated``.

@@ -24,9 +24,9 @@ from typing import Any, Iterable, Union
 
 import pandas as pd
 
-from . import schema
-from .errors import CaptureNotFound, InvalidInput
-from .tables import Capture
+from slabkit.model import schema
+from slabkit.errors import CaptureNotFound, InvalidInput
+from slabkit.model.tables import Capture
 
 META = "meta.json"
 RUNNING = "meta.running.json"

@@ -2,7 +2,7 @@
 
 Every fact slabkit reads (``/proc/slabinfo``, ``/sys/kernel/slab``, tracefs formats, kallsyms)
 goes through a :class:`Target`, so tests can point it at a fake tree and the SSH target
-(``slabkit.remote``) can read the same files on another machine. Paths given to a target are
+(``slabkit.host.ssh``) can read the same files on another machine. Paths given to a target are
 always absolute paths *on the target* (``/proc/slabinfo``); a local target with ``root`` set
 maps them under that folder.
 """
@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import IO, Union
 
-from .errors import InvalidInput, PermissionNeeded
+from slabkit.errors import InvalidInput, PermissionNeeded
 
 _PR_SET_PDEATHSIG = 1
 
@@ -168,7 +168,7 @@ class LocalTarget(Target):
 def as_target(where: Union[str, os.PathLike, Target, None] = None) -> Target:
     """Turn what a user passed (None, a root folder, a target) into a :class:`Target`.
 
-    A string that looks like ``user@host`` or ``ssh://...`` is an SSH host (``slabkit.remote``).
+    A string that looks like ``user@host`` or ``ssh://...`` is an SSH host (``slabkit.host.ssh``).
     """
     if where is None:
         return LocalTarget("/")
@@ -176,7 +176,7 @@ def as_target(where: Union[str, os.PathLike, Target, None] = None) -> Target:
         return where
     text = os.fspath(where)
     if text.startswith("ssh://") or ("@" in text and not text.startswith("/")):
-        from .remote import SSHTarget  # imported late: optional feature
+        from slabkit.host.ssh import SSHTarget  # imported late: optional feature
         return SSHTarget(text)
     if not os.path.isdir(text):
         raise InvalidInput(f"root folder {text!r} does not exist; pass '/' for this machine")

@@ -10,9 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import PermissionNeeded, SlabkitError
+from slabkit.errors import PermissionNeeded, SlabkitError
 
-SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
 
 
 def _say(text: str = "") -> None:
@@ -21,8 +21,8 @@ def _say(text: str = "") -> None:
 
 def run_demo(duration: float = 10.0, cache: str | None = None,
              report_dir: str | os.PathLike = "data/reports") -> int:
-    from . import slabinfo
-    from .cli import print_summary
+    from slabkit.host import slabinfo
+    from slabkit.ui.cli import print_summary
     _say("== slab caches, biggest first ==")
     try:
         table = slabinfo.caches().sort_values("memory_bytes", ascending=False)
@@ -34,8 +34,8 @@ def run_demo(duration: float = 10.0, cache: str | None = None,
     cols = ["name", "kind", "active_objs", "objsize", "memory_bytes", "utilisation", "aliases"]
     _say(table[cols].head(15).to_string(index=False))
 
-    from .activity import cache_activity
-    from .capturing import capture
+    from slabkit.host.activity import cache_activity
+    from slabkit.capturing.run import capture
     if cache is None:
         try:
             act = cache_activity(2)
@@ -59,8 +59,8 @@ def run_demo(duration: float = 10.0, cache: str | None = None,
 
 
 def _demo_from_sample(report_dir) -> int:
-    from .cli import print_summary
-    from .loading import load
+    from slabkit.ui.cli import print_summary
+    from slabkit.capturing.load import load
     samples = sorted(p for p in SAMPLES.glob("*/meta.json"))
     if not samples:
         _say(f"no sample captures in {SAMPLES}")
@@ -73,7 +73,7 @@ def _demo_from_sample(report_dir) -> int:
 
 def _write_report(capture_path, report_dir) -> None:
     try:
-        from .report import write_report
+        from slabkit.ui.report import write_report
     except ImportError:
         return
     out = Path(report_dir) / f"{Path(capture_path).name}.html"

@@ -13,17 +13,21 @@ from typing import Any, Callable, Union
 
 import pandas as pd
 
-from . import __version__, schema, store
-from .backends import Backend, Options, Program, choose
-from .control import RunControl
-from .errors import ProbeFailed, SlabkitError
-from .facts import KernelFacts, gather_facts
-from .frames import drop_tracer_glue
-from .names import check_seconds
-from .plan import Plan, plan_capture
-from .runner import TermAsInterrupt
-from .tables import Capture
-from .target import Target, as_target, require_root
+from slabkit import __version__
+
+from slabkit.capturing import store
+
+from slabkit.model import schema
+from slabkit.backends import Backend, Options, Program, choose
+from slabkit.capturing.control import RunControl
+from slabkit.errors import ProbeFailed, SlabkitError
+from slabkit.host.facts import KernelFacts, gather_facts
+from slabkit.model.stacks import drop_tracer_glue
+from slabkit.validate import check_seconds
+from slabkit.plan import Plan, plan_capture
+from slabkit.host.procs import TermAsInterrupt
+from slabkit.model.tables import Capture
+from slabkit.host.target import Target, as_target, require_root
 
 #: default: a stack for each thread's first event (per comm, so after an exec too) and 1 in 32
 #: after, every event counted. Measured (bench/results/): 0.73 of uninstrumented throughput
@@ -56,7 +60,7 @@ def prepare(cache: str, *, backend: str = "auto", mode: str = "allocs",
     Raises :class:`~slabkit.errors.SlabkitError` subclasses with what to do when something is
     missing (root, tracefs, a tracer, a kernel feature).
     """
-    from .slabinfo import caches as cache_table, resolve_cache
+    from slabkit.host.slabinfo import caches as cache_table, resolve_cache
     target = as_target(host)
     require_root(target, "capturing slab allocations (reading /proc/slabinfo and tracing)")
     table = cache_table(target)
@@ -75,7 +79,7 @@ def prepare(cache: str, *, backend: str = "auto", mode: str = "allocs",
 
 
 def _positive_int(value, what: str) -> int:
-    from .errors import InvalidInput
+    from slabkit.errors import InvalidInput
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidInput(f"{what} must be a whole number >= 1, not {value!r}")
     return value
@@ -110,7 +114,7 @@ def capture(cache: str, seconds: float = 10, *, backend: str = "auto", mode: str
     seconds = check_seconds(seconds)
     if hosts is not None:
         if host is not None:
-            from .errors import InvalidInput
+            from slabkit.errors import InvalidInput
             raise InvalidInput("pass either host= or hosts=, not both")
         return capture_hosts(cache, seconds, hosts, backend=backend, mode=mode, pid=pid,
                              comm=comm, out=out, base=base, progress=progress,
@@ -130,8 +134,8 @@ def capture_hosts(cache: str, seconds: float, hosts: list, *, out=None, base=Non
     Each host gets its own capture folder (under ``out`` or ``base``); failures are kept in
     ``meta["failed_hosts"]`` ({host: message}). Raises only when every host failed.
     """
-    from .errors import InvalidInput, SlabkitError as _Err
-    from .loading import merge
+    from slabkit.errors import InvalidInput, SlabkitError as _Err
+    from slabkit.capturing.load import merge
     if not hosts:
         raise InvalidInput("hosts= needs at least one host (None stands for this machine)")
     stop_event = stop_event or threading.Event()
@@ -267,7 +271,7 @@ def _host_label(target: Target) -> str:
 
 def _slabinfo_sampler(target: Target, cache: str, series: list[dict]) -> Callable[[float], None]:
     """A callback that appends the cache's slabinfo line to ``series``; never raises."""
-    from .slabinfo import parse_slabinfo
+    from slabkit.host.slabinfo import parse_slabinfo
 
     def sample(elapsed: float) -> None:
         try:

@@ -1,7 +1,7 @@
 """The in-memory result of a capture: tidy tables plus metadata.
 
 :class:`Capture` is what ``slabkit.capture()`` and ``slabkit.load()`` return and what every
-pivot and plot accepts. The tables follow ``slabkit.schema``.
+pivot and plot accepts. The tables follow ``slabkit.model.schema``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import schema
+from slabkit.model import schema
 
 
 @dataclass

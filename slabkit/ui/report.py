@@ -30,12 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import SlabkitError
+from slabkit.errors import SlabkitError
 
 PathLike = str | os.PathLike
 
 #: the notebooks shipped with slabkit (package data); ``notebooks/`` in a checkout links here
-NOTEBOOK_DIR = Path(__file__).resolve().parent / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 REPORT_NOTEBOOK = "02-explore-a-capture.ipynb"
 #: seconds one cell may run before the report gives up
 CELL_TIMEOUT_S = 300
@@ -71,7 +71,7 @@ def inject_parameters(nb: Any, parameters: Mapping[str, Any]) -> Any:
     """
     import nbformat
     nb = copy.deepcopy(nb)
-    lines = ["# Parameters injected by slabkit.report"]
+    lines = ["# Parameters injected by slabkit.ui.report"]
     for name, value in parameters.items():
         if not name.isidentifier():
             raise SlabkitError(f"parameter name {name!r} is not a Python identifier")
@@ -206,7 +206,7 @@ def write_report(capture_path: PathLike, out_html: PathLike, *, show_code: bool 
     """
     import nbformat
 
-    from .loading import load
+    from slabkit.capturing.load import load
 
     capture = Path(capture_path).resolve()
     cap = load(capture)   # a clear CaptureNotFound/ParseError now, before starting a kernel
@@ -233,5 +233,5 @@ def write_report(capture_path: PathLike, out_html: PathLike, *, show_code: bool 
 
 
 def _version() -> str:
-    from . import __version__
+    from slabkit import __version__
     return __version__
