@@ -199,7 +199,7 @@ class FtraceTrigger(Tracer):
 
     @contextmanager
     def session(self, workdir: Path) -> Iterator[dict]:
-        from slabkit.backends.ftrace import read_stats, remove_instance
+        from slabkit.host.tracefs import read_stats, remove_instance
         target = LocalTarget()
         name = instance_name(next(_seq))
         base = Path(TRACEFS) / "instances" / name

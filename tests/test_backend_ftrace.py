@@ -23,8 +23,9 @@ from live_capture import assert_count, capture_around, pid_rows
 from sshd import sshd_server  # noqa: F401  (fixture)
 from slabkit.host import procs as runner
 from slabkit.backends import Options
-from slabkit.backends.ftrace import (FtraceBackend, FtraceProgram, kernel_filter, parse_output,
-                                     remove_instance)
+from slabkit.backends._common import kernel_filter
+from slabkit.backends.ftrace import FtraceBackend, FtraceProgram, parse_output
+from slabkit.host.tracefs import remove_instance
 from slabkit.capturing.control import RunControl
 from slabkit.errors import ProbeFailed
 from slabkit.host.facts import KernelFacts

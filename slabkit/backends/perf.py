@@ -52,7 +52,7 @@ from slabkit.errors import ParseError, ProbeFailed
 from slabkit.host.procs import tracer_process
 from slabkit.host.target import LocalTarget
 from slabkit.backends import Backend, Options, Parsed, Program, RunResult
-from slabkit.backends.ftrace import build_tables, kernel_filter
+from slabkit.backends._common import build_tables, kernel_filter
 
 if TYPE_CHECKING:
     from slabkit.capturing.control import RunControl

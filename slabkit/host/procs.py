@@ -156,7 +156,7 @@ def cleanup_leftovers(tracefs: str | None = "/sys/kernel/tracing") -> list[str]:
                 done.append(f"stopped {' '.join(info.get('argv', [])[:2])} (pid {pid})")
             rec.unlink(missing_ok=True)
     if tracefs:
-        from slabkit.backends.ftrace import remove_instance
+        from slabkit.host.tracefs import remove_instance
         inst = Path(tracefs) / "instances"
         if inst.is_dir():
             for d in sorted(inst.iterdir()):

@@ -34,8 +34,8 @@ def run_demo(duration: float = 10.0, cache: str | None = None,
     cols = ["name", "kind", "active_objs", "objsize", "memory_bytes", "utilisation", "aliases"]
     _say(table[cols].head(15).to_string(index=False))
 
-    from slabkit.host.activity import cache_activity
     from slabkit.capturing.run import capture
+    from slabkit.host.activity import cache_activity
     if cache is None:
         try:
             act = cache_activity(2)
@@ -59,8 +59,8 @@ def run_demo(duration: float = 10.0, cache: str | None = None,
 
 
 def _demo_from_sample(report_dir) -> int:
-    from slabkit.ui.cli import print_summary
     from slabkit.capturing.load import load
+    from slabkit.ui.cli import print_summary
     samples = sorted(p for p in SAMPLES.glob("*/meta.json"))
     if not samples:
         _say(f"no sample captures in {SAMPLES}")

@@ -1,0 +1,186 @@
+"""Parse the output of slabkit's own SystemTap script, and stap's stderr.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from slabkit.errors import ParseError
+from slabkit.model import schema
+from slabkit.model.stacks import frames_table
+
+# --------------------------------------------------------------------------------------------
+# slabkit's own output
+
+_BEGIN = re.compile(r"^slabkit-stap begin format=(?P<format>\d+) pid_filter=(?P<pid>\d+) "
+                    r"ms=(?P<ms>\d+) cache=(?P<cache>.*)$")
+_STACK = re.compile(r"^slabkit-stap stack count=(?P<count>\d+) pid=(?P<pid>-?\d+) "
+                    r"tid=(?P<tid>-?\d+) comm=(?P<len>\d+):(?P<comm>.*)$")
+_END_STACK = "slabkit-stap end-stack"
+ARMED = "slabkit-stap armed"  # format 2: the allocation probes are registered
+_DONE = re.compile(r"^slabkit-stap done how=(?P<how>\w+) entries=(?P<entries>\d+) "
+                   r"allocs=(?P<allocs>\d+) elapsed_ms=(?P<ms>-?\d+)$")
+_STAP_DIAG = ("WARNING:", "ERROR:", "Pass ", "semantic error:", "Tip:")
+
+
+def _blen(text: str) -> int:
+    return len(text.encode("utf-8", "surrogateescape"))
+
+
+_Block = tuple[int, int, int, str, tuple[str, ...]]
+
+
+def _read_own(text: str, path: str | None) -> tuple[list[_Block], dict[str, Any]]:
+    """Blocks ``(count, pid, tid, comm, frame lines)`` and the begin/done facts."""
+    lines = text.splitlines()
+    blocks: list[_Block] = []
+    info: dict[str, Any] = {}
+    i = 0
+    n = len(lines)
+    while i < n:
+        line = lines[i]
+        i += 1
+        m = _STACK.match(line)
+        if m:
+            want = int(m.group("len"))
+            comm = m.group("comm")
+            # a comm holding a newline continues on the next lines
+            while _blen(comm) < want and i < n and not lines[i].startswith("slabkit-stap "):
+                comm += "\n" + lines[i]
+                i += 1
+            frames: list[str] = []
+            while i < n and lines[i] != _END_STACK:
+                if lines[i].startswith("slabkit-stap "):
+                    raise ParseError(f"stack block not closed by {_END_STACK!r}", path=path,
+                                     lineno=i + 1, line=lines[i])
+                if lines[i].strip():
+                    frames.append(lines[i].strip())
+                i += 1
+            if i >= n:
+                info["truncated"] = True  # output cut inside a block: keep what is there
+            i += 1
+            blocks.append((int(m.group("count")), int(m.group("pid")), int(m.group("tid")),
+                           comm, tuple(frames)))
+            continue
+        if (m := _BEGIN.match(line)) is not None:
+            info.update(format=int(m.group("format")), pid_filter=int(m.group("pid")),
+                        ms=int(m.group("ms")), cache=m.group("cache"))
+            continue
+        if line == ARMED:
+            info["armed"] = True
+            continue
+        if (m := _DONE.match(line)) is not None:
+            info.update(how=m.group("how"), entries=int(m.group("entries")),
+                        allocs=int(m.group("allocs")), elapsed_ms=int(m.group("ms")))
+            continue
+        if not line.strip() or line.startswith(_STAP_DIAG):
+            continue
+        raise ParseError("unexpected line in slabkit stap output", path=path, lineno=i, line=line)
+    return blocks, info
+
+
+def parse(text: str, *, object_size: int | None = None, path: str | None = None
+          ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read slabkit's own stap output (format in ``slabkit.stp``) into ``(allocs, frames)``.
+
+    One ``allocs`` row per printed block: pid, tid and comm as stap saw them, ``count`` from
+    ``@count``; ``bytes`` is ``count * object_size`` where the caller knows the cache's slot
+    size (``/sys/kernel/slab/<cache>/slab_size``), else missing; ``host`` and ``cgroup`` are
+    missing (the capture fills ``host``). Identical stacks share one ``stack_id``
+    (0, 1, ... in order of first appearance). ``path`` is only used in error messages.
+    """
+    blocks, _ = _read_own(text, path)
+    stack_ids: dict[tuple[str, ...], int] = {}
+    rows_sid = []
+    for count, pid, tid, comm, frames in blocks:
+        rows_sid.append(stack_ids.setdefault(frames, len(stack_ids)) if frames else -1)
+    counts = np.array([b[0] for b in blocks], dtype=np.int64)
+    allocs = pd.DataFrame({
+        "host": pd.array([pd.NA] * len(blocks), dtype="string"),
+        "pid": pd.array([b[1] for b in blocks], dtype="Int64"),
+        "tid": pd.array([b[2] for b in blocks], dtype="Int64"),
+        "comm": pd.array([b[3] for b in blocks], dtype="string"),
+        "cgroup": pd.array([pd.NA] * len(blocks), dtype="string"),
+        "stack_id": pd.array(rows_sid, dtype="Int64"),
+        "count": pd.array(counts, dtype="Int64"),
+        "bytes": bytes_column(counts, object_size),
+    })
+    frames = frames_table({sid: list(fr) for fr, sid in stack_ids.items()})
+    return schema.validate(allocs, "allocs", source=path), schema.validate(frames, "frames",
+                                                                              source=path)
+
+
+def bytes_column(counts: np.ndarray, object_size: int | None):
+    if object_size is None:
+        return pd.array([pd.NA] * len(counts), dtype="Int64")
+    return pd.array(counts * int(object_size), dtype="Int64")
+
+
+def parse_meta(stdout: str, stderr: str = "") -> dict[str, Any]:
+    """What slabkit's stap output says about the run itself.
+
+    Keys: ``cache``, ``pid_filter`` (None for all), ``duration_s`` (stap's own clock),
+    ``entries`` and ``allocs`` (totals the script printed), ``complete`` (the ``done`` line was
+    printed after an ordinary end), ``how`` (``end`` or ``error``), ``truncated`` (output cut
+    inside a block), ``armed`` (format 2 said its probes were registered), plus everything
+    :func:`parse_stderr` finds.
+    """
+    _, info = _read_own(stdout, None)
+    out: dict[str, Any] = {
+        "cache": info.get("cache"),
+        "pid_filter": info.get("pid_filter") or None,
+        "duration_s": info["elapsed_ms"] / 1000 if "elapsed_ms" in info else None,
+        "entries": info.get("entries"),
+        "allocs": info.get("allocs"),
+        "how": info.get("how"),
+        "truncated": bool(info.get("truncated", False)),
+        "armed": bool(info.get("armed", False)),
+    }
+    out["complete"] = out["how"] == "end" and not out["truncated"]
+    out.update(parse_stderr(stderr))
+    return out
+
+
+_ERRORS_SKIPPED = re.compile(r"Number of errors: (\d+), skipped probes: (\d+)")
+_SKIPPED_DUE = re.compile(r"Skipped due to (.+?): (\d+)")
+_TRANSPORT = re.compile(r"There were (\d+) transport failures")
+
+
+def parse_stderr(text: str) -> dict[str, Any]:
+    """Losses and errors stap reports on stderr at the end of a run.
+
+    Returns ``errors`` and ``skipped`` (from "WARNING: Number of errors: N, skipped probes:
+    M"; probes skipped were calls not counted), ``skipped_reasons`` (``{"reentrancy": 2, ...}``
+    from "Skipped due to ...: N"), ``transport_failures`` (output lost between kernel and
+    stap), ``overflow`` (the stack table filled: raise ``max_stacks``), ``overload`` (stap's
+    guard stopped probes that used too much CPU), ``too_many_skipped`` (MAXSKIPPED reached)
+    and ``error_lines`` (every line starting with ``ERROR:``). Counts are 0 when stap printed
+    nothing about them.
+    """
+    errors = skipped = transport = 0
+    reasons: dict[str, int] = {}
+    error_lines = []
+    for line in text.splitlines():
+        if m := _ERRORS_SKIPPED.search(line):
+            errors, skipped = int(m.group(1)), int(m.group(2))
+        elif m := _SKIPPED_DUE.search(line):
+            reasons[m.group(1)] = reasons.get(m.group(1), 0) + int(m.group(2))
+        elif m := _TRANSPORT.search(line):
+            transport = int(m.group(1))
+        if line.lstrip().startswith("ERROR:"):
+            error_lines.append(line.strip())
+    return {
+        "errors": errors,
+        "skipped": skipped,
+        "skipped_reasons": reasons,
+        "transport_failures": transport,
+        "overflow": any("Array overflow" in e or "MAXMAPENTRIES" in e for e in error_lines),
+        "overload": any("probe overhead exceeded" in e for e in error_lines),
+        "too_many_skipped": any("Skipped too many probes" in e for e in error_lines),
+        "error_lines": error_lines,
+    }
+
+

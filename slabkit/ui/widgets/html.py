@@ -1,0 +1,102 @@
+"""HTML pieces the widgets share: the CSS, numbers, errors and pivot tables as HTML.
+"""
+from __future__ import annotations
+
+import html
+import traceback
+from typing import Any
+
+import ipywidgets as W
+import pandas as pd
+
+from slabkit.errors import SlabkitError
+
+# Monospace option text for the cache list, so its columns line up. An HTML widget's <style>
+# applies to the whole page, so every rule is scoped to the widgets' own CSS classes.
+CSS = """<style>
+.slabkit-cache-list select { font-family: var(--jp-code-font-family, monospace);
+                             font-size: var(--jp-code-font-size, 12px); }
+.slabkit-block .widget-html-content, .slabkit-block .widget-html-content * { line-height: 1.4; }
+.slabkit-table table { border-collapse: collapse; font-size: 12px; margin: 4px 0; }
+.slabkit-table th, .slabkit-table td { padding: 2px 8px; text-align: right; vertical-align: top; }
+.slabkit-table td.slabkit-text, .slabkit-table th.slabkit-text { text-align: left; }
+.slabkit-table td.slabkit-stack { text-align: left; font-family: monospace; font-size: 11px;
+                                  white-space: normal; max-width: 60em; }
+.slabkit-error { color: #b00020; white-space: pre-wrap; }
+.slabkit-note { color: #555; }
+</style>"""
+
+
+def style() -> W.HTML:
+    """The CSS, as a hidden HTML widget in each widget (a <style> applies even so)."""
+    return W.HTML(CSS, layout=W.Layout(display="none"))
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def human_bytes(n: Any) -> str:
+    """``123456`` -> ``"121 KiB"``; NA -> ``"-"``."""
+    if n is None or pd.isna(n):
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" or abs(n) >= 100 else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def int_text(n: Any) -> str:
+    return "-" if n is None or pd.isna(n) else f"{int(n):,}"
+
+
+def error_html(error: BaseException) -> str:
+    """A readable message for an error: the text of a SlabkitError; for anything else (a bug)
+    its type and text, with the traceback folded away."""
+    if isinstance(error, SlabkitError):
+        return f'<div class="slabkit-error">{html.escape(str(error))}</div>'
+    tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return (f'<div class="slabkit-error">unexpected error (please report it): '
+            f"{html.escape(type(error).__name__)}: {html.escape(str(error))}</div>"
+            f"<details><summary>details</summary><pre>{html.escape(tb)}</pre></details>")
+
+
+def frame_html(df: pd.DataFrame, *, text_columns: tuple[str, ...] = (),
+                stack_columns: tuple[str, ...] = ()) -> str:
+    """A pivot as a compact HTML table: counts with thousands separators, share as percent."""
+    if df.empty:
+        return '<div class="slabkit-note">no allocations recorded</div>'
+    names = [n if n is not None else "" for n in df.index.names]
+    head = "".join(f'<th class="slabkit-text">{html.escape(str(n))}</th>' for n in names)
+    head += "".join(
+        f'<th class="{"slabkit-text" if c in text_columns + stack_columns else ""}">'
+        f"{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for key, row in df.iterrows():
+        keys = key if isinstance(key, tuple) else (key,)
+        cells = "".join(f'<td class="slabkit-text">{html.escape(cell(k))}</td>' for k in keys)
+        for c in df.columns:
+            v = row[c]
+            if c == "share":
+                text = "-" if pd.isna(v) else f"{float(v):.1%}"
+            elif c == "per_s":
+                text = "-" if pd.isna(v) else f"{float(v):,.1f}"
+            elif c in ("count", "bytes", "frames"):
+                text = int_text(v)
+            else:
+                text = cell(v)
+            cls = ("slabkit-stack" if c in stack_columns
+                   else "slabkit-text" if c in text_columns else "")
+            cells += f'<td class="{cls}">{html.escape(text)}</td>'
+        rows.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def cell(v: Any) -> str:
+    if v is None or (not isinstance(v, (list, tuple)) and pd.isna(v)):
+        return "-"
+    return str(v)
+
+
