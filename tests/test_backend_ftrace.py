@@ -21,7 +21,8 @@ from bench.workload import Workload, binary as workload_binary
 from conftest import FIXTURES, TRACEFS
 from live_capture import assert_count, capture_around, pid_rows
 from sshd import sshd_server  # noqa: F401  (fixture)
-from slabkit.host import procs as runner
+from slabkit.host import tracefs
+from slabkit.host.cleanup import cleanup_leftovers
 from slabkit.backends import Options
 from slabkit.backends._common import kernel_filter
 from slabkit.backends.ftrace import FtraceBackend, FtraceProgram, parse_output
@@ -303,7 +304,7 @@ def test_a_stale_printed_comm_gives_way_to_later_lines_and_the_end_lookup(tmp_pa
 
 def our_instances() -> list[str]:
     """This process's instances (other slabkit runs on the machine have their own)."""
-    mine = f"{runner.INSTANCE_PREFIX}{os.getpid()}-"
+    mine = f"{tracefs.INSTANCE_PREFIX}{os.getpid()}-"
     return sorted(p.name for p in (TRACEFS / "instances").iterdir() if p.name.startswith(mine))
 
 
@@ -314,7 +315,7 @@ def cat_children() -> list[int]:
 
 
 def test_remove_instance_clears_enabled_events_triggers_and_filters(live):
-    name = runner.instance_name(990)
+    name = tracefs.instance_name(990)
     base = TRACEFS / "instances" / name
     ev = base / "events/kmem/kmem_cache_alloc"
     base.mkdir()
@@ -335,11 +336,11 @@ def test_remove_instance_clears_enabled_events_triggers_and_filters(live):
 
 
 def test_cleanup_removes_an_instance_whose_owner_is_gone(live):
-    name = f"{runner.INSTANCE_PREFIX}999999-12345-0"
+    name = f"{tracefs.INSTANCE_PREFIX}999999-12345-0"
     base = TRACEFS / "instances" / name
     base.mkdir()
     (base / "events/kmem/kmem_cache_alloc/enable").write_text("1")
-    done = runner.cleanup_leftovers(str(TRACEFS))
+    done = cleanup_leftovers(str(TRACEFS))
     assert f"removed tracefs instance {name}" in done and not base.exists()
 
 
@@ -506,4 +507,4 @@ def test_a_capture_over_ssh_counts_exactly_and_removes_its_instance(live, sshd_s
     assert set(cap.meta["losses"]) == {"overrun", "dropped_events"}
     # the instance is named after this (local) process and is gone from the target
     assert not [n for n in set(p.name for p in (TRACEFS / "instances").iterdir()) - before
-                if n.startswith(f"{runner.INSTANCE_PREFIX}{os.getpid()}-")]
+                if n.startswith(f"{tracefs.INSTANCE_PREFIX}{os.getpid()}-")]

@@ -384,11 +384,11 @@ class _Target(LocalTarget):
     def which(self, program):
         return f"/usr/bin/{program}" if program in self.programs else None
 
-    def popen(self, argv, *, stdout, stderr, env=None):
+    def start(self, argv, *, stdout, stderr, env=None, teardown=None):
         self.started.append(list(argv))
         assert argv[0] == "staprun" and self.fake_staprun
-        return super().popen([sys.executable, str(self.fake_staprun), *argv[1:]],
-                             stdout=stdout, stderr=stderr, env=env)
+        return super().start([sys.executable, str(self.fake_staprun), *argv[1:]],
+                             stdout=stdout, stderr=stderr, env=env, teardown=teardown)
 
 
 @pytest.mark.parametrize("release", ["6.1.0-57-amd64", "6.12.117+deb12-amd64",

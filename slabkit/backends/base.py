@@ -105,13 +105,12 @@ class Backend:
 def run_marked_tracer(target: "Target", program: Program, raw: Path, errf: Path,
                       control: "RunControl", *, what: str) -> tuple[str, int | None, str]:
     """Run a tracer that prints ``slabkit-attached`` on stdout once its probes are live and
-    writes its results when stopped (SIGINT, sent on leaving :func:`tracer_process`).
+    writes its results when stopped (SIGINT, sent on leaving the ``with`` block).
 
     stdout goes to ``raw``, stderr to ``errf``. Returns (end reason, exit status, stderr)."""
-    from slabkit.host.procs import tracer_process
     with open(raw, "wb") as out, open(errf, "wb") as err:
-        with tracer_process(target, program.argv, stdout=out, stderr=err,
-                            env=program.env or None) as proc:
+        with target.start(program.argv, stdout=out, stderr=err,
+                          env=program.env or None) as proc:
             def attached() -> bool:
                 with open(raw, "rb") as f:
                     return b"slabkit-attached" in f.read(4096)

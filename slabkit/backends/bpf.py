@@ -34,7 +34,6 @@ import pandas as pd
 
 from slabkit.errors import ParseError, ProbeFailed, TracerUnavailable
 from slabkit.validate import check_cache_name, check_comm
-from slabkit.host.target import LocalTarget
 from slabkit.backends import Backend, Options, Parsed, Program, RunResult, run_marked_tracer
 from slabkit.backends.bpftrace import finish_allocs, frames_from_addresses, spread_counts
 
@@ -57,15 +56,11 @@ COUNT_LOSSES = ("count_map_full",)
 STACK_LOSSES = ("stack_failed", "stack_map_full", "sample_map_full")
 
 
-def _is_this_machine(target: "Target") -> bool:
-    return isinstance(target, LocalTarget) and str(target.root) == "/"
-
-
 def install(target: "Target") -> str:
     """The path of the current ``slabcount`` on the target (built here, copied if remote)."""
     from slabkit.slabcount.build import build, source_hash
     local = build()
-    if _is_this_machine(target):
+    if target.is_this_machine:
         return str(local)
     folder = f"{REMOTE_DIR}/{source_hash()}"
     path = f"{folder}/slabcount"          # named so that its comm is "slabcount" there too

@@ -49,8 +49,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slabkit.errors import ParseError, ProbeFailed
-from slabkit.host.procs import tracer_process
-from slabkit.host.target import LocalTarget
 from slabkit.backends import Backend, Options, Parsed, Program, RunResult
 from slabkit.backends._common import build_tables, kernel_filter
 
@@ -174,8 +172,7 @@ class PerfBackend(Backend):
         log = folder / RECORD_LOG
         uses_delay = "-D" in argv
         with open(log, "wb") as logf:
-            with tracer_process(target, argv, stdout=logf, stderr=logf,
-                                env=program.env) as proc:
+            with target.start(argv, stdout=logf, stderr=logf, env=program.env) as proc:
                 started = time.monotonic()
 
                 def attached() -> bool:
@@ -202,8 +199,7 @@ class PerfBackend(Backend):
 
         script = [a.replace(FOLDER, workdir) for a in program.script_argv]
         with open(folder / RAW, "wb") as out, open(folder / SCRIPT_STDERR, "wb") as err:
-            with tracer_process(target, script, stdout=out, stderr=err,
-                                env=program.env) as sp:
+            with target.start(script, stdout=out, stderr=err, env=program.env) as sp:
                 sp.wait()
         script_err = (folder / SCRIPT_STDERR).read_text(errors="replace")
         if sp.returncode != 0:
@@ -221,7 +217,7 @@ class PerfBackend(Backend):
 def _workdir(target: "Target", folder: Path) -> tuple[str, str | None]:
     """Where perf.data is written: the capture folder here, a temporary folder on a remote
     target (removed after ``perf script`` streamed its text back)."""
-    if isinstance(target, LocalTarget):
+    if target.runs_here:
         return str(folder), None
     res = target.run(["mktemp", "-d", "/tmp/slabkit-perf.XXXXXX"], timeout=30)
     path = (res.stdout or "").strip()

@@ -8,6 +8,7 @@ captured), or the tracer exited by itself.
 """
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from typing import Callable
@@ -116,3 +117,24 @@ class RunControl:
             if close:
                 bar.close()
         return update
+
+
+class TermAsInterrupt:
+    """While active (main thread only), SIGTERM and SIGHUP raise KeyboardInterrupt, so a
+    capture being killed politely stops its tracer and keeps what it captured."""
+
+    def __enter__(self) -> TermAsInterrupt:
+        self._old: dict[int, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                self._old[sig] = signal.signal(sig, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def __exit__(self, *exc: object) -> bool:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False

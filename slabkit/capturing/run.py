@@ -25,7 +25,7 @@ from slabkit.host.facts import KernelFacts, gather_facts
 from slabkit.model.stacks import drop_tracer_glue
 from slabkit.validate import check_seconds
 from slabkit.plan import Plan, plan_capture
-from slabkit.host.procs import TermAsInterrupt
+from slabkit.capturing.control import TermAsInterrupt
 from slabkit.model.tables import Capture
 from slabkit.host.target import Target, as_target, require_root
 

@@ -56,7 +56,7 @@ from slabkit.errors import (
     UnknownCache,
 )
 from slabkit.validate import check_cache_name, check_seconds
-from slabkit.host.target import LocalTarget, Target, as_target
+from slabkit.host.target import Target, as_target
 
 Root = str | os.PathLike | Target
 
@@ -173,16 +173,6 @@ def _open(where: object) -> tuple[Target | None, str | None]:
     return as_target(path), None
 
 
-def _page_size(target: Target) -> int:
-    if isinstance(target, LocalTarget):
-        return os.sysconf("SC_PAGE_SIZE")
-    done = target.run(["getconf", "PAGESIZE"], timeout=30)
-    if done.returncode != 0 or not done.stdout.strip().isdigit():
-        raise SlabkitError(f"cannot learn the page size on {target.name}: `getconf PAGESIZE` "
-                           f"said {(done.stderr or done.stdout).strip()[-200:]!r}")
-    return int(done.stdout)
-
-
 def read_slabinfo(root_or_file: Root = "/", *, page_size: int | None = None) -> pd.DataFrame:
     """The :func:`parse_slabinfo` table of a target, or of a saved copy of ``/proc/slabinfo``.
 
@@ -213,7 +203,7 @@ def read_slabinfo(root_or_file: Root = "/", *, page_size: int | None = None) -> 
             f"{SLABINFO} does not exist on {target.name}: this kernel does not list its slab "
             "caches (SLUB kernels need CONFIG_SLUB_DEBUG for it)") from None
     source = SLABINFO if target.name == "local" else f"{target.name}:{SLABINFO}"
-    return parse_slabinfo(text, source=source, page_size=page_size or _page_size(target))
+    return parse_slabinfo(text, source=source, page_size=page_size or target.page_size())
 
 
 # --- /sys/kernel/slab ----------------------------------------------------------------------
@@ -426,7 +416,7 @@ def sample(duration_s: float, interval_s: float = 1.0, root: Root = "/",
         raise InvalidInput(f"interval of {interval_s:g} s is longer than the duration of "
                            f"{duration_s:g} s")
     target = as_target(root)
-    page_size = _page_size(target)
+    page_size = target.page_size()
     wanted = None
     if names is not None:
         table = caches(target)

@@ -177,7 +177,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_cleanup(args) -> int:
-    from slabkit.host.procs import cleanup_leftovers
+    from slabkit.host.cleanup import cleanup_leftovers
     done = cleanup_leftovers()
     print("\n".join(done) if done else "nothing left behind")
     return 0

@@ -168,8 +168,6 @@ class StapBackend:
         import uuid
 
         from slabkit.backends import RunResult
-        from slabkit.host.procs import tracer_process
-        from slabkit.host.target import LocalTarget
         (folder / SCRIPT_FILE).write_text(program.text)
         build = isinstance(program, StapProgram) and bool(program.build_argv)
         raw_files = [RAW, STDERR_FILE, SCRIPT_FILE]
@@ -179,7 +177,7 @@ class StapBackend:
             target.write_bytes(remote_file, data)
             cmd = list(program.argv)
             raw_files += [BUILD_LOG, BUILD_INFO]
-        elif isinstance(target, LocalTarget):
+        elif target.runs_here:
             remote_file = None
             cmd = [str(folder / SCRIPT_FILE) if a == "{folder}/" + SCRIPT_FILE else a
                    for a in program.argv]
@@ -191,7 +189,7 @@ class StapBackend:
         what = "staprun" if build else "stap"
         try:
             with open(raw, "wb") as out, open(errf, "wb") as err:
-                with tracer_process(target, cmd, stdout=out, stderr=err) as proc:
+                with target.start(cmd, stdout=out, stderr=err) as proc:
                     def attached() -> bool:  # "begin" runs before the kprobes exist
                         with open(raw, "rb") as f:
                             return ARMED.encode() in f.read(4096)
