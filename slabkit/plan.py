@@ -66,21 +66,42 @@ class Plan:
     def from_json(cls, data: dict[str, Any]) -> "Plan":
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
-    def tracefs_filter(self) -> str:
-        """The filter expression for a tracefs event / ``perf --filter`` (kernel-side)."""
-        terms = []
+    def predicate(self) -> list[Term]:
+        """The capture's filter as typed terms, all of which must hold: the one filter model
+        every backend renders in its own syntax (:func:`slabkit.backends._common.tracefs_filter`,
+        :func:`slabkit.backends.bpftrace.render_predicate`, slabcount's flags). Integer tests
+        come before string compares, so most events are dropped cheaply; every value is
+        validated here again, so a hand-made Plan cannot smuggle text into a program."""
+        terms: list[Term] = []
         if self.match_bytes_alloc is not None:
-            terms.append(f"bytes_alloc == {int(self.match_bytes_alloc)}")
-        if self.strategy == "tracepoint-name" and self.match_name:
-            check_cache_name(self.match_name)
-            terms.append(f'name == "{self.match_name}"')
+            terms.append(Term("bytes_alloc", "==", int(self.match_bytes_alloc)))
+        if self.strategy == "tracepoint-name":
+            terms.append(Term("name", "==", check_cache_name(self.match_name or "")))
+        elif self.strategy == "kprobe-cachep":
+            terms.append(Term("cache_name", "==", check_cache_name(self.match_name or "")))
         if self.gfp_require:
-            terms.append(f"gfp_flags & {self.gfp_require:#x}")
+            terms.append(Term("gfp_flags", "any", int(self.gfp_require)))
         if self.gfp_forbid:
-            terms.append(f"!(gfp_flags & {self.gfp_forbid:#x})")
+            terms.append(Term("gfp_flags", "none", int(self.gfp_forbid)))
         if self.pid is not None:
-            terms.append(f"common_pid == {int(self.pid)}")
-        return " && ".join(terms)
+            terms.append(Term("pid", "==", check_pid(self.pid)))
+        if self.comm is not None:
+            terms.append(Term("comm", "==", check_comm(self.comm)))
+        return terms
+
+
+@dataclass(frozen=True)
+class Term:
+    """One test of a capture's filter: ``field op value``.
+
+    Fields: ``bytes_alloc`` (the event's slot size), ``name`` (the event's cache name, 6.18+),
+    ``cache_name`` (``struct kmem_cache *`` first argument's name, kprobe plans), ``gfp_flags``
+    (``any``: one of the bits set; ``none``: none of them), ``pid`` (the process, i.e. thread
+    group id), ``comm`` (the task's name). Ops: ``==``, ``any``, ``none``."""
+
+    field: str
+    op: str
+    value: int | str
 
 
 def _kmalloc_gfp(gfp_type: str, bits: dict[str, int], has_cg: bool) -> tuple[int, int]:

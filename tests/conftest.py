@@ -82,3 +82,8 @@ def live():
     children = _child_tracers()
     assert not after, f"capture left tracing state behind: {sorted(after)}"
     assert not children, f"capture left tracer processes running: {children}"
+
+
+def tables(parsed):
+    """(allocs, frames) of a parser's :class:`~slabkit.backends.Parsed` result."""
+    return parsed.allocs, parsed.frames

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, tables
 
 from slabkit import analysis as A
 from slabkit.backends import stap
@@ -19,7 +19,7 @@ from slabkit.model.tables import Capture
 
 @pytest.fixture(scope="module")
 def classic() -> Capture:
-    allocs, frames = stap.parse_classic((FIXTURES / "stap" / "classic-size32.txt").read_text())
+    allocs, frames = tables(stap.parse_classic((FIXTURES / "stap" / "classic-size32.txt").read_text()))
     return Capture(allocs, frames, {"cache": "size-32", "duration_s": 10.0})
 
 

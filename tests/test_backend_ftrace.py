@@ -24,7 +24,7 @@ from sshd import sshd_server  # noqa: F401  (fixture)
 from slabkit.host import tracefs
 from slabkit.host.cleanup import cleanup_leftovers
 from slabkit.backends import Options
-from slabkit.backends._common import kernel_filter
+from slabkit.backends._common import tracefs_filter
 from slabkit.backends.ftrace import FtraceBackend, FtraceProgram, parse_output
 from slabkit.host.tracefs import remove_instance
 from slabkit.capturing.control import RunControl
@@ -126,8 +126,8 @@ def test_render_describes_the_instance_writes():
 
 
 def test_kernel_filter_adds_the_comm():
-    assert kernel_filter(plan_kmalloc64()) == "bytes_alloc == 64 && !(gfp_flags & 0x400011)"
-    assert kernel_filter(plan_kmalloc64(comm="a b")).endswith('&& comm == "a b"')
+    assert tracefs_filter(plan_kmalloc64()) == "bytes_alloc == 64 && !(gfp_flags & 0x400011)"
+    assert tracefs_filter(plan_kmalloc64(comm="a b")).endswith('&& comm == "a b"')
 
 
 def test_unavailable_and_unsupported_say_why(tmp_path):

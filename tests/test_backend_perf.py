@@ -19,7 +19,7 @@ from conftest import FIXTURES, _child_tracers, require_tool
 from live_capture import assert_count, capture_around, pid_rows
 from sshd import sshd_server  # noqa: F401  (fixture)
 from slabkit.backends import Options
-from slabkit.backends.perf import PerfBackend, mmap_pages, parse_script, render_argv
+from slabkit.backends.perf import PerfBackend, mmap_pages, parse_output, render_argv
 from slabkit.capturing.control import RunControl
 from slabkit.errors import ProbeFailed
 from slabkit.host.facts import KernelFacts
@@ -123,7 +123,7 @@ def test_parse_filp_counts_every_header_line_by_process():
     expected: dict[int, int] = {}
     for m in HEADER.finditer(text):
         expected[int(m["pid"])] = expected.get(int(m["pid"]), 0) + 1
-    parsed = parse_script(FIX / "filp-open.script.txt", plan_filp(), {})
+    parsed = parse_output(FIX / "filp-open.script.txt", plan_filp(), {})
     assert by_pid(parsed.allocs) == expected and sum(expected.values()) >= 150
     assert (parsed.allocs["bytes"] == parsed.allocs["count"] * 192).all()
     assert parsed.allocs["cgroup"].isna().all()
@@ -145,7 +145,7 @@ def test_parse_kmalloc_sums_bytes_req_from_the_trace_fields():
     text = (FIX / "kmalloc64-eventfd.script.txt").read_text()
     heads = list(HEADER.finditer(text))
     req = sum(int(re.search(r"bytes_req=(\d+)", m["trace"]).group(1)) for m in heads)
-    parsed = parse_script(FIX / "kmalloc64-eventfd.script.txt", plan_kmalloc64(), {})
+    parsed = parse_output(FIX / "kmalloc64-eventfd.script.txt", plan_kmalloc64(), {})
     assert int(parsed.allocs["count"].sum()) == len(heads) >= 120
     assert int(parsed.allocs["bytes_req"].sum()) == req
     assert (parsed.allocs["bytes"] == parsed.allocs["count"] * 64).all()
@@ -156,7 +156,7 @@ def test_parse_drops_the_user_space_frames_after_the_kernel_ones():
     text = (FIX / "filp-user-callchain.script.txt").read_text()
     assert "/slabwork)" in text or "libc" in text, "fixture should hold user frames"
     kernel_lines = {len(re.findall(r"^\tffff[0-9a-f]{12} ", b, re.M)) for b in blocks(text)}
-    parsed = parse_script(FIX / "filp-user-callchain.script.txt", plan_filp(), {})
+    parsed = parse_output(FIX / "filp-user-callchain.script.txt", plan_filp(), {})
     depths = parsed.frames.groupby("stack_id")["depth"].max() + 1
     assert set(depths) <= kernel_lines
     assert set(parsed.frames["module"]) == {"vmlinux"}
@@ -167,14 +167,14 @@ def test_parse_reports_lost_samples_from_perf_record_lost_lines():
     text = (FIX / "filp-lost.script.txt").read_text()
     lost = sum(int(n) for n in re.findall(r"PERF_RECORD_LOST lost (\d+)", text))
     assert lost > 0
-    parsed = parse_script(FIX / "filp-lost.script.txt", plan_filp(), {})
+    parsed = parse_output(FIX / "filp-lost.script.txt", plan_filp(), {})
     assert parsed.losses == {"lost_samples": lost}
     assert int(parsed.allocs["count"].sum()) == len(HEADER.findall(text))
 
 
 def test_parse_scales_sampled_counts_back():
-    plain = parse_script(FIX / "filp-open.script.txt", plan_filp(), {})
-    sampled = parse_script(FIX / "filp-open.script.txt", plan_filp(),
+    plain = parse_output(FIX / "filp-open.script.txt", plan_filp(), {})
+    sampled = parse_output(FIX / "filp-open.script.txt", plan_filp(),
                            {"options": {"sample_every": 10}})
     assert int(sampled.allocs["count"].sum()) == 10 * int(plain.allocs["count"].sum())
     assert sampled.estimated and any("1 event in 10" in n for n in sampled.notes)
@@ -188,7 +188,7 @@ def test_parse_is_fast_on_many_events(tmp_path):
     big = tmp_path / "perf.script.txt"
     big.write_text(body * copies)
     t = time.perf_counter()
-    parsed = parse_script(big, plan_filp(), {})
+    parsed = parse_output(big, plan_filp(), {})
     took = time.perf_counter() - t
     assert int(parsed.allocs["count"].sum()) == per * copies
     assert took < 5.0, f"{per * copies} events took {took:.1f} s"

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, tables
 from matplotlib.patches import Rectangle
 
 from slabkit import plots
@@ -22,7 +22,7 @@ from slabkit.model.tables import Capture
 
 @pytest.fixture(scope="module")
 def classic() -> Capture:
-    allocs, frames = stap.parse_classic((FIXTURES / "stap" / "classic-size32.txt").read_text())
+    allocs, frames = tables(stap.parse_classic((FIXTURES / "stap" / "classic-size32.txt").read_text()))
     return Capture(allocs, frames, {"cache": "size-32", "duration_s": 10.0})
 
 

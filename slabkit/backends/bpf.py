@@ -35,7 +35,7 @@ import pandas as pd
 from slabkit.errors import ParseError, ProbeFailed, TracerUnavailable
 from slabkit.validate import check_cache_name, check_comm
 from slabkit.backends import Backend, Options, Parsed, Program, RunResult, run_marked_tracer
-from slabkit.backends.bpftrace import finish_allocs, frames_from_addresses, spread_counts
+from slabkit.backends._common import finish_allocs, frames_from_addresses, spread_counts
 
 if TYPE_CHECKING:
     from slabkit.capturing.control import RunControl

@@ -19,7 +19,7 @@ Choices, checked here (perf 6.1, Linux 6.18):
   for a 300 MB file can outlast the stop grace period; symbols still come from kallsyms.
 * Sampling: ``-c N`` alone on a tracepoint recorded 27,405 samples for 10,000 events here;
   ``-c N --no-period`` records exactly 1 in N (1,000 of 10,000). Counts are scaled back by N
-  in :func:`parse_script` and the capture is marked estimated.
+  in :func:`parse_output` and the capture is marked estimated.
 * cgroup: perf 6.1's ``perf script -F`` has no cgroup field, so the cgroup column is missing.
 * Fields: no ``time``/``cpu`` and, for dedicated caches, no ``trace`` either: every event of a
   thread with the same stack then prints the same text block, so the parser counts identical
@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 
 from slabkit.errors import ParseError, ProbeFailed
 from slabkit.backends import Backend, Options, Parsed, Program, RunResult
-from slabkit.backends._common import build_tables, kernel_filter
+from slabkit.backends._common import build_tables, tracefs_filter
 
 if TYPE_CHECKING:
     from slabkit.capturing.control import RunControl
@@ -93,7 +93,7 @@ def render_argv(plan: "Plan", options: Options, perf_version: str | None,
     """The ``perf record`` argv; ``{folder}`` stands for where perf.data goes."""
     version = _version_tuple(perf_version)
     known = version != (0, 0)
-    expr = kernel_filter(plan)
+    expr = tracefs_filter(plan)
     argv = ["perf", "record"]
     for ev in plan.alloc_events:
         argv += ["-e", ev]
@@ -211,7 +211,7 @@ class PerfBackend(Backend):
                          raw_files=kept + [RAW, RECORD_LOG, SCRIPT_STDERR])
 
     def parse(self, folder: Path, plan: "Plan", meta: dict) -> Parsed:
-        return parse_script(folder / RAW, plan, meta)
+        return parse_output(folder / RAW, plan, meta)
 
 
 def _workdir(target: "Target", folder: Path) -> tuple[str, str | None]:
@@ -239,7 +239,7 @@ def _is_kernel_frame(line: str) -> bool:
     return len(addr) == 16 and addr.startswith("ffff")
 
 
-def parse_script(path: Path, plan: "Plan", meta: dict) -> Parsed:
+def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     """Tables from ``perf script`` text written by :class:`PerfBackend` (see module doc).
 
     Streams the file in 16 MB chunks; memory grows with distinct (thread, stack) blocks, not

@@ -148,15 +148,16 @@ def load_raw(path: Path) -> Capture:
         from slabkit.backends import stap
         text = path.read_text(errors="replace")
         if kind == "stap-classic":
-            allocs, frames = stap.parse_classic(text, path=str(path))
+            parsed = stap.parse_classic(text, path=str(path))
             text_meta.update(stap.parse_classic_meta(text))
         else:
-            allocs, frames = stap.parse(text, path=str(path))
+            parsed = stap.parse_text(text, path=str(path))
             text_meta.update(stap.parse_meta(text))
     else:
         raise InvalidInput(f"{path} looks like {kind} output: load the capture folder it came "
                            "from (it holds the plan needed to read it), or use "
                            "`slabkit load --reparse FOLDER`")
+    allocs, frames = parsed.allocs, parsed.frames
     text_meta.setdefault("cache", text_meta.get("cache") or "?")
     text_meta["total_allocs"] = int(allocs["count"].sum()) if len(allocs) else 0
     if "host" not in allocs.columns:

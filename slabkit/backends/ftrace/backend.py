@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slabkit.backends import Backend, Options, Parsed, Program, RunResult
-from slabkit.backends._common import kernel_filter
+from slabkit.backends._common import tracefs_filter
 from slabkit.backends.ftrace.parse import parse_output
 from slabkit.backends.ftrace.program import (
     DRAIN_TIMEOUT_S,
@@ -60,7 +60,7 @@ class FtraceBackend(Backend):
     def render(self, plan: "Plan", options: Options, facts: "KernelFacts") -> Program:
         tracefs = facts.tracefs or "/sys/kernel/tracing"
         events = [e.replace(":", "/") for e in plan.alloc_events]
-        expr = kernel_filter(plan)
+        expr = tracefs_filter(plan)
         task_events = list(TASK_EVENTS)
         text = render_text(tracefs, events, expr, options.buffer_kb, INSTANCE_OPTIONS,
                            task_events)
