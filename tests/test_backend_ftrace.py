@@ -502,7 +502,7 @@ def test_a_capture_over_ssh_counts_exactly_and_removes_its_instance(live, sshd_s
     before = set(p.name for p in (TRACEFS / "instances").iterdir())
     with SSHTarget(sshd_server.destination, ssh_options=sshd_server.client_options) as t:
         with Workload("open", N, "/etc/hostname") as w:
-            cap = capture_around("filp", w.go, backend="ftrace", host=t, base=tmp_path)
+            cap = capture_around("filp", w.go, backend="ftrace", target=t, base=tmp_path)
     assert_count(cap, w.pid, N)
     assert set(cap.meta["losses"]) == {"overrun", "dropped_events"}
     # the instance is named after this (local) process and is gone from the target

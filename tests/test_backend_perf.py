@@ -248,7 +248,7 @@ def test_pid_and_comm_filters_are_applied_in_the_kernel(perf, tmp_path):
 
 def test_sampling_scales_counts_back_and_marks_them_estimated(perf, tmp_path):
     with Workload("open", N * 5, "/etc/hostname") as w:
-        cap = capture_around("filp", w.go, backend="perf", base=tmp_path, sample_every=10)
+        cap = capture_around("filp", w.go, backend="perf", base=tmp_path, options=Options(sample_every=10))
     got = int(pid_rows(cap, w.pid)["count"].sum())
     assert got % 10 == 0 and abs(got - N * 5) <= N * 5 // 10, got
     assert cap.meta["estimated_stacks"] is True
@@ -315,7 +315,7 @@ def test_a_capture_over_ssh_counts_exactly_and_leaves_nothing_on_the_target(perf
     before = set(Path("/tmp").glob("slabkit-perf.*"))
     with SSHTarget(sshd_server.destination, ssh_options=sshd_server.client_options) as t:
         with Workload("open", N, "/etc/hostname") as w:
-            cap = capture_around("filp", w.go, backend="perf", host=t, base=tmp_path)
+            cap = capture_around("filp", w.go, backend="perf", target=t, base=tmp_path)
     assert_count(cap, w.pid, N)
     assert (Path(cap.path) / "perf.script.txt").is_file()
     assert not (Path(cap.path) / "perf.data").exists()   # it was written on the target

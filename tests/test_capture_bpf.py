@@ -62,7 +62,7 @@ def test_auto_chooses_bpf_and_counts_filp_exactly(bpf, tmp_path):
 
 def test_full_stack_mode_counts_every_stack(bpf, tmp_path):
     with Workload("open", N, "/etc/hostname") as w:
-        cap = capture_around("filp", w.go, base=tmp_path, backend="bpf", stack_sample=1)
+        cap = capture_around("filp", w.go, base=tmp_path, backend="bpf", options=Options(stack_sample=1))
     rows = pid_rows(cap, w.pid)
     assert int(rows["count"].sum()) == N
     assert cap.meta["estimated_stacks"] is False
@@ -77,11 +77,11 @@ def test_dentry_from_lookups_of_missing_names(bpf, tmp_path):
     assert int(pid_rows(cap, w.pid)["count"].sum()) == N
 
 
-@pytest.mark.parametrize("stack_sample", [None, 1])   # default sampling; full stacks
+@pytest.mark.parametrize("stack_sample", [32, 1])   # default sampling; full stacks
 def test_kmalloc_size_class_is_exact_with_requested_bytes(bpf, tmp_path, stack_sample):
     with Workload("eventfd", N) as w:
         cap = capture_around("kmalloc-64", w.go, base=tmp_path, backend="bpf",
-                             stack_sample=stack_sample)
+                             options=Options(stack_sample=stack_sample))
     rows = pid_rows(cap, w.pid)
     assert cap.meta["plan"]["strategy"] == "kmalloc-size-class"
     assert int(rows["count"].sum()) == N
@@ -114,7 +114,7 @@ def test_pid_and_comm_filters(bpf, tmp_path, by):
         assert int(pid_rows(cap, o.pid)["count"].sum()) == N
 
 
-@pytest.mark.parametrize("stack_sample", [None, 1])
+@pytest.mark.parametrize("stack_sample", [32, 1])   # default sampling; full stacks
 def test_a_full_counts_map_is_reported_not_hidden(bpf, tmp_path, stack_sample):
     """map_keys=16 with more than 16 processes allocating: the events that found no slot are
     counted as lost and the capture says so (full-stack mode counts in its (key, stack) map,
@@ -122,8 +122,8 @@ def test_a_full_counts_map_is_reported_not_hidden(bpf, tmp_path, stack_sample):
     def spawn_many():
         for _ in range(40):
             subprocess.run(["/bin/true"], check=True)
-    cap = capture_around("filp", spawn_many, base=tmp_path, backend="bpf", map_keys=16,
-                         stack_sample=stack_sample)
+    cap = capture_around("filp", spawn_many, base=tmp_path, backend="bpf",
+                         options=Options(map_keys=16, stack_sample=stack_sample))
     assert cap.meta["losses"].get("count_map_full", 0) > 0
     assert cap.meta["lost_total"] >= cap.meta["losses"]["count_map_full"]
     assert any("counts map was full" in n for n in cap.meta["notes"])
@@ -195,11 +195,11 @@ def test_argv_carries_only_validated_values():
                     "--stack-every", "8", "--count-keys", "65536", "--sample-keys", "65536"]
     km = render_argv("s", _plan(strategy="kmalloc-size-class", match_name=None,
                                 match_bytes_alloc=64, gfp_forbid=0x400000,
-                                alloc_events=["kmem:kmalloc"]), Options())
+                                alloc_events=["kmem:kmalloc"]), Options(stack_sample=1))
     assert km[1:7] == ["--kmalloc-size", "64", "--gfp-forbid", "0x400000", "--stack-every", "1"]
     kmalloc = _plan(strategy="kmalloc-size-class", match_name=None, match_bytes_alloc=64,
                     alloc_events=["kmem:kmalloc"])
-    assert "--record-event" in render_argv("s", kmalloc, Options(), kmalloc_record=True)
+    assert "--record-event" in render_argv("s", kmalloc, Options(stack_sample=1), kmalloc_record=True)
     assert "--record-event" not in render_argv("s", kmalloc, Options(stack_sample=32),
                                                kmalloc_record=True)
     assert "--record-event" not in render_argv("s", _plan(), Options(), kmalloc_record=True)

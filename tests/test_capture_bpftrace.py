@@ -13,6 +13,7 @@ import pytest
 
 import procs
 import slabkit
+from slabkit.backends import Options
 from slabkit.errors import CaptureNotFound, UnknownCache
 from bench.workload import Workload
 from conftest import require_bpf, require_tool
@@ -34,7 +35,7 @@ def functions_of(cap, stack_ids):
 
 def test_filp_count_is_exact_and_stacks_show_the_open_path(bpftrace, tmp_path):
     with Workload("open", N, "/etc/hostname") as w:
-        cap = capture_around("filp", w.go, backend="bpftrace", base=tmp_path, stack_sample=1)
+        cap = capture_around("filp", w.go, backend="bpftrace", base=tmp_path, options=Options(stack_sample=1))
     rows = pid_rows(cap, w.pid)
     assert int(rows["count"].sum()) == N
     assert set(rows["comm"]) == {"slabwork"}
@@ -50,7 +51,7 @@ def test_filp_count_is_exact_and_stacks_show_the_open_path(bpftrace, tmp_path):
 
 def test_sampled_stacks_keep_exact_counts_per_process(bpftrace, tmp_path):
     with Workload("open", N, "/etc/hostname") as w:
-        cap = capture_around("filp", w.go, backend="bpftrace", base=tmp_path, stack_sample=16)
+        cap = capture_around("filp", w.go, backend="bpftrace", base=tmp_path, options=Options(stack_sample=16))
     rows = pid_rows(cap, w.pid)
     assert int(rows["count"].sum()) == N
     assert cap.meta["estimated_stacks"] is True
@@ -67,7 +68,7 @@ def test_dentry_from_lookups_of_missing_names(bpftrace, tmp_path):
 def test_kmalloc_size_class_count_is_exact_for_eventfd(bpftrace, tmp_path):
     with Workload("eventfd", N) as w:
         cap = capture_around("kmalloc-64", w.go, backend="bpftrace", base=tmp_path,
-                             stack_sample=1)
+                             options=Options(stack_sample=1))
     rows = pid_rows(cap, w.pid)
     assert int(rows["count"].sum()) == N
     assert cap.meta["plan"]["strategy"] == "kmalloc-size-class"
@@ -218,7 +219,7 @@ def test_full_maps_on_the_live_kernel_are_reported_by_kind(bpftrace, tmp_path):
     def spawn_many():
         for _ in range(40):
             subprocess.run(["/bin/true"], check=True)
-    cap = capture_around("filp", spawn_many, backend="bpftrace", base=tmp_path, map_keys=16)
+    cap = capture_around("filp", spawn_many, backend="bpftrace", base=tmp_path, options=Options(map_keys=16))
     assert cap.meta["losses"].get("map_updates_failed", 0) > 0
     assert cap.meta["stack_losses"].get("stack_map_updates_failed", 0) > 0
     assert any("events were not counted" in n for n in cap.meta["notes"])

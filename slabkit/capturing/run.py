@@ -20,21 +20,14 @@ from slabkit.capturing import store
 from slabkit.model import schema
 from slabkit.backends import Backend, Options, Program, choose
 from slabkit.capturing.control import RunControl
-from slabkit.errors import ProbeFailed, SlabkitError
+from slabkit.errors import InvalidInput, ProbeFailed, SlabkitError
 from slabkit.host.facts import KernelFacts, gather_facts
 from slabkit.model.stacks import drop_tracer_glue
 from slabkit.validate import check_seconds
 from slabkit.plan import Plan, plan_capture
 from slabkit.capturing.control import TermAsInterrupt
 from slabkit.model.tables import Capture
-from slabkit.host.target import Target, as_target, require_root
-
-#: default: a stack for each thread's first event (per comm, so after an exec too) and 1 in 32
-#: after, every event counted. Measured (bench/results/): 0.73 of uninstrumented throughput
-#: (N=8 0.68, N=16 0.72; bare exact counting 0.77); call-site shares within 0.34 pp of a
-#: full-stack capture across all processes (first-event keyed by tid only: 1.77 pp).
-DEFAULT_STACK_SAMPLE = 32
-
+from slabkit.host.target import Target, Where, as_target, legacy_target, require_root
 
 @dataclass
 class Prepared:
@@ -51,49 +44,67 @@ class Prepared:
     cache_table: pd.DataFrame | None = None
 
 
+#: old keyword arguments of capture()/prepare() that now live in :class:`Options`
+_OPTION_KEYWORDS = ("stack_sample", "sample_every", "map_keys")
+
+
+def _legacy(func: str, target: Where, old: dict) -> tuple[Where, Any, dict]:
+    """(target, targets, option overrides) from the old keywords (host=, hosts=,
+    stack_sample=, sample_every=, map_keys=), each with a DeprecationWarning."""
+    import warnings
+    opts = {k: old.pop(k) for k in _OPTION_KEYWORDS if k in old}
+    if opts:
+        warnings.warn(f"{func}({', '.join(f'{k}=' for k in opts)}...) is deprecated: pass "
+                      f"options=Options({', '.join(f'{k}=...' for k in opts)})",
+                      DeprecationWarning, stacklevel=3)
+    targets = old.pop("hosts", None)
+    if targets is not None:
+        warnings.warn(f"{func}(hosts=...) is deprecated: use targets=", DeprecationWarning,
+                      stacklevel=3)
+    return legacy_target(target, old, func=func, names=("host",)), targets, opts
+
+
+def _options(options: Options | None, overrides: dict) -> Options:
+    if options is not None and not isinstance(options, Options):
+        raise InvalidInput(f"options must be a slabkit Options, not {type(options).__name__}")
+    base = options.to_json() if options is not None else {}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return Options(**base)
+
+
 def prepare(cache: str, *, backend: str = "auto", mode: str = "allocs",
-            pid: int | str | None = None, comm: str | None = None,
-            host: Union[str, Target, None] = None, stack_sample: int | None = None,
-            sample_every: int = 1, map_keys: int | None = None) -> Prepared:
+            pid: int | str | None = None, comm: str | None = None, target: Where = None,
+            options: Options | None = None, **deprecated) -> Prepared:
     """Resolve ``cache``, read the kernel's facts, plan, choose a backend and render its program.
 
-    Raises :class:`~slabkit.errors.SlabkitError` subclasses with what to do when something is
-    missing (root, tracefs, a tracer, a kernel feature).
+    Takes the arguments of :func:`capture` that decide what will run. Raises
+    :class:`~slabkit.errors.SlabkitError` subclasses with what to do when something is missing
+    (root, tracefs, a tracer, a kernel feature).
     """
     from slabkit.host.slabinfo import caches as cache_table, resolve_cache
-    target = as_target(host)
-    require_root(target, "capturing slab allocations (reading /proc/slabinfo and tracing)")
-    table = cache_table(target)
-    resolved = resolve_cache(cache, target, table=table)
-    facts = gather_facts(target)
-    plan = plan_capture(resolved, facts, mode=mode, pid=pid, comm=comm,
-                        cache_table=table)
-    options = Options(stack_sample=_positive_int(
-        DEFAULT_STACK_SAMPLE if stack_sample is None else stack_sample, "stack_sample"),
-        sample_every=_positive_int(sample_every, "sample_every"),
-        map_keys=None if map_keys is None else _positive_int(map_keys, "map_keys"))
-    chosen, reasons = choose(backend, plan, target, facts)
+    target, targets, overrides = _legacy("prepare", target, deprecated)
+    if targets is not None:
+        raise InvalidInput("prepare() plans for one target: pass target=")
+    options = _options(options, overrides)
+    where = as_target(target)
+    require_root(where, "capturing slab allocations (reading /proc/slabinfo and tracing)")
+    table = cache_table(where)
+    resolved = resolve_cache(cache, where, table=table)
+    facts = gather_facts(where)
+    plan = plan_capture(resolved, facts, mode=mode, pid=pid, comm=comm, cache_table=table)
+    chosen, reasons = choose(backend, plan, where, facts)
     program = chosen.render(plan, options, facts)
-    return Prepared(target=target, facts=facts, plan=plan, backend=chosen, program=program,
+    return Prepared(target=where, facts=facts, plan=plan, backend=chosen, program=program,
                     options=options, not_used=reasons, resolved=resolved, cache_table=table)
 
 
-def _positive_int(value, what: str) -> int:
-    from slabkit.errors import InvalidInput
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInput(f"{what} must be a whole number >= 1, not {value!r}")
-    return value
-
-
 def capture(cache: str, seconds: float = 10, *, backend: str = "auto", mode: str = "allocs",
-            pid: int | str | None = None, comm: str | None = None,
-            host: Union[str, Target, None] = None,
-            hosts: Union[list[Union[str, Target, None]], None] = None,
+            pid: int | str | None = None, comm: str | None = None, target: Where = None,
+            targets: list[Where] | None = None, options: Options | None = None,
             out: Union[str, os.PathLike, None] = None,
             base: Union[str, os.PathLike, None] = None,
             progress: bool | Callable[[float, float], None] = True,
-            stop_event: threading.Event | None = None, stack_sample: int | None = None,
-            sample_every: int = 1, map_keys: int | None = None) -> Capture:
+            stop_event: threading.Event | None = None, **deprecated) -> Capture:
     """Capture allocations from ``cache`` for ``seconds`` and return the saved :class:`Capture`.
 
     >>> cap = slabkit.capture("filp", seconds=5)          # doctest: +SKIP
@@ -102,42 +113,50 @@ def capture(cache: str, seconds: float = 10, *, backend: str = "auto", mode: str
     ``backend``: "auto" (slabkit's own BPF counter "bpf", else bpftrace, else perf, else
     ftrace, else stap), or one by name. ``meta["backends_not_used"]`` says why others were not.
     ``mode``: "allocs" (who allocates) or "outstanding" (objects not freed by the end).
-    ``pid``/``comm``: only that process. ``out``: the capture folder (default: a new folder
-    under ``data/captures``). ``stop_event``: set it from another thread to end early.
-    Ctrl-C also ends early; either way what was captured is kept and marked ``interrupted``.
+    ``pid``/``comm``: only that process. ``options``: tracer knobs
+    (:class:`~slabkit.backends.Options`: stack sampling, perf sampling, map size, buffers).
+    ``out``: the capture folder (default: a new folder under ``base``, by default
+    ``data/captures``). ``stop_event``: set it from another thread to end early. Ctrl-C also
+    ends early; either way what was captured is kept and marked ``interrupted``.
 
-    ``host``: an SSH destination (``"root@web1"``, ``"user@host:2222"``) to capture there and
-    analyse here. ``hosts=[...]``: several targets at once (``None`` is this machine); returns
-    one merged Capture with a ``host`` column; a host that fails is listed in
-    ``meta["failed_hosts"]`` and the others' results are kept.
+    ``target``: where to capture: this machine (None), or an SSH destination (``"root@web1"``,
+    ``"user@host:2222"``) to capture there and analyse here, or a
+    :class:`~slabkit.host.target.Target`. ``targets=[...]``: several at once (``None`` is this
+    machine); returns one merged Capture with a ``host`` column; a target that fails is listed
+    in ``meta["failed_hosts"]`` and the others' results are kept. (``host=``/``hosts=`` and the
+    knobs ``stack_sample=``, ``sample_every=``, ``map_keys=`` still work, with a
+    DeprecationWarning.)
     """
+    target, old_targets, overrides = _legacy("capture", target, deprecated)
+    if old_targets is not None:
+        if targets is not None:
+            raise InvalidInput("pass either targets= or hosts=, not both")
+        targets = old_targets
     seconds = check_seconds(seconds)
-    if hosts is not None:
-        if host is not None:
-            from slabkit.errors import InvalidInput
-            raise InvalidInput("pass either host= or hosts=, not both")
-        return capture_hosts(cache, seconds, hosts, backend=backend, mode=mode, pid=pid,
-                             comm=comm, out=out, base=base, progress=progress,
-                             stop_event=stop_event, stack_sample=stack_sample,
-                             sample_every=sample_every, map_keys=map_keys)
-    prep = prepare(cache, backend=backend, mode=mode, pid=pid, comm=comm, host=host,
-                   stack_sample=stack_sample, sample_every=sample_every, map_keys=map_keys)
+    options = _options(options, overrides)
+    if targets is not None:
+        if target is not None:
+            raise InvalidInput("pass either target= or targets=, not both")
+        return capture_targets(cache, seconds, targets, backend=backend, mode=mode, pid=pid,
+                               comm=comm, out=out, base=base, progress=progress,
+                               stop_event=stop_event, options=options)
+    prep = prepare(cache, backend=backend, mode=mode, pid=pid, comm=comm, target=target,
+                   options=options)
     return run_prepared(prep, seconds, out=out, base=base, progress=progress,
                         stop_event=stop_event)
 
 
-def capture_hosts(cache: str, seconds: float, hosts: list, *, out=None, base=None,
-                  progress=True, stop_event: threading.Event | None = None,
-                  **kw) -> Capture:
+def capture_targets(cache: str, seconds: float, hosts: list[Where], *, out=None, base=None,
+                    progress=True, stop_event: threading.Event | None = None,
+                    **kw) -> Capture:
     """Capture ``cache`` on several targets concurrently and merge the results.
 
-    Each host gets its own capture folder (under ``out`` or ``base``); failures are kept in
-    ``meta["failed_hosts"]`` ({host: message}). Raises only when every host failed.
+    Each target gets its own capture folder (under ``out`` or ``base``); failures are kept in
+    ``meta["failed_hosts"]`` ({host: message}). Raises only when every target failed.
     """
-    from slabkit.errors import InvalidInput, SlabkitError as _Err
     from slabkit.capturing.load import merge
     if not hosts:
-        raise InvalidInput("hosts= needs at least one host (None stands for this machine)")
+        raise InvalidInput("targets= needs at least one target (None stands for this machine)")
     stop_event = stop_event or threading.Event()
     results: dict[int, Capture] = {}
     failures: dict[str, str] = {}
@@ -162,10 +181,10 @@ def capture_hosts(cache: str, seconds: float, hosts: list, *, out=None, base=Non
     def one(i: int, host) -> None:
         label = "local" if host is None else str(getattr(host, "name", host))
         try:
-            prep = prepare(cache, host=host, **kw)
+            prep = prepare(cache, target=host, **kw)
             results[i] = run_prepared(prep, seconds, base=folder_base, stop_event=stop_event,
                                       progress=progress_for(i))
-        except (_Err, OSError) as e:
+        except (SlabkitError, OSError) as e:
             with lock:
                 failures[label] = str(e)
             if callable(progress) and live and len(live) + len(failures) >= len(hosts):
@@ -184,7 +203,7 @@ def capture_hosts(cache: str, seconds: float, hosts: list, *, out=None, base=Non
         for t in threads:
             t.join()
     if not results:
-        raise _Err("every host failed: " + "; ".join(f"{h}: {m}" for h, m in failures.items()))
+        raise SlabkitError("every host failed: " + "; ".join(f"{h}: {m}" for h, m in failures.items()))
     merged = merge([results[i] for i in sorted(results)])
     merged.meta["failed_hosts"] = failures
     if failures:

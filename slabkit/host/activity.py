@@ -7,27 +7,26 @@ signal is the change in active objects between two slabinfo snapshots (``basis``
 """
 from __future__ import annotations
 
-from typing import Union
 
 import pandas as pd
 
 from slabkit.errors import ProbeFailed
 from slabkit.host.facts import gather_facts
 from slabkit.validate import check_seconds
-from slabkit.host.target import Target, as_target, require_root
+from slabkit.host.target import Target, Where, as_target, legacy_target, require_root
 
 PROGRAM = ("tracepoint:kmem:kmem_cache_alloc { @[str(args->name)] = count(); }\n"
            "interval:s:{seconds} { exit(); }\n")
 
 
-def cache_activity(seconds: float = 2.0, root: Union[str, Target, None] = None) -> pd.DataFrame:
+def cache_activity(seconds: float = 2.0, target: Where = None, **deprecated) -> pd.DataFrame:
     """Allocation activity per cache over ``seconds``, busiest first.
 
     Columns: name, allocs (events counted, or |change in active objects|), per_s, basis
     ("tracepoint" = every allocation counted; "slabinfo-delta" = net change only).
     """
     seconds = check_seconds(seconds, maximum=60)
-    target = as_target(root)
+    target = as_target(legacy_target(target, deprecated, func="cache_activity"))
     require_root(target, "measuring cache activity")
     facts = gather_facts(target)
     ev = facts.event("kmem/kmem_cache_alloc")
@@ -61,7 +60,7 @@ def _by_tracepoint(target: Target, seconds: float) -> pd.DataFrame:
 
 def _by_slabinfo(target: Target, seconds: float) -> pd.DataFrame:
     from slabkit.host.slabinfo import growth, sample
-    series = sample(duration_s=seconds, interval_s=seconds, root=target)
+    series = sample(duration_s=seconds, interval_s=seconds, target=target)
     g = growth(series)
     out = pd.DataFrame({"name": g["name"], "allocs": g["delta_objs"].abs()})
     out["per_s"] = out["allocs"] / seconds
@@ -69,9 +68,9 @@ def _by_slabinfo(target: Target, seconds: float) -> pd.DataFrame:
     return out.sort_values("allocs", ascending=False, ignore_index=True)
 
 
-def busiest_cache(seconds: float = 2.0, root: Union[str, Target, None] = None) -> str:
+def busiest_cache(seconds: float = 2.0, target: Where = None) -> str:
     """The name of the cache with the most allocation activity right now."""
-    df = cache_activity(seconds, root)
+    df = cache_activity(seconds, target)
     df = df[df["allocs"] > 0]
     if df.empty:
         return "filp"   # an idle machine: every open() allocates from filp

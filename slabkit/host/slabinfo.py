@@ -56,9 +56,8 @@ from slabkit.errors import (
     UnknownCache,
 )
 from slabkit.validate import check_cache_name, check_seconds
-from slabkit.host.target import Target, as_target
+from slabkit.host.target import Target, Where, as_target, legacy_target
 
-Root = str | os.PathLike | Target
 
 SLABINFO = "/proc/slabinfo"
 SYS_SLAB = "/sys/kernel/slab"
@@ -173,7 +172,8 @@ def _open(where: object) -> tuple[Target | None, str | None]:
     return as_target(path), None
 
 
-def read_slabinfo(root_or_file: Root = "/", *, page_size: int | None = None) -> pd.DataFrame:
+def read_slabinfo(target: Where = None, *, page_size: int | None = None,
+                  **deprecated) -> pd.DataFrame:
     """The :func:`parse_slabinfo` table of a target, or of a saved copy of ``/proc/slabinfo``.
 
     A path to a regular file is parsed as a saved copy (``page_size`` defaults to this
@@ -184,8 +184,9 @@ def read_slabinfo(root_or_file: Root = "/", *, page_size: int | None = None) -> 
     >>> read_slabinfo("tests/fixtures/slabinfo/proc/slabinfo").shape[1]
     11
     """
-    target, saved = _open(root_or_file)
-    if target is None:
+    where, saved = _open(legacy_target(target, deprecated, func="read_slabinfo",
+                                       names=("root", "root_or_file")))
+    if where is None:
         try:
             with open(str(saved), errors="replace") as f:
                 text = f.read()
@@ -194,16 +195,16 @@ def read_slabinfo(root_or_file: Root = "/", *, page_size: int | None = None) -> 
         return parse_slabinfo(text, source=str(saved),
                               page_size=page_size or os.sysconf("SC_PAGE_SIZE"))
     try:
-        text = target.read_text(SLABINFO)
+        text = where.read_text(SLABINFO)
     except PermissionError:
-        where = "" if target.name == "local" else f" on {target.name}"
-        raise PermissionNeeded(f"reading {SLABINFO}{where} needs root: run with sudo") from None
+        on = "" if where.name == "local" else f" on {where.name}"
+        raise PermissionNeeded(f"reading {SLABINFO}{on} needs root: run with sudo") from None
     except FileNotFoundError:
         raise SlabkitError(
-            f"{SLABINFO} does not exist on {target.name}: this kernel does not list its slab "
+            f"{SLABINFO} does not exist on {where.name}: this kernel does not list its slab "
             "caches (SLUB kernels need CONFIG_SLUB_DEBUG for it)") from None
-    source = SLABINFO if target.name == "local" else f"{target.name}:{SLABINFO}"
-    return parse_slabinfo(text, source=source, page_size=page_size or target.page_size())
+    source = SLABINFO if where.name == "local" else f"{where.name}:{SLABINFO}"
+    return parse_slabinfo(text, source=source, page_size=page_size or where.page_size())
 
 
 # --- /sys/kernel/slab ----------------------------------------------------------------------
@@ -267,11 +268,11 @@ def _aliases(name: str, entries: dict[str, str | None], by_dir: dict[str, list[s
     return sorted(set(by_dir[merged]) - {name}) if merged else []
 
 
-def caches(root: Root = "/") -> pd.DataFrame:
+def caches(target: Where = None, **deprecated) -> pd.DataFrame:
     """The slab cache table: :func:`read_slabinfo` plus ``/sys/kernel/slab`` facts.
 
-    ``root`` is ``"/"``, a fake root folder, a :class:`~slabkit.host.target.Target`, or a saved
-    slabinfo file (then the ``/sys/kernel/slab`` columns are NA). Columns: see the module docs.
+    ``target`` is None (this machine), a fake root folder, an SSH destination, a
+    :class:`~slabkit.host.target.Target`, or a saved slabinfo file (then the ``/sys/kernel/slab`` columns are NA). Columns: see the module docs.
     Kinds: ``kmalloc`` from the name (:func:`kmalloc_class`), ``bucket`` by the rule of
     :func:`bucket_caches`, else ``dedicated``.
 
@@ -279,7 +280,7 @@ def caches(root: Root = "/") -> pd.DataFrame:
     >>> df.loc["pid", "aliases"], int(df.loc["kmalloc-cg-1k", "size_class"])
     (['cred'], 1024)
     """
-    target, saved = _open(root)
+    target, saved = _open(legacy_target(target, deprecated, func="caches"))
     df = read_slabinfo(saved or target)
     names = df["name"].tolist()
     entries, attrs = _read_sysfs(target, names)
@@ -375,8 +376,8 @@ def _resolve(table: pd.DataFrame, name: str) -> ResolvedCache:
         slab_size=_int(row["slab_size"]))
 
 
-def resolve_cache(name: str, root: Root = "/", *, table: pd.DataFrame | None = None
-                  ) -> ResolvedCache:
+def resolve_cache(name: str, target: Where = None, *, table: pd.DataFrame | None = None,
+                  **deprecated) -> ResolvedCache:
     """Map a cache name (a slabinfo name or an alias of a merged cache) to the kernel's name.
 
     ``table`` is a :func:`caches` table of the same root already read (saves reading it again).
@@ -388,7 +389,8 @@ def resolve_cache(name: str, root: Root = "/", *, table: pd.DataFrame | None = N
     ('pid', True)
     """
     check_cache_name(name)
-    return _resolve(caches(root) if table is None else table, name)
+    target = legacy_target(target, deprecated, func="resolve_cache")
+    return _resolve(caches(target) if table is None else table, name)
 
 
 # --- sampling over time -------------------------------------------------------------------
@@ -396,9 +398,9 @@ def resolve_cache(name: str, root: Root = "/", *, table: pd.DataFrame | None = N
 SERIES_COLUMNS = ("time_s", "name", "active_objs", "num_objs", "memory_bytes", "active_bytes")
 
 
-def sample(duration_s: float, interval_s: float = 1.0, root: Root = "/",
+def sample(duration_s: float, interval_s: float = 1.0, target: Where = None,
            names: list[str] | None = None,
-           on_sample: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+           on_sample: Callable[[int, int], None] | None = None, **deprecated) -> pd.DataFrame:
     """Snapshot ``/proc/slabinfo`` every ``interval_s`` for ``duration_s`` (first one at 0).
 
     Returns a long table: ``time_s`` (Float64, seconds since the first snapshot), ``name``,
@@ -406,7 +408,7 @@ def sample(duration_s: float, interval_s: float = 1.0, root: Root = "/",
     or aliases, which map to their slabinfo name) limits the rows. ``on_sample(i, n)`` is called
     after snapshot ``i`` of ``n`` (1-based) for progress.
 
-    >>> series = sample(1, 0.5, root="tests/fixtures/slabinfo", names=["cred"])
+    >>> series = sample(1, 0.5, target="tests/fixtures/slabinfo", names=["cred"])
     >>> series["name"].unique().tolist(), len(series)  # cred counts under pid; 0, 0.5, 1 s
     (['pid'], 3)
     """
@@ -415,7 +417,7 @@ def sample(duration_s: float, interval_s: float = 1.0, root: Root = "/",
     if interval_s > duration_s:
         raise InvalidInput(f"interval of {interval_s:g} s is longer than the duration of "
                            f"{duration_s:g} s")
-    target = as_target(root)
+    target = as_target(legacy_target(target, deprecated, func="sample"))
     page_size = target.page_size()
     wanted = None
     if names is not None:
@@ -447,7 +449,7 @@ def growth(series: pd.DataFrame) -> pd.DataFrame:
     Columns: name, first_active_objs, last_active_objs, first_memory_bytes, last_memory_bytes,
     delta_objs, delta_bytes (memory), seconds, objs_per_s, bytes_per_s (NA over 0 seconds).
 
-    >>> series = sample(1, 0.5, root="tests/fixtures/slabinfo", names=["pid"])
+    >>> series = sample(1, 0.5, target="tests/fixtures/slabinfo", names=["pid"])
     >>> growth(series)[["name", "delta_objs"]].to_dict("records")  # a saved file never grows
     [{'name': 'pid', 'delta_objs': 0}]
     """

@@ -102,11 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_capture(args) -> int:
+    from slabkit.backends.base import DEFAULT_STACK_SAMPLE, Options
     from slabkit.capturing.run import capture, prepare
     stack_sample = 1 if args.full_stacks else args.stack_sample
     opts = dict(backend=args.backend, mode="outstanding" if args.outstanding else "allocs",
-                pid=args.pid, comm=args.comm, host=_target(args), stack_sample=stack_sample,
-                sample_every=args.sample_every)
+                pid=args.pid, comm=args.comm, target=_target(args),
+                options=Options(stack_sample=DEFAULT_STACK_SAMPLE if stack_sample is None
+                                else stack_sample,
+                                sample_every=args.sample_every))
     if args.print_program:
         from slabkit.validate import check_seconds
         check_seconds(args.duration)
@@ -215,10 +218,10 @@ def cmd_caches(args) -> int:
         raise SlabkitError_("--top must be a positive number of rows")
     if args.watch is not None:
         series = slabinfo.sample(duration_s=args.watch, interval_s=args.interval,
-                                 root=_target(args))
+                                 target=_target(args))
         df = slabinfo.growth(series)
     else:
-        df = slabinfo.caches(root=args.file or _target(args))
+        df = slabinfo.caches(args.file or _target(args))
         df = df.sort_values("memory_bytes", ascending=False)
         cols = [c for c in ("name", "kind", "active_objs", "num_objs", "objsize", "memory_bytes",
                             "utilisation", "aliases") if c in df.columns]
