@@ -27,7 +27,6 @@ from slabkit.backends import Options
 from slabkit.backends._common import tracefs_filter
 from slabkit.backends.ftrace import FtraceBackend, FtraceProgram, parse_output
 from slabkit.host.tracefs import remove_instance
-from slabkit.capturing.control import RunControl
 from slabkit.errors import ProbeFailed
 from slabkit.host.facts import KernelFacts
 from slabkit.plan import Plan
@@ -309,9 +308,9 @@ def our_instances() -> list[str]:
 
 
 def cat_children() -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(os.getpid()), "-x", "cat"], capture_output=True,
-                         text=True)
-    return [int(p) for p in out.stdout.split()]
+    """trace_pipe readers still running below this test process (under their supervisors)."""
+    import procs
+    return [p.pid for p in procs.descendants(os.getpid()) if p.comm == "cat" and p.state != "Z"]
 
 
 def test_remove_instance_clears_enabled_events_triggers_and_filters(live):
@@ -438,52 +437,6 @@ def test_pid_and_comm_filters_are_applied_in_the_kernel(live, tmp_path):
         cap = capture_around("filp", w.go, backend="ftrace", base=tmp_path / "comm",
                              comm="slabwork")
     assert_count(cap, w.pid, N)
-
-
-def test_a_full_duration_capture_is_complete(live, tmp_path):
-    cap = slabkit.capture("filp", 2, backend="ftrace", base=tmp_path, progress=False)
-    assert cap.meta["status"] == "complete" and cap.meta["end_reason"] == "duration"
-    assert 1.9 <= cap.meta["duration_s"] <= 4.0
-
-
-def test_stopped_before_any_work_keeps_a_valid_capture(live, tmp_path):
-    cap = capture_around("filp", lambda: None, backend="ftrace", base=tmp_path, settle_s=0)
-    assert cap.meta["status"] == "interrupted"
-    assert (Path(cap.path) / "ftrace.txt").is_file()
-    slabkit.load(cap.path).validate()
-
-
-class _Boom(RunControl):
-    def run_for(self, is_running):
-        raise RuntimeError("boom while capturing")
-
-
-class _CtrlC(RunControl):
-    """Ctrl-C during the capture: RunControl turns it into end reason 'interrupted'."""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, every_second=self._raise, **kw)
-
-    @staticmethod
-    def _raise(elapsed):
-        raise KeyboardInterrupt
-
-
-def test_an_error_mid_capture_removes_the_instance_and_stops_the_reader(live, tmp_path):
-    before = our_instances()
-    prep = capturing.prepare("filp", backend="ftrace")
-    with pytest.raises(RuntimeError, match="boom"):
-        prep.backend.run(prep.target, prep.program, tmp_path, _Boom(60, progress=False))
-    assert our_instances() == before and not cat_children()
-
-
-def test_ctrl_c_mid_capture_keeps_the_data_and_cleans_up(live, tmp_path):
-    before = our_instances()
-    prep = capturing.prepare("filp", backend="ftrace")
-    res = prep.backend.run(prep.target, prep.program, tmp_path, _CtrlC(60, progress=False))
-    assert res.end_reason == "interrupted"
-    assert (tmp_path / "ftrace.txt").is_file()
-    assert our_instances() == before and not cat_children()
 
 
 def test_a_bad_filter_fails_with_the_kernels_error_log_and_cleans_up(live, tmp_path):

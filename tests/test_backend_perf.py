@@ -15,12 +15,11 @@ import pytest
 import slabkit
 import slabkit.capturing.run as capturing
 from bench.workload import Workload
-from conftest import FIXTURES, _child_tracers, require_tool
+from conftest import FIXTURES, require_tool
 from live_capture import assert_count, capture_around, pid_rows
 from sshd import sshd_server  # noqa: F401  (fixture)
 from slabkit.backends import Options
 from slabkit.backends.perf import PerfBackend, mmap_pages, parse_output, render_argv
-from slabkit.capturing.control import RunControl
 from slabkit.errors import ProbeFailed
 from slabkit.host.facts import KernelFacts
 from slabkit.plan import Plan
@@ -253,51 +252,6 @@ def test_sampling_scales_counts_back_and_marks_them_estimated(perf, tmp_path):
     assert got % 10 == 0 and abs(got - N * 5) <= N * 5 // 10, got
     assert cap.meta["estimated_stacks"] is True
     assert "--no-period" in cap.meta["argv"]
-
-
-def test_a_full_duration_capture_is_complete(perf, tmp_path):
-    cap = slabkit.capture("filp", 2, backend="perf", base=tmp_path, progress=False)
-    assert cap.meta["status"] == "complete" and cap.meta["end_reason"] == "duration"
-    assert 1.9 <= cap.meta["duration_s"] <= 4.0
-
-
-def test_stopped_before_any_work_keeps_a_valid_capture(perf, tmp_path):
-    cap = capture_around("filp", lambda: None, backend="perf", base=tmp_path, settle_s=0)
-    assert cap.meta["status"] == "interrupted"
-    assert (Path(cap.path) / "perf.data").is_file()
-    slabkit.load(cap.path).validate()
-
-
-class _Boom(RunControl):
-    def run_for(self, is_running):
-        raise RuntimeError("boom while capturing")
-
-
-def test_an_error_mid_capture_stops_perf(perf, tmp_path):
-    prep = capturing.prepare("filp", backend="perf")
-    control = _Boom(60, progress=False)
-    with pytest.raises(RuntimeError, match="boom"):
-        prep.backend.run(prep.target, prep.program, tmp_path, control)
-    assert not _child_tracers()          # perf record was stopped and reaped
-
-
-class _CtrlC(RunControl):
-    """Ctrl-C during the capture: RunControl turns it into end reason 'interrupted'."""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, every_second=self._raise, **kw)
-
-    @staticmethod
-    def _raise(elapsed):
-        raise KeyboardInterrupt
-
-
-def test_ctrl_c_mid_capture_keeps_the_data_and_stops_perf(perf, tmp_path):
-    prep = capturing.prepare("filp", backend="perf")
-    res = prep.backend.run(prep.target, prep.program, tmp_path, _CtrlC(60, progress=False))
-    assert res.end_reason == "interrupted" and res.losses == {}
-    assert (tmp_path / "perf.data").is_file() and (tmp_path / "perf.script.txt").is_file()
-    assert not _child_tracers()
 
 
 def test_a_bad_filter_fails_with_perfs_message(perf, tmp_path):
