@@ -31,8 +31,8 @@ def test_summary_holds_the_pivots_and_the_headline(path):
     assert s.processes_seen == cap.allocs["comm"].nunique()
     assert s.stacks_seen == cap.frames["stack_id"].nunique()
     if "exact" in cap.meta:                    # saved by slabkit: the plan said
-        assert s.counts == ("exact" if cap.meta["exact"] and not cap.meta["estimated_stacks"]
-                            else "estimated")
+        assert cap.meta["exact"] and not cap.meta["estimated_stacks"]   # the samples are
+        assert s.counts == "exact"
     else:                                      # raw tracer output: not known
         assert s.counts is None and s.counts_line() is None
     assert s.to_frame().loc["allocations", "value"] == str(s.total_allocs)
@@ -66,14 +66,27 @@ def _lossy(cap):
 
 def test_losses_estimates_and_notes_are_said():
     s = summarize(_lossy(slabkit.load(SAMPLES / "bpftrace-filp")))
-    assert s.counts == "estimated" and s.stack_samples_lost == 12
+    assert s.counts == "exact per process, estimated per stack" and s.stack_samples_lost == 12
     text = s.to_text().splitlines()
-    assert text[1] == "counts: estimated (the notes say how); 12 stack samples not recorded"
+    assert text[1] == ("counts: exact per process, estimated per stack (the notes say how); "
+                       "12 stack samples not recorded")
     assert text[2] == ("WARNING: the tracer reported 7 lost events/updates: "
                        "{'lost_samples': 7}")
     assert text[3].startswith("note: stacks sampled 1 in 32")
     facts = s.facts()
     assert facts["lost events"] == 7 and facts["stack samples lost"] == 12
+
+
+@pytest.mark.parametrize("plan_exact, options, estimated, counts", [
+    (True, {"stack_sample": 1, "sample_every": 1}, False, "exact"),
+    (True, {"stack_sample": 32, "sample_every": 1}, True, "exact per process, estimated per stack"),
+    (True, {"stack_sample": 1, "sample_every": 8}, True, "estimated"),     # perf -c 8
+    (False, {"stack_sample": 1, "sample_every": 1}, False, "estimated"),   # size class
+])
+def test_counts_say_what_is_exact(plan_exact, options, estimated, counts):
+    cap = slabkit.load(SAMPLES / "perf-filp")
+    cap.meta = dict(cap.meta, exact=plan_exact, options=options, estimated_stacks=estimated)
+    assert summarize(cap).counts == counts
 
 
 def test_html_for_the_runner():

@@ -42,11 +42,12 @@ class Summary:
     #: distinct process names (comm) and stacks seen
     processes_seen: int
     stacks_seen: int
-    #: the plan tells this cache's allocations apart exactly (False: a size-class estimate;
-    #: None: unknown, raw tracer output)
+    #: counts per process are exact: the plan tells this cache's allocations apart exactly
+    #: and every event was counted (False: a size-class estimate, or perf recorded 1 event in
+    #: N; None: unknown, raw tracer output)
     exact: bool | None
-    #: some counts were estimated from samples (stacks sampled 1 in N, perf's 1 in N)
-    sampled: bool
+    #: counts per stack are estimates (stacks sampled 1 in N, or events sampled)
+    stacks_estimated: bool
     #: events the tracer reported it did not count, by kind, and their sum
     losses: dict[str, int]
     lost_total: int
@@ -63,10 +64,13 @@ class Summary:
 
     @property
     def counts(self) -> str | None:
-        """``"exact"`` or ``"estimated"`` (the notes say how), None when unknown."""
+        """``"exact"``, ``"exact per process, estimated per stack"`` or ``"estimated"`` (the
+        notes say how); None when unknown."""
         if self.exact is None:
-            return "estimated" if self.sampled else None
-        return "exact" if self.exact and not self.sampled else "estimated"
+            return "estimated" if self.stacks_estimated else None
+        if not self.exact:
+            return "estimated"
+        return "exact per process, estimated per stack" if self.stacks_estimated else "exact"
 
     @property
     def stack_samples_lost(self) -> int:
@@ -109,7 +113,7 @@ class Summary:
         if self.counts is None and not self.stack_samples_lost:
             return None
         line = f"counts: {self.counts or 'unknown'}"
-        if self.counts == "estimated":
+        if self.counts not in (None, "exact"):
             line += " (the notes say how)"
         if self.stack_samples_lost:
             line += f"; {self.stack_samples_lost} stack samples not recorded"
@@ -152,7 +156,9 @@ def summarize(cap: Capture, *, top: int = 10, stacks: int | None = None) -> Summ
         total = int(allocs["count"].sum()) if len(allocs) else 0
     has_rows, has_frames = len(allocs) > 0, len(cap.frames) > 0
     duration = m.get("duration_s")
-    exact = m.get("exact")
+    estimated = bool(m.get("estimated_stacks"))     # some counts come from samples
+    events_sampled = estimated and int((m.get("options") or {}).get("sample_every") or 1) > 1
+    exact = None if m.get("exact") is None else bool(m["exact"]) and not events_sampled
     return Summary(
         cache=cap.cache, total_allocs=int(total),
         duration_s=None if duration is None else float(duration),
@@ -161,8 +167,7 @@ def summarize(cap: Capture, *, top: int = 10, stacks: int | None = None) -> Summ
         started=m.get("start"),
         processes_seen=int(allocs["comm"].nunique()) if has_rows else 0,
         stacks_seen=int(cap.frames["stack_id"].nunique()) if has_frames else 0,
-        exact=None if exact is None else bool(exact),
-        sampled=bool(m.get("estimated_stacks")),
+        exact=exact, stacks_estimated=estimated,
         losses=dict(m.get("losses") or {}), lost_total=int(m.get("lost_total") or 0),
         stack_losses=dict(m.get("stack_losses") or {}),
         notes=tuple(str(n) for n in m.get("notes") or ()),
