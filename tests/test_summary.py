@@ -59,8 +59,8 @@ def test_text_is_what_the_cli_prints(capsys):
 def _lossy(cap):
     meta = dict(cap.meta, losses={"lost_samples": 7}, lost_total=7,
                 stack_losses={"stack_walk_failed": 12}, estimated_stacks=True,
-                notes=["stacks sampled 1 in 32: counts per process are exact, counts per "
-                       "stack are estimates"], tracer_stderr="WARNING: 3 events lost\n")
+                notes=[("stacks sampled 1 in 32: counts per process are exact, counts per "
+                        "stack are estimates")], tracer_stderr="WARNING: 3 events lost\n")
     return slabkit.Capture(allocs=cap.allocs, frames=cap.frames, meta=meta, path=cap.path)
 
 
@@ -117,7 +117,7 @@ def test_a_capture_that_saw_nothing():
 
 def test_the_demo_does_not_import_the_cli():
     """The summary used to live in cli.py, and demo.py imported it back from there."""
-    import slabkit.ui.demo as demo
+    from slabkit.ui import demo
     tree = ast.parse(Path(demo.__file__).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

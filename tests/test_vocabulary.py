@@ -41,7 +41,7 @@ def _shuffled(frames: pd.DataFrame) -> pd.DataFrame:
 def _is_machinery_prefixes() -> list[tuple[str, int]]:
     """(prefix, length compared) of each strncmp in slabcount.c's is_machinery_name."""
     src = SLABCOUNT_C.read_text()
-    body = re.search(r"static int is_machinery_name\(const char \*n\)\s*\{(.*?)\n\}", src, re.S)
+    body = re.search(r"static int is_machinery_name\(const char \*n\)\s*\{(.*?)\n\}", src, re.DOTALL)
     assert body, "is_machinery_name not found in slabcount.c"
     found = re.findall(r'strncmp\(n, "([^"]+)", (\d+)\)', body.group(1))
     assert found, "no strncmp in is_machinery_name: has the C changed shape?"
@@ -190,6 +190,7 @@ def test_glue_with_a_compiler_suffix_is_dropped_as_slabcount_drops_it():
                                             "perf_trace_kmem_cache_alloc.cold")
     a, f, _ = drop_tracer_glue(allocs, fr)
     assert list(a["stack_id"]) == [0, 2] and list(a["count"]) == [12, 1]
+    assert f.loc[f["stack_id"] == 0, "function"].tolist() == ["kmem_cache_alloc", "f"]
 
 
 @pytest.mark.parametrize("name", ["is_allocator", "ALLOCATOR_FUNCTIONS"])
