@@ -125,7 +125,7 @@ class Candidate(Bpftrace):
                     options=dict(full_meta.get("options") or {}, stack_sample=self.stack_sample))
         parsed = parse_output(raw, Plan.from_json(meta["plan"]), meta)
         # as slabkit.capture does: stacks must not depend on what else was attached
-        from slabkit.model.stacks import drop_tracer_glue
+        from slabkit.model.vocabulary import drop_tracer_glue
         allocs, frames, _ = drop_tracer_glue(parsed.allocs, parsed.frames)
         return SimpleNamespace(allocs=allocs, frames=frames, meta=meta)
 

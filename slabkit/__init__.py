@@ -11,6 +11,7 @@ The public API (stable; see README "Python API" and ``slabkit.model.schema`` for
     slabkit.list_captures()
     slabkit.by_process(cap), by_module, by_frame, top_stacks, callers, callees, matrix,
     diff(a, b), to_folded(cap)
+    slabkit.summarize(cap)                   # what `slabkit show` prints, as data
     slabkit.plot_top_processes(cap), plot_top_callsites, plot_process_module_heatmap,
     plot_flame, plot_slab_growth
 
@@ -34,6 +35,7 @@ _EXPORTS = {
     "top_stacks": "analysis", "callers": "analysis", "callees": "analysis",
     "matrix": "analysis", "diff": "analysis", "to_folded": "analysis",
     "write_folded": "analysis",
+    "summarize": "ui.summary",
     "plot_top_processes": "plots", "plot_top_callsites": "plots",
     "plot_process_module_heatmap": "plots", "plot_flame": "plots", "plot_slab_growth": "plots",
     "SlabkitError": "errors", "InvalidInput": "errors", "UnknownCache": "errors",

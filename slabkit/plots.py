@@ -42,25 +42,54 @@ def _check_value(value: str) -> None:
         raise InvalidInput(expected_one_of("value", value, list(_VALUE_LABEL)))
 
 
-def _empty(ax: Axes, title: str) -> Axes:
+def _empty(ax: Axes, title: str, text: str = "no allocations recorded") -> Axes:
     ax.set_title(title)
-    ax.text(0.5, 0.5, "no allocations recorded", ha="center", va="center",
-            transform=ax.transAxes)
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    return ax
+
+
+def plot_bars(data: pd.DataFrame, *, x: str, y: str, share: str | None = None,
+              title: str = "", xlabel: str | None = None, ylabel: str | None = None,
+              color=None, ax: Axes | None = None) -> Axes:
+    """Horizontal bars, one per row of ``data`` in its order: length ``data[x]`` (a missing
+    value draws as 0), label ``data[y]``. ``share``: a column of fractions (0..1) written
+    as a percentage at each bar's end. Rows whose labels are equal are drawn as one bar (as
+    seaborn does), so make labels unique. With no rows, or ``x`` missing in every row, the
+    Axes says there is nothing to show.
+
+    >>> plot_bars(slabkit.by_process(cap).reset_index(), x="count", y="comm", share="share")
+    ... # doctest: +SKIP
+    """
+    ax = _ax(ax)
+    for column in (x, y, share):
+        if column is not None and column not in data.columns:
+            raise InvalidInput(expected_one_of("column", column, [str(c) for c in data.columns]))
+    if data.empty:
+        return _empty(ax, title)
+    values = data[x].astype("Float64")
+    if values.isna().all():
+        return _empty(ax, title, f"no {x} recorded")
+    tidy = pd.DataFrame({y: data[y].astype(str).to_numpy(),
+                         x: values.fillna(0).to_numpy(dtype="float64")})
+    sns.barplot(data=tidy, x=x, y=y, orient="h", ax=ax,
+                color=color if color is not None else sns.color_palette()[0])
+    if share is not None:
+        shares = data[share].astype("Float64")
+        ax.bar_label(ax.containers[0], padding=3, fontsize="small",
+                     labels=["" if pd.isna(v) else f"{v:.1%}" for v in shares])
+        ax.margins(x=0.12)
+    ax.set_xlabel(x if xlabel is None else xlabel)
+    ax.set_ylabel(y if ylabel is None else ylabel)
+    ax.set_title(title)
     return ax
 
 
 def _barh(df: pd.DataFrame, label: str, value: str, ax: Axes, title: str, ylabel: str,
           color) -> Axes:
-    data = pd.DataFrame({label: df.index.astype(str), value: df[value].astype("float64"),
-                         "share": df["share"].astype("float64")})
-    sns.barplot(data=data, x=value, y=label, orient="h", color=color, ax=ax)
-    ax.bar_label(ax.containers[0], labels=[f"{s:.1%}" for s in data["share"]], padding=3,
-                 fontsize="small")
-    ax.set_xlabel(_VALUE_LABEL[value])
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.margins(x=0.12)
-    return ax
+    """A pivot (index = the bars' labels) through :func:`plot_bars`."""
+    data = pd.DataFrame({label: df.index.astype(str), value: df[value], "share": df["share"]})
+    return plot_bars(data, x=value, y=label, share="share", title=title,
+                     xlabel=_VALUE_LABEL[value], ylabel=ylabel, color=color, ax=ax)
 
 
 def plot_top_processes(cap: CaptureLike, *, n: int = 10, value: str = "count",
@@ -197,6 +226,7 @@ def plot_slab_growth(series: pd.DataFrame, *, names: Sequence[str] | None = None
 
 
 __all__ = [
+    "plot_bars",
     "plot_flame",
     "plot_process_module_heatmap",
     "plot_slab_growth",

@@ -169,6 +169,11 @@ def test_explorer_stacks_hide_allocator_frames(sample):
     ex.show_allocator.value = True
     assert ex.frame["stack"].tolist() == want["stack"].tolist()
     assert len(_bars(ex.ax)) == 3
+    # the bars name the stack and its first frames from the call site out, either way
+    labels = [t.get_text() for t in ex.ax.get_yticklabels()]
+    hidden = slabkit.top_stacks(sample, 3, hide_allocator=True)
+    assert labels == [f"#{i} " + " <- ".join(s.split(" <- ")[:3])
+                      for i, s in hidden["stack"].items()]
 
 
 def test_explorer_outstanding_objects(sample):

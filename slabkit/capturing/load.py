@@ -17,7 +17,7 @@ import pandas as pd
 
 from slabkit.capturing import store
 from slabkit.errors import CaptureNotFound, InvalidInput, ParseError
-from slabkit.model.stacks import drop_tracer_glue
+from slabkit.model.vocabulary import drop_tracer_glue
 from slabkit.model.tables import Capture
 
 PathLike = Union[str, os.PathLike]

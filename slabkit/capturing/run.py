@@ -22,7 +22,7 @@ from slabkit.backends import Backend, Options, Program, choose
 from slabkit.capturing.control import RunControl
 from slabkit.errors import InvalidInput, ProbeFailed, SlabkitError
 from slabkit.host.facts import KernelFacts, gather_facts
-from slabkit.model.stacks import drop_tracer_glue
+from slabkit.model.vocabulary import drop_tracer_glue
 from slabkit.validate import check_seconds
 from slabkit.plan import Plan, plan_capture
 from slabkit.capturing.control import TermAsInterrupt

@@ -127,39 +127,8 @@ def cmd_capture(args) -> int:
         print(prep.program.text if prep.program.text else " ".join(prep.program.argv))
         return 0
     cap = capture(args.cache, args.duration, out=args.output, progress=not args.quiet, **opts)
-    print_summary(cap, top=args.top)
+    _print_summary(cap, top=args.top)
     return 0
-
-
-def print_summary(cap, *, top: int = 10, file=None) -> None:
-    """The end-of-capture summary: where it is, what was lost, top processes and call sites."""
-    from slabkit import analysis
-    out = file or sys.stdout
-    m = cap.meta
-    print(f"{m.get('cache')}: {m.get('total_allocs', 0)} allocations in "
-          f"{float(m.get('duration_s') or 0):.1f} s via {m.get('backend')} "
-          f"({m.get('status')}); saved in {cap.path}", file=out)
-    lost = int(m.get("lost_total") or 0)
-    if lost:
-        print(f"WARNING: the tracer reported {lost} lost events/updates: {m.get('losses')}",
-              file=out)
-    for note in m.get("notes", []):
-        print(f"note: {note}", file=out)
-    if not len(cap.allocs):
-        print("no allocations were seen", file=out)
-        return
-    import pandas as pd
-    with pd.option_context("display.width", 160, "display.max_colwidth", 60):
-        print("\nTop processes:", file=out)
-        print(analysis.by_process(cap).head(top).to_string(), file=out)
-        if len(cap.frames):
-            print("\nTop call sites (first frame outside the allocator):", file=out)
-            print(analysis.by_frame(cap).head(top).to_string(), file=out)
-            stacks = analysis.top_stacks(cap, min(top, 5))
-            if len(stacks):
-                print("\nTop stacks (innermost first):", file=out)
-                for _, row in stacks.iterrows():
-                    print(f"{int(row['count']):>10}  {str(row['stack'])[:150]}", file=out)
 
 
 def cmd_list(args) -> int:
@@ -175,8 +144,13 @@ def cmd_list(args) -> int:
 def cmd_show(args) -> int:
     from slabkit.capturing.load import load
     cap = load(args.path if len(args.path) > 1 else args.path[0], reparse=args.reparse)
-    print_summary(cap, top=args.top)
+    _print_summary(cap, top=args.top)
     return 0
+
+
+def _print_summary(cap, *, top: int) -> None:
+    from slabkit.ui.summary import summarize
+    print(summarize(cap, top=top).to_text())
 
 
 def cmd_cleanup(args) -> int:

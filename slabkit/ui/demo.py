@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from slabkit.errors import PermissionNeeded, SlabkitError
+from slabkit.ui.summary import summarize
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
 
@@ -22,7 +23,6 @@ def _say(text: str = "") -> None:
 def run_demo(duration: float = 10.0, cache: str | None = None,
              report_dir: str | os.PathLike = "data/reports") -> int:
     from slabkit.host import slabinfo
-    from slabkit.ui.cli import print_summary
     _say("== slab caches, biggest first ==")
     try:
         table = slabinfo.caches().sort_values("memory_bytes", ascending=False)
@@ -53,20 +53,19 @@ def run_demo(duration: float = 10.0, cache: str | None = None,
         _say(f"capture failed: {e}")
         _say("showing a sample capture instead.\n")
         return _demo_from_sample(report_dir)
-    print_summary(cap)
+    _say(summarize(cap).to_text())
     _write_report(cap.path, report_dir)
     return 0
 
 
 def _demo_from_sample(report_dir) -> int:
     from slabkit.capturing.load import load
-    from slabkit.ui.cli import print_summary
     samples = sorted(p for p in SAMPLES.glob("*/meta.json"))
     if not samples:
         _say(f"no sample captures in {SAMPLES}")
         return 2
     cap = load(samples[0].parent)
-    print_summary(cap)
+    _say(summarize(cap).to_text())
     _write_report(cap.path, report_dir)
     return 0
 
