@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from slabkit.capturing.control import TermAsInterrupt
+from slabkit.backends.control import TermAsInterrupt
 
 from .common import RESULTS, Log, machine, table
 

@@ -185,7 +185,8 @@ def share_accuracy(samples: tuple[int, ...], seconds: int, log: Log, workdir: Pa
     sampled += [SlabkitCapture(name=f"bpfN{n}", label=f"bpf stack_sample={n}", cache="filp",
                                backend="bpf", stack_sample=n, keep=True) for n in BPF_SAMPLES]
     from .common import run_loop
-    from .programs import ENV, sampled as program
+    from .programs import ENV
+    from .programs import sampled as program
     for n, first in candidates:
         sampled.append(Candidate(name=f"cand{n}-{first.replace(', ', '-')}",
                                  label=f"{n}, @first[{first}] (candidate)",

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slabkit.host.procs import StopPolicy, Supervised
-from slabkit.host.tracefs import instance_name
 from slabkit.host.target import LocalTarget
+from slabkit.host.tracefs import instance_name
 
 ATTACH_TIMEOUT_S = 120.0
 TRACEFS = "/sys/kernel/tracing"

@@ -2,11 +2,11 @@
 
 The public API (stable; see README "Python API" and ``slabkit.model.schema`` for the tables)::
 
-    slabkit.caches(root="/")                 # the slab cache table
+    slabkit.caches(target=None)              # the slab cache table (this machine)
     slabkit.resolve_cache("eventpoll_pwq")   # alias -> the slabinfo name it lives in
     slabkit.sample(10, 1) / slabkit.growth(series)
     cap = slabkit.capture("filp", seconds=10, backend="auto", mode="allocs",
-                          pid=None, comm=None, host=None, out=None)
+                          pid=None, comm=None, target=None, options=Options(), out=None)
     cap = slabkit.load(path)                 # a capture folder, folders/globs, or raw output
     slabkit.list_captures()
     slabkit.by_process(cap), by_module, by_frame, top_stacks, callers, callees, matrix,
@@ -22,12 +22,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from slabkit._version import __version__
 
 _EXPORTS = {
     "caches": "host.slabinfo", "resolve_cache": "host.slabinfo", "read_slabinfo": "host.slabinfo",
     "sample": "host.slabinfo", "growth": "host.slabinfo",
-    "capture": "capturing.run", "prepare": "capturing.run",
+    "capture": "capturing.run", "prepare": "capturing.run", "Options": "backends.base",
     "load": "capturing.load", "merge": "capturing.load",
     "list_captures": "capturing.store",
     "Capture": "model.tables",

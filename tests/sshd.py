@@ -26,9 +26,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 import procs
+import pytest
 
 SSHD = "/usr/sbin/sshd"  # sshd insists on being started by its absolute path
 PRIVSEP_DIR = Path("/run/sshd")  # sshd (as root) refuses to start without it

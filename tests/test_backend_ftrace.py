@@ -14,23 +14,24 @@ import time
 from pathlib import Path
 
 import pytest
-
-import slabkit
-import slabkit.capturing.run as capturing
-from bench.workload import Workload, binary as workload_binary
 from conftest import FIXTURES, TRACEFS
 from live_capture import assert_count, capture_around, pid_rows
 from sshd import sshd_server  # noqa: F401  (fixture)
-from slabkit.host import tracefs
-from slabkit.host.cleanup import cleanup_leftovers
+
+import slabkit
+import slabkit.capturing.run as capturing
+from bench.workload import Workload
+from bench.workload import binary as workload_binary
 from slabkit.backends import Options
 from slabkit.backends._common import tracefs_filter
 from slabkit.backends.ftrace import FtraceBackend, FtraceProgram, parse_output
-from slabkit.host.tracefs import remove_instance
 from slabkit.errors import ProbeFailed
+from slabkit.host import tracefs
+from slabkit.host.cleanup import cleanup_leftovers
 from slabkit.host.facts import KernelFacts
-from slabkit.plan import Plan
 from slabkit.host.target import LocalTarget
+from slabkit.host.tracefs import remove_instance
+from slabkit.plan import Plan
 
 N = 2000
 SYSCALL_PATH = {"do_sys_openat2", "__x64_sys_openat", "path_openat", "do_filp_open"}

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES, require_tool
+from live_capture import assert_count, capture_around, pid_rows
+from sshd import sshd_server  # noqa: F401  (fixture)
 
 import slabkit
 import slabkit.capturing.run as capturing
 from bench.workload import Workload
-from conftest import FIXTURES, require_tool
-from live_capture import assert_count, capture_around, pid_rows
-from sshd import sshd_server  # noqa: F401  (fixture)
 from slabkit.backends import Options
 from slabkit.backends.perf import PerfBackend, mmap_pages, parse_output, render_argv
 from slabkit.errors import ProbeFailed

@@ -26,9 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 import procs
+import pytest
 from conftest import DATA, skip_or_fail
 
 import slabkit

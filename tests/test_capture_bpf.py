@@ -9,19 +9,19 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 import procs
-import slabkit
-from bench.workload import Workload
+import pytest
 from conftest import FIXTURES, require_bpf, skip_or_fail
 from live_capture import capture_around, pid_rows
+
+import slabkit
+from bench.workload import Workload
 from slabkit.backends import Options, get_backend
 from slabkit.backends.bpf import probe_kernel, read_output, render_argv
 from slabkit.errors import InvalidInput, ParseError
 from slabkit.host.facts import KernelFacts
-from slabkit.plan import Plan
 from slabkit.host.target import LocalTarget
+from slabkit.plan import Plan
 
 N = 3000
 OPEN_PATH = {"do_sys_openat2", "__x64_sys_openat", "path_openat", "do_filp_open"}

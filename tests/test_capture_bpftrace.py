@@ -4,13 +4,13 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
-import slabkit
-from slabkit.backends import Options
-from slabkit.errors import UnknownCache
-from bench.workload import Workload
 from conftest import require_tool
 from live_capture import capture_around, pid_rows
+
+import slabkit
+from bench.workload import Workload
+from slabkit.backends import Options
+from slabkit.errors import UnknownCache
 
 N = 3000
 SYSCALL_PATH = {"do_sys_openat2", "__x64_sys_openat", "path_openat", "do_filp_open"}

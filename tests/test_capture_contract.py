@@ -15,15 +15,15 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 import procs
-import slabkit
-from bench.workload import Workload
+import pytest
 from conftest import TRACEFS, require_bpf, require_tool
 from live_capture import capture_around, pid_rows
+
+import slabkit
+from bench.workload import Workload
+from slabkit.backends.control import RunControl
 from slabkit.capturing import run as capturing
-from slabkit.capturing.control import RunControl
 from slabkit.errors import CaptureNotFound
 
 REPO = Path(__file__).resolve().parent.parent

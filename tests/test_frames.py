@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from slabkit.model import schema
 from slabkit.errors import ParseError, PermissionNeeded
+from slabkit.model import schema
 from slabkit.model.stacks import Frame, FrameParser, Kallsyms, frames_table, parse_frame
 
 K = 0xFFFFFFFF00000000

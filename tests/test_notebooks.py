@@ -19,8 +19,8 @@ import pytest
 from conftest import DATA, require_tool
 
 import slabkit
-from slabkit.ui import report
 from slabkit.errors import CaptureNotFound, SlabkitError
+from slabkit.ui import report
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = DATA / "samples"

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
-
-from bench.workload import Workload
 from conftest import require_tool
 from live_capture import capture_around
+
+from bench.workload import Workload
 from slabkit.backends import Options
 
 N = 2000

@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import pytest
-
-from slabkit.host import slabinfo
-from slabkit.backends.bpftrace import render_program
-from slabkit.backends import Options
-from slabkit.errors import InvalidInput, TracerUnavailable
-from slabkit.host.facts import gather_facts, gfp_bits, parse_format
-from slabkit.plan import plan_capture
-from slabkit.backends._common import tracefs_filter
-from slabkit.host.target import LocalTarget
-
 from kernel_tree import KERNELS, build_root, kernel_dirs
+
+from slabkit.backends import Options
+from slabkit.backends._common import tracefs_filter
+from slabkit.backends.bpftrace import render_program
+from slabkit.errors import InvalidInput, TracerUnavailable
+from slabkit.host import slabinfo
+from slabkit.host.facts import gather_facts, gfp_bits, parse_format
+from slabkit.host.target import LocalTarget
+from slabkit.plan import plan_capture
 
 
 def kernel(tmp_path, release_prefix: str):

@@ -13,10 +13,9 @@ from conftest import FIXTURES, tables
 from matplotlib.patches import Rectangle
 
 from slabkit import plots
-
-from slabkit.model import schema
 from slabkit.backends import stap
 from slabkit.errors import InvalidInput
+from slabkit.model import schema
 from slabkit.model.tables import Capture
 
 

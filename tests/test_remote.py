@@ -20,14 +20,15 @@ import pytest
 from sshd import sshd_server  # noqa: F401  (a pytest fixture)
 
 from slabkit.errors import InvalidInput
+from slabkit.host.procs import StopPolicy
 from slabkit.host.ssh import (
     SSHDestination,
     SSHTarget,
     TargetUnreachable,
     parse_destination,
 )
-from slabkit.host.procs import StopPolicy
-from slabkit.host.target import LocalTarget, as_target
+from slabkit.host.target import LocalTarget
+from slabkit.host.where import as_target
 
 pytestmark = pytest.mark.ssh
 

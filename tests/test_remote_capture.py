@@ -13,15 +13,15 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import procs
-import slabkit
-from bench.workload import Workload
+import pytest
 from conftest import require_tool
 from live_capture import capture_around
-from slabkit.host.ssh import SSHTarget
 from sshd import sshd_server  # noqa: F401  (fixture)
+
+import slabkit
+from bench.workload import Workload
+from slabkit.host.ssh import SSHTarget
 
 pytestmark = pytest.mark.ssh
 N = 2000

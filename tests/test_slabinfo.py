@@ -21,7 +21,6 @@ import pandas as pd
 import pytest
 from conftest import FIXTURES, HERE, skip_or_fail
 
-from slabkit.host import slabinfo
 from slabkit.errors import (
     InvalidInput,
     ParseError,
@@ -29,6 +28,7 @@ from slabkit.errors import (
     SlabkitError,
     UnknownCache,
 )
+from slabkit.host import slabinfo
 from slabkit.host.target import LocalTarget
 
 ROOT = FIXTURES / "slabinfo"

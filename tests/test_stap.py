@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 from conftest import DATA, FIXTURES, tables
 
-from slabkit.model import schema
 from slabkit.backends import stap
 from slabkit.errors import InvalidInput, ParseError, ProbeFailed
 from slabkit.host.facts import KernelFacts
 from slabkit.host.target import LocalTarget
+from slabkit.model import schema
 
 CLASSIC = FIXTURES / "stap" / "classic-size32.txt"
 REAL = FIXTURES / "stap" / "real-6.1-filp.txt"
@@ -547,7 +547,7 @@ def test_build_module_in_a_root(tmp_path):
 def test_run_builds_copies_stapruns_and_cleans_up(tmp_path, monkeypatch):
     """The whole "compile here, run there" path of StapBackend.run/parse, with a fake stap
     (writes a .ko) and a fake staprun (replays the real 6.1 output, its counts on SIGINT)."""
-    from slabkit.capturing.control import RunControl
+    from slabkit.backends.control import RunControl
     fake_stap = tmp_path / "fake_stap.py"
     fake_stap.write_text(FAKE_STAP)
     fake_staprun = tmp_path / "fake_staprun.py"

@@ -9,8 +9,8 @@ import textwrap
 import time
 from pathlib import Path
 
-
 import procs
+
 from slabkit.host.procs import StopPolicy
 from slabkit.host.target import LocalTarget
 

@@ -14,8 +14,15 @@ import slabkit
 from slabkit.model import schema, vocabulary
 from slabkit.model.stacks import frames_table
 from slabkit.model.vocabulary import (
-    ALLOCATOR_FUNCTIONS, TRACER_GLUE, allocator_mask, callsites, drop_tracer_glue,
-    hide_allocator_frames, is_allocator, is_tracer_glue, leading_run_lengths,
+    ALLOCATOR_FUNCTIONS,
+    TRACER_GLUE,
+    allocator_mask,
+    callsites,
+    drop_tracer_glue,
+    hide_allocator_frames,
+    is_allocator,
+    is_tracer_glue,
+    leading_run_lengths,
 )
 
 SLABCOUNT_C = Path(slabkit.__file__).resolve().parent / "slabcount" / "slabcount.c"

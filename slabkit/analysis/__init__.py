@@ -4,8 +4,22 @@
 list of allocator and tracer frames); they are re-exported here.
 """
 from slabkit.analysis.pivots import (
-    ALLOCATOR_ONLY, NO_STACK, UNKNOWN, CaptureLike, by_frame, by_module, by_process, callees,
-    callers, diff, icicle, matrix, stack_text, to_folded, top_stacks, write_folded,
+    ALLOCATOR_ONLY,
+    NO_STACK,
+    UNKNOWN,
+    CaptureLike,
+    by_frame,
+    by_module,
+    by_process,
+    callees,
+    callers,
+    diff,
+    icicle,
+    matrix,
+    stack_text,
+    to_folded,
+    top_stacks,
+    write_folded,
 )
 from slabkit.model.vocabulary import ALLOCATOR_FUNCTIONS, is_allocator
 

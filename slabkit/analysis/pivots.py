@@ -44,9 +44,13 @@ import pandas as pd
 
 from slabkit.errors import InvalidInput, expected_one_of
 from slabkit.model.tables import Capture
+
 # ALLOCATOR_FUNCTIONS and is_allocator: re-exported, as before the vocabulary had its module
 from slabkit.model.vocabulary import (  # noqa: F401
-    ALLOCATOR_FUNCTIONS, allocator_mask, hide_allocator_frames, is_allocator,
+    ALLOCATOR_FUNCTIONS,
+    allocator_mask,
+    hide_allocator_frames,
+    is_allocator,
     leading_run_lengths,
 )
 

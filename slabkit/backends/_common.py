@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from slabkit.errors import ProbeFailed
 from slabkit.model import schema
 from slabkit.model.stacks import frames_table
-from slabkit.errors import ProbeFailed
 
 if TYPE_CHECKING:
     from slabkit.plan import Plan
@@ -141,6 +141,7 @@ def finish_allocs(allocs: pd.DataFrame, req: pd.DataFrame | None, plan: "Plan", 
 def load_kallsyms(path: Path | None):
     """The capture's saved kernel symbols (``kallsyms.txt.gz``), or None."""
     import gzip
+
     from slabkit.model.stacks import Kallsyms
     if path is None or not Path(path).is_file():
         return None
@@ -152,6 +153,7 @@ def frames_from_addresses(stacks: dict[int, list[int]], kallsyms_path: Path | No
                           ) -> pd.DataFrame:
     """The ``frames`` table for stacks of raw addresses, resolved through saved kallsyms."""
     import numpy as np
+
     from slabkit.model import schema
     keys = list(stacks)
     lengths = np.fromiter((len(stacks[k]) for k in keys), dtype=np.int64, count=len(keys))

@@ -17,10 +17,10 @@ import pandas as pd
 from slabkit.errors import InvalidInput, TracerUnavailable, expected_one_of
 
 if TYPE_CHECKING:
-    from slabkit.capturing.control import RunControl
+    from slabkit.backends.control import RunControl
     from slabkit.host.facts import KernelFacts
-    from slabkit.plan import Plan
     from slabkit.host.target import Target
+    from slabkit.plan import Plan
 
 
 #: default stack sampling: a stack for each key's first event (per comm, so after an exec too)

@@ -32,16 +32,23 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from slabkit.backends import (
+    Backend,
+    Options,
+    Parsed,
+    Program,
+    RunResult,
+    run_marked_tracer,
+)
+from slabkit.backends._common import finish_allocs, frames_from_addresses, spread_counts
 from slabkit.errors import ParseError, ProbeFailed, TracerUnavailable
 from slabkit.validate import check_cache_name, check_comm
-from slabkit.backends import Backend, Options, Parsed, Program, RunResult, run_marked_tracer
-from slabkit.backends._common import finish_allocs, frames_from_addresses, spread_counts
 
 if TYPE_CHECKING:
-    from slabkit.capturing.control import RunControl
+    from slabkit.backends.control import RunControl
     from slabkit.host.facts import KernelFacts
-    from slabkit.plan import Plan
     from slabkit.host.target import Target
+    from slabkit.plan import Plan
 
 RAW = "slabcount.tsv"
 STDERR = "slabcount.stderr"

@@ -36,15 +36,22 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
 
-from slabkit.errors import ParseError, ProbeFailed
-from slabkit.backends import Backend, Options, Parsed, Program, RunResult, run_marked_tracer
+from slabkit.backends import (
+    Backend,
+    Options,
+    Parsed,
+    Program,
+    RunResult,
+    run_marked_tracer,
+)
 from slabkit.backends._common import finish_allocs, frames_from_addresses, spread_counts
+from slabkit.errors import ParseError, ProbeFailed
 
 if TYPE_CHECKING:
-    from slabkit.capturing.control import RunControl
+    from slabkit.backends.control import RunControl
     from slabkit.host.facts import KernelFacts
-    from slabkit.plan import Plan
     from slabkit.host.target import Target
+    from slabkit.plan import Plan
 
 RAW = "bpftrace.jsonl"
 STDERR = "bpftrace.stderr"

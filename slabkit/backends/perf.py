@@ -48,15 +48,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slabkit.errors import ParseError, ProbeFailed
 from slabkit.backends import Backend, Options, Parsed, Program, RunResult
 from slabkit.backends._common import build_tables, tracefs_filter
+from slabkit.errors import ParseError, ProbeFailed
 
 if TYPE_CHECKING:
-    from slabkit.capturing.control import RunControl
+    from slabkit.backends.control import RunControl
     from slabkit.host.facts import KernelFacts
-    from slabkit.plan import Plan
     from slabkit.host.target import Target
+    from slabkit.plan import Plan
 
 DATA = "perf.data"
 RAW = "perf.script.txt"

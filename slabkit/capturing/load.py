@@ -17,8 +17,8 @@ import pandas as pd
 
 from slabkit.capturing import store
 from slabkit.errors import CaptureNotFound, InvalidInput, ParseError
-from slabkit.model.vocabulary import drop_tracer_glue
 from slabkit.model.tables import Capture
+from slabkit.model.vocabulary import drop_tracer_glue
 
 PathLike = Union[str, os.PathLike]
 
@@ -98,6 +98,7 @@ def merge(caps: list[Capture]) -> Capture:
 def reparse_folder(folder: Path) -> Capture:
     """Rebuild a capture folder's tables from its raw tracer output and save them."""
     import json
+
     from slabkit.backends import get_backend
     from slabkit.plan import Plan
     meta_path = folder / store.META if (folder / store.META).is_file() else folder / store.RUNNING

@@ -13,21 +13,20 @@ from typing import Any, Callable, Union
 
 import pandas as pd
 
-from slabkit import __version__
-
-from slabkit.capturing import store
-
-from slabkit.model import schema
+from slabkit._version import __version__
 from slabkit.backends import Backend, Options, Program, choose
-from slabkit.capturing.control import RunControl
+from slabkit.backends.control import RunControl, TermAsInterrupt
+from slabkit.capturing import store
 from slabkit.errors import InvalidInput, ProbeFailed, SlabkitError
 from slabkit.host.facts import KernelFacts, gather_facts
-from slabkit.model.vocabulary import drop_tracer_glue
-from slabkit.validate import check_seconds
-from slabkit.plan import Plan, plan_capture
-from slabkit.capturing.control import TermAsInterrupt
+from slabkit.host.target import Target, require_root
+from slabkit.host.where import Where, as_target, legacy_target
+from slabkit.model import schema
 from slabkit.model.tables import Capture
-from slabkit.host.target import Target, Where, as_target, legacy_target, require_root
+from slabkit.model.vocabulary import drop_tracer_glue
+from slabkit.plan import Plan, plan_capture
+from slabkit.validate import check_seconds
+
 
 @dataclass
 class Prepared:
@@ -81,7 +80,8 @@ def prepare(cache: str, *, backend: str = "auto", mode: str = "allocs",
     :class:`~slabkit.errors.SlabkitError` subclasses with what to do when something is missing
     (root, tracefs, a tracer, a kernel feature).
     """
-    from slabkit.host.slabinfo import caches as cache_table, resolve_cache
+    from slabkit.host.slabinfo import caches as cache_table
+    from slabkit.host.slabinfo import resolve_cache
     target, targets, overrides = _legacy("prepare", target, deprecated)
     if targets is not None:
         raise InvalidInput("prepare() plans for one target: pass target=")

@@ -24,8 +24,8 @@ from typing import Any, Iterable, Union
 
 import pandas as pd
 
-from slabkit.model import schema
 from slabkit.errors import CaptureNotFound, InvalidInput
+from slabkit.model import schema
 from slabkit.model.tables import Capture
 
 META = "meta.json"

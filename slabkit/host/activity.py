@@ -7,13 +7,13 @@ signal is the change in active objects between two slabinfo snapshots (``basis``
 """
 from __future__ import annotations
 
-
 import pandas as pd
 
 from slabkit.errors import ProbeFailed
 from slabkit.host.facts import gather_facts
+from slabkit.host.target import Target, require_root
+from slabkit.host.where import Where, as_target, legacy_target
 from slabkit.validate import check_seconds
-from slabkit.host.target import Target, Where, as_target, legacy_target, require_root
 
 PROGRAM = ("tracepoint:kmem:kmem_cache_alloc { @[str(args->name)] = count(); }\n"
            "interval:s:{seconds} { exit(); }\n")

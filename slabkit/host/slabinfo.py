@@ -55,9 +55,9 @@ from slabkit.errors import (
     SlabkitError,
     UnknownCache,
 )
+from slabkit.host.target import Target
+from slabkit.host.where import Where, as_target, legacy_target
 from slabkit.validate import check_cache_name, check_seconds
-from slabkit.host.target import Target, Where, as_target, legacy_target
-
 
 SLABINFO = "/proc/slabinfo"
 SYS_SLAB = "/sys/kernel/slab"

@@ -66,10 +66,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from slabkit.errors import TargetUnreachable, InvalidInput
-from slabkit.validate import check_seconds
-from slabkit.host.procs import SUPERVISE, Supervised, die_with_parent, start_supervised, supervisor_args
+from slabkit.errors import InvalidInput, TargetUnreachable
+from slabkit.host.procs import (
+    SUPERVISE,
+    Supervised,
+    die_with_parent,
+    start_supervised,
+    supervisor_args,
+)
 from slabkit.host.target import Target
+from slabkit.validate import check_seconds
 
 __all__ = ["SSHDestination", "SSHTarget", "TargetUnreachable", "parse_destination"]
 

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import IO, Union
 
-from slabkit.errors import InvalidInput, PermissionNeeded
+from slabkit.errors import PermissionNeeded
 from slabkit.host.procs import SUPERVISE, Supervised, start_supervised, supervisor_args
 
 
@@ -183,47 +183,6 @@ class LocalTarget(Target):
 
     def hostname(self) -> str:
         return socket.gethostname()
-
-
-#: where a function reads or runs: None (this machine), a root folder (a fake tree), an SSH
-#: destination (``"root@web1"``, ``"ssh://host:2222"``) or a :class:`Target`
-Where = Union[str, os.PathLike, "Target", None]
-
-
-def legacy_target(target: Where, old: dict, *, func: str,
-                  names: tuple[str, ...] = ("root", "host", "where")) -> Where:
-    """``target=`` of a public function, or the one old keyword (``root=``, ``host=``,
-    ``where=``) it replaces, with a DeprecationWarning; a TypeError for any other keyword."""
-    import warnings
-    unknown = [k for k in old if k not in names]
-    if unknown:
-        raise TypeError(f"{func}() got an unexpected keyword argument {unknown[0]!r}")
-    for name in names:
-        if name in old:
-            warnings.warn(f"{func}({name}=...) is deprecated: use target=", DeprecationWarning,
-                          stacklevel=3)
-            if target is not None:
-                raise InvalidInput(f"pass either target= or {name}=, not both")
-            target = old[name]
-    return target
-
-
-def as_target(where: Where = None) -> Target:
-    """Turn what a user passed (None, a root folder, a target) into a :class:`Target`.
-
-    A string that looks like ``user@host`` or ``ssh://...`` is an SSH host (``slabkit.host.ssh``).
-    """
-    if where is None:
-        return LocalTarget("/")
-    if isinstance(where, Target):
-        return where
-    text = os.fspath(where)
-    if text.startswith("ssh://") or ("@" in text and not text.startswith("/")):
-        from slabkit.host.ssh import SSHTarget  # imported late: optional feature
-        return SSHTarget(text)
-    if not os.path.isdir(text):
-        raise InvalidInput(f"root folder {text!r} does not exist; pass '/' for this machine")
-    return LocalTarget(text)
 
 
 def require_root(target: Target, what: str) -> None:

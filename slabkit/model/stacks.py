@@ -58,8 +58,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from slabkit.model import schema
 from slabkit.errors import ParseError, PermissionNeeded
+from slabkit.model import schema
 
 
 class Frame(NamedTuple):

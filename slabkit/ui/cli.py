@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from slabkit import __version__
+from slabkit._version import __version__
 from slabkit.errors import SlabkitError
 
 
@@ -18,7 +18,7 @@ def _add_target(p: argparse.ArgumentParser) -> None:
 
 
 def _target(args):
-    from slabkit.host.target import as_target
+    from slabkit.host.where import as_target
     if getattr(args, "host", None):
         return as_target(args.host if "@" in args.host or args.host.startswith("ssh://")
                          else "ssh://" + args.host)

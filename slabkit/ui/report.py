@@ -233,5 +233,5 @@ def write_report(capture_path: PathLike, out_html: PathLike, *, show_code: bool 
 
 
 def _version() -> str:
-    from slabkit import __version__
+    from slabkit._version import __version__
     return __version__

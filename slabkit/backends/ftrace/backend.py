@@ -25,7 +25,7 @@ from slabkit.errors import ProbeFailed
 from slabkit.host.tracefs import Instance, remove_orphans
 
 if TYPE_CHECKING:
-    from slabkit.capturing.control import RunControl
+    from slabkit.backends.control import RunControl
     from slabkit.host.facts import KernelFacts
     from slabkit.host.target import Target
     from slabkit.plan import Plan

@@ -145,7 +145,9 @@ class PivotExplorer(W.VBox):
         """Draw the bar chart of :attr:`frame` on a new Figure; return it as PNG bytes."""
         from matplotlib.figure import Figure
 
-        from slabkit.plots import plot_bars   # here: matplotlib loads when a chart is drawn
+        from slabkit.plots import (
+            plot_bars,  # here: matplotlib loads when a chart is drawn
+        )
 
         df = self.frame
         value = self.measure.value
