@@ -42,7 +42,7 @@ def _poll(predicate, timeout: float, what: str) -> None:
 
 @pytest.fixture
 def picker() -> CachePicker:
-    return CachePicker(root=str(FAKE_ROOT))
+    return CachePicker(target=str(FAKE_ROOT))
 
 
 def test_picker_lists_caches_by_memory(picker):
