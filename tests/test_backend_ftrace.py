@@ -111,8 +111,9 @@ def test_render_describes_the_instance_writes():
                                   facts)
     assert isinstance(prog, FtraceProgram)
     assert prog.events == ["kmem/kmem_cache_alloc"] and prog.buffer_kb == 4096
-    assert prog.filter == ('bytes_alloc == 192 && name == "filp" && common_pid == 7 '
-                           '&& comm == "slabwork"')
+    # no common_pid (a thread id): the instance follows process 7's threads instead
+    assert prog.filter == 'bytes_alloc == 192 && name == "filp" && comm == "slabwork"'
+    assert prog.pid == 7
     assert prog.argv == ["cat", "/sys/kernel/tracing/instances/{instance}/trace_pipe"]
     text = prog.text
     for part in ("mkdir INSTANCE", "echo 4096 > INSTANCE/buffer_size_kb",
@@ -121,8 +122,12 @@ def test_render_describes_the_instance_writes():
                  "echo 1 > INSTANCE/events/kmem/kmem_cache_alloc/enable",
                  "echo 1 > INSTANCE/events/task/task_newtask/enable",
                  "echo 1 > INSTANCE/events/task/task_rename/enable",
+                 "echo 1 > INSTANCE/options/event-fork",
+                 "echo $(ls /proc/7/task) > INSTANCE/set_event_pid",
                  "cat INSTANCE/trace_pipe", "rmdir INSTANCE"):
         assert part in text, part
+    everyone = FtraceBackend().render(plan_filp(), Options(), facts)
+    assert everyone.pid is None and "set_event_pid" not in everyone.text
 
 
 def test_kernel_filter_adds_the_comm():

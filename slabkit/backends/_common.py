@@ -22,16 +22,22 @@ if TYPE_CHECKING:
 
 def tracefs_filter(plan: "Plan") -> str:
     """The plan's filter (:meth:`Plan.predicate`) in the syntax of tracefs event filters and
-    ``perf record --filter``, evaluated in the kernel.
+    ``perf record --filter``, evaluated in the kernel, without its process term.
 
-    ``comm`` is a special field every event filter accepts (checked here with ftrace and perf);
-    ``common_pid`` is the *thread* id. A kprobe plan's cache name is out of reach of a filter.
+    ``comm`` is a special field every event filter accepts (checked here with ftrace and perf).
+    The process (``pid``, a thread group) is left out: the only id a filter can test,
+    ``common_pid``, is the *thread* id, so a process whose worker threads allocate would count 0.
+    The ftrace instance follows the process's threads instead (``set_event_pid``), and both
+    streaming parsers keep only the process's events (:func:`keep_process`). A kprobe plan's
+    cache name is out of reach of a filter.
     """
     parts = []
     for term in plan.predicate():
         f, op, v = term.field, term.op, term.value
-        if f in ("bytes_alloc", "pid") and op == "==":
-            parts.append(f"{'common_pid' if f == 'pid' else f} == {int(v)}")
+        if f == "pid" and op == "==":
+            continue
+        if f == "bytes_alloc" and op == "==":
+            parts.append(f"{f} == {int(v)}")
         elif f in ("name", "comm") and op == "==":
             parts.append(f'{f} == "{v}"')
         elif f == "gfp_flags" and op == "any":
@@ -41,6 +47,23 @@ def tracefs_filter(plan: "Plan") -> str:
         else:
             raise ProbeFailed(f"a tracefs filter cannot test {f} {op} {v!r}")
     return " && ".join(parts)
+
+
+def keep_process(counts: dict[tuple, list[int]], plan: "Plan"
+                 ) -> tuple[dict[tuple, list[int]], int]:
+    """The rows of the plan's process (``plan.pid``, matched against the thread group id that
+    keys each row first), and how many events were dropped because their process was unknown.
+
+    ``counts`` is keyed ``(pid, tid, comm, stack_id)`` as :func:`build_tables` takes it. The
+    streaming tracers record more than the process (perf records every process's events, an
+    ftrace instance following a process also follows the children it forks): this keeps the
+    events of the process itself, as the bpf and bpftrace programs count them.
+    """
+    if plan.pid is None:
+        return counts, 0
+    pid = int(plan.pid)
+    unknown = sum(c[0] for k, c in counts.items() if k[0] is None)
+    return {k: c for k, c in counts.items() if k[0] == pid}, unknown
 
 
 def build_tables(counts: dict[tuple, list[int]], stacks: dict[tuple[str, ...], int],
@@ -69,6 +92,8 @@ def build_tables(counts: dict[tuple, list[int]], stacks: dict[tuple[str, ...], i
     allocs = allocs.sort_values("count", ascending=False, ignore_index=True, kind="stable")
     by_id = frame_lines if frame_lines is not None else {sid: list(t) for t, sid in
                                                          stacks.items()}
+    used = {k[3] for k in keys}
+    by_id = {sid: lines for sid, lines in by_id.items() if sid in used}
     frames = frames_table(by_id) if by_id else schema.empty("frames")
     return allocs, frames
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from slabkit.backends import Parsed
-from slabkit.backends._common import build_tables
+from slabkit.backends._common import build_tables, keep_process
 from slabkit.backends.ftrace.program import TASKS
 from slabkit.backends.ftrace.tasks import read_tasks
 from slabkit.errors import ParseError
@@ -275,6 +275,7 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     timeline.close()
 
     counts, filled, corrected = _resolve_tasks(counts, timeline, read_tasks(path.parent / TASKS))
+    counts, unknown_process = keep_process(counts, plan)
     lines_by_id = {sid: [_frame_line(l) for l in text.split("\n") if l.strip()]
                    for text, sid in stack_keys.items()}
     allocs, frames = build_tables(counts, {}, plan, meta, frame_lines=lines_by_id)
@@ -292,4 +293,7 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
                      f"(task_newtask, task_rename) or the end-of-capture lookup ({TASKS})")
     if unknown:
         notes.append(f"{unknown} lines of the ftrace output were not events and were skipped")
+    if unknown_process:
+        notes.append(f"{unknown_process} events of threads whose process could not be told "
+                     f"were left out of the pid filter (process {plan.pid})")
     return Parsed(allocs=allocs, frames=frames, losses={}, notes=notes, estimated=False)
