@@ -96,7 +96,16 @@ class CaptureNotFound(SlabkitError, FileNotFoundError):
     """A path that holds no complete capture."""
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters with the full length
+    said, so a megabyte of typed text makes one readable line."""
+    if isinstance(value, (str, bytes)) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit + 20 else text[:limit] + "..."
+
+
 def expected_one_of(what: str, value: object, choices: Iterable[str]) -> str:
     """Format the one 'expected one of ...' message every option check uses."""
     opts = ", ".join(repr(c) for c in choices)
-    return f"{what} must be one of {opts}, not {value!r}"
+    return f"{what} must be one of {opts}, not {shown(value)}"
