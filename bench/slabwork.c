@@ -22,6 +22,8 @@
  *                            "go" makes N x open(PATH), then one started after "go" makes N
  *                            more; the report line is "done 2N tids <tid1> <tid2>" (pid filters
  *                            must match the process, not the thread)
+ *   slabwork socket N        N x socket(AF_UNIX, SOCK_DGRAM)+close: N objects from the UNIX
+ *                            cache (merged with others on some kernels: alias tests)
  *
  * Protocol (so a test can start its probe after the process exists): prints "pid <pid>",
  * waits for a line on stdin ("go"), does the work, prints "done <count>", then waits for
@@ -98,6 +100,21 @@ static int threads_mode(long n, const char *path, int nowait) {
 }
 /* --- end of threads mode ----------------------------------------------------------------- */
 
+/* --- socket mode: N AF_UNIX sockets, one UNIX cache object each ------------------------- */
+static int socket_mode(long n, int nowait) {
+    printf("pid %d\n", getpid());
+    if (!nowait && wait_line() < 0) return 1;
+    for (long i = 0; i < n; i++) {
+        int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+        if (fd < 0) { perror("socket"); return 1; }
+        close(fd);
+    }
+    printf("done %ld\n", n);
+    if (!nowait) while (wait_line() >= 0) {}
+    return 0;
+}
+/* --- end of socket mode ------------------------------------------------------------------ */
+
 int main(int argc, char **argv) {
     int nowait = 0;
     if (argc > 1 && strcmp(argv[1], "-n") == 0) { nowait = 1; argv++; argc--; }
@@ -110,6 +127,7 @@ int main(int argc, char **argv) {
     const char *path = argc > 3 ? argv[3] : "/dev/null";
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (strcmp(mode, "threads") == 0) return threads_mode(n, path, nowait);
+    if (strcmp(mode, "socket") == 0) return socket_mode(n, nowait);
     printf("pid %d\n", getpid());
     if (!nowait && wait_line() < 0) return 1;
     long done = 0;
