@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import DATA, require_tool
+from conftest import DATA, require_tool, skip_or_fail
 
 import slabkit
 from slabkit.errors import CaptureNotFound, SlabkitError
@@ -195,7 +195,7 @@ def test_03_compares_two_captures(tmp_path):
 def _as_nobody(cmd: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
     setpriv = shutil.which("setpriv")
     if not setpriv:
-        pytest.skip("setpriv (util-linux) is needed to run a notebook as nobody")
+        skip_or_fail("setpriv (util-linux) is needed to run a notebook as nobody")
     return subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *cmd],
                           env=env, capture_output=True, text=True, check=False, **kw)
 
@@ -215,7 +215,7 @@ def _python_for_nobody(env: dict) -> str:
         probe = _as_nobody([exe, "-c", check], env, timeout=120)
         if probe.returncode == 0:
             return exe
-    pytest.skip(f"no Python {version} with slabkit's packages that the user nobody can run")
+    skip_or_fail(f"no Python {version} with slabkit's packages that the user nobody can run")
 
 
 def _run_as_nobody(name: str, params: dict, shared: Path) -> subprocess.CompletedProcess:
