@@ -13,7 +13,7 @@ import pandas as pd
 import procs
 import pytest
 from conftest import FIXTURES, require_bpf, skip_or_fail
-from live_capture import capture_around, pid_rows
+from live_capture import assert_losses_match_the_raw_output, capture_around, pid_rows
 
 import slabkit
 from bench.workload import Workload
@@ -127,8 +127,16 @@ def test_a_full_counts_map_is_reported_not_hidden(bpf, tmp_path, stack_sample):
                          options=Options(map_keys=16, stack_sample=stack_sample))
     assert cap.meta["losses"].get("count_map_full", 0) > 0
     assert cap.meta["lost_total"] >= cap.meta["losses"]["count_map_full"]
-    assert any("counts map was full" in n for n in cap.meta["notes"])
+    assert_losses_match_the_raw_output(cap)         # by value: the raw output's stat lines
+    assert any(f"{cap.meta['losses']['count_map_full']} events were not counted" in n
+               for n in cap.meta["notes"])
     assert len(cap.allocs.groupby(["pid", "tid", "comm"])) <= 16
+    raw = (Path(cap.path) / "slabcount.tsv").read_text().splitlines()
+    # the map that was full holds 16 keys: (process, thread, cgroup, comm), or with full
+    # stacks (the same and the stack)
+    kind = "count\t" if stack_sample > 1 else "sample\t"
+    assert sum(line.startswith(kind) for line in raw) == 16
+    assert cap.meta["total_allocs"] == int(cap.allocs["count"].sum())
 
 
 def test_the_program_is_gone_when_the_capture_ends(bpf, tmp_path):
