@@ -1,8 +1,10 @@
 """Run a real capture around a workload whose allocation count the test knows."""
 from __future__ import annotations
 
+import functools
 import json
 import re
+import subprocess
 import threading
 from pathlib import Path
 from typing import Callable
@@ -47,6 +49,19 @@ def capture_around(cache: str, work: Callable[[], None], *, seconds: float = 60,
     if "error" in result:
         raise result["error"]
     return result["cap"]
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_struct_size(name: str) -> int:
+    """``sizeof(struct name)`` on the running kernel, from its BTF (``bpftool btf dump``):
+    what a ``kmalloc(sizeof(*p))`` of that struct requests (``bytes_req``)."""
+    from conftest import require_tool
+    bpftool = require_tool("bpftool")
+    dump = subprocess.run([bpftool, "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format",
+                           "raw"], capture_output=True, text=True, check=True).stdout
+    m = re.search(rf"^\[\d+\] STRUCT '{re.escape(name)}' size=(\d+) ", dump, re.M)
+    assert m, f"struct {name} is not in this kernel's BTF"
+    return int(m.group(1))
 
 
 def pid_rows(cap, pid):

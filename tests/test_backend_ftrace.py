@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, TRACEFS
-from live_capture import assert_count, capture_around, pid_rows
+from live_capture import assert_count, capture_around, kernel_struct_size, pid_rows
 from sshd import sshd_server  # noqa: F401  (fixture)
 
 import slabkit
@@ -429,6 +429,10 @@ def test_kmalloc_size_class_count_is_exact_for_eventfd(live, tmp_path):
     rows = pid_rows(cap, w.pid)
     assert_count(cap, w.pid, N)
     assert 0 < int(rows["bytes_req"].sum()) <= N * 64
+    # eventfd's kmalloc(sizeof(*ctx)): the struct's size from the kernel's BTF, for each
+    # event counted (N of them unless the tracer reported losses: assert_count)
+    assert int(rows["bytes_req"].sum()) == int(rows["count"].sum()) * kernel_struct_size(
+        "eventfd_ctx")
     assert "do_eventfd" in functions_of(cap.frames, rows["stack_id"])
 
 

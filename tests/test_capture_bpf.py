@@ -13,7 +13,12 @@ import pandas as pd
 import procs
 import pytest
 from conftest import FIXTURES, require_bpf, skip_or_fail
-from live_capture import assert_losses_match_the_raw_output, capture_around, pid_rows
+from live_capture import (
+    assert_losses_match_the_raw_output,
+    capture_around,
+    kernel_struct_size,
+    pid_rows,
+)
 
 import slabkit
 from bench.workload import Workload
@@ -88,6 +93,7 @@ def test_kmalloc_size_class_is_exact_with_requested_bytes(bpf, tmp_path, stack_s
     assert int(rows["count"].sum()) == N
     req = int(rows["bytes_req"].sum())
     assert N * 33 <= req <= N * 64               # eventfd_ctx is requested at 33..64 bytes
+    assert req == N * kernel_struct_size("eventfd_ctx")   # kmalloc(sizeof(*ctx)), from BTF
     assert "do_eventfd" in functions_of(cap, rows["stack_id"])
     # full stacks come from the regular tracepoint where BTF describes its record
     record = probe_kernel(LocalTarget(), str(bpf))["kmalloc_record"] == 1

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 from conftest import require_tool, skip_or_fail
-from live_capture import assert_losses_match_the_raw_output, capture_around, pid_rows
+from live_capture import (
+    assert_losses_match_the_raw_output,
+    capture_around,
+    kernel_struct_size,
+    pid_rows,
+)
 
 import slabkit
 from bench.workload import Workload
@@ -68,6 +73,8 @@ def test_kmalloc_size_class_count_is_exact_for_eventfd(bpftrace, tmp_path):
     assert int(rows["count"].sum()) == N
     assert cap.meta["plan"]["strategy"] == "kmalloc-size-class"
     assert int(rows["bytes_req"].sum()) > 0 and int(rows["bytes_req"].sum()) <= N * 64
+    # eventfd's kmalloc(sizeof(*ctx)): the struct's size from the kernel's BTF, each time
+    assert int(rows["bytes_req"].sum()) == N * kernel_struct_size("eventfd_ctx")
     assert "do_eventfd" in functions_of(cap, rows["stack_id"])
 
 
