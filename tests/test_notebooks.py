@@ -17,6 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import DATA, require_tool, skip_or_fail
+from report_tables import assert_frame_in_report, html_tables, page_text
 
 import slabkit
 from slabkit.errors import CaptureNotFound, SlabkitError
@@ -304,6 +305,31 @@ def test_report_is_one_self_contained_page(sample, show_code, tmp_path):
     assert ('class="highlight hl-ipython3"' in html) == show_code   # code only if asked
     assert "the interactive explorer appears when this notebook runs" in html
     assert WIDGET_VIEW not in html
+
+
+@pytest.mark.parametrize("sample", ["bpftrace-filp-outstanding", "perf-filp", "ftrace-filp"])
+def test_report_shows_the_captures_numbers_and_notes(sample, tmp_path, monkeypatch):
+    """Every number the report shows, not just the top process: the capture's facts, each row
+    of the process, module, call-site and inclusive tables, the top stacks, every warning and
+    note, and the folded stacks."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))        # the kernel imports this checkout
+    path = (SAMPLES / sample).resolve()
+    page = report.write_report(path, tmp_path / "r.html").read_text()
+    tables, text = html_tables(page), page_text(page)
+    cap = slabkit.load(path)
+    summary = slabkit.summarize(cap, top=10)
+    assert_frame_in_report(summary.to_frame(), tables)
+    for table in (slabkit.by_process(cap), slabkit.by_module(cap), slabkit.by_frame(cap),
+                  slabkit.by_frame(cap, "inclusive")):
+        assert_frame_in_report(table.head(10), tables)
+    stacks = slabkit.top_stacks(cap, 5)[["count", "share", "callsite", "module", "comms", "stack"]]
+    assert_frame_in_report(stacks, tables, formats={"share": "{:.1%}"})
+    assert summary.messages()
+    for line in summary.messages():
+        assert line in text, line
+    folded = slabkit.to_folded(cap).splitlines()
+    assert f"{len(folded)} lines; the first ones:" in text
+    assert all(line[:200] in text for line in folded[:5])
 
 
 def test_report_of_a_missing_capture_fails_before_starting_a_kernel(tmp_path):
