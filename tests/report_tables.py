@@ -75,7 +75,7 @@ def assert_frame_in_report(df: pd.DataFrame, tables: list[list[list[str]]], *,
     every value in order. ``formats``: column -> format string (a Styler's ``format``)."""
     formats = formats or {}
     header = ["", *map(str, df.columns)]
-    want = [[str(i), *[str(v) for v in row]] for i, row in zip(df.index, df.itertuples(index=False))]
+    want = [[str(i), *map(str, row)] for i, row in zip(df.index, df.itertuples(index=False))]
     for table in tables:
         if not table or table[0] != header:
             continue

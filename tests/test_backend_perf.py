@@ -17,9 +17,9 @@ from conftest import FIXTURES, require_tool
 from live_capture import assert_count, capture_around, kernel_struct_size, pid_rows
 from sshd import sshd_server  # noqa: F401  (fixture)
 
+import bench.workload as workload
 import slabkit
 import slabkit.capturing.run as capturing
-import bench.workload as workload
 from bench.workload import Workload
 from slabkit.backends import Options
 from slabkit.backends.perf import PerfBackend, mmap_pages, parse_output, render_argv
