@@ -30,8 +30,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
 from slabkit.backends import (
     Backend,
     Options,
@@ -40,11 +38,12 @@ from slabkit.backends import (
     RunResult,
     run_marked_tracer,
 )
-from slabkit.backends._common import finish_allocs, frames_from_addresses, spread_counts
 from slabkit.errors import ParseError, ProbeFailed, TracerUnavailable
 from slabkit.validate import check_cache_name, check_comm
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from slabkit.backends.control import RunControl
     from slabkit.host.facts import KernelFacts
     from slabkit.host.target import Target
@@ -207,6 +206,7 @@ def _comm(text: str) -> str:
 def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple[int, ...]],
                                      dict[str, int]]:
     """(exact counts, weighted samples, stacks by hash, stats) from a ``slabcount`` output."""
+    import pandas as pd  # the parser needs pandas; rendering and running do not
     path = Path(path)
     counts, samples, stacks, stats = [], [], {}, {}
     ended = False
@@ -242,6 +242,11 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
 
 def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     """Tables from a ``slabcount`` output (see the module doc)."""
+    from slabkit.backends._tables import (
+        finish_allocs,
+        frames_from_addresses,
+        spread_counts,
+    )
     exact, sampled, by_hash, stats = read_output(path)
     keys = ["pid", "tid", "cgroup_id", "comm"]
     # stack ids: one per distinct address tuple (hashes of frames cut to the same stack merge)
