@@ -112,23 +112,19 @@ def _copy_code(dest: Path) -> None:
 
 def _build_slabcount(dest: Path) -> str:
     """Build slabcount from the copied sources and keep it beside them (what the bpf backend
-    uses, :func:`slabkit.slabcount.build.build`), or say why not."""
-    sys.path.insert(0, str(dest))
-    try:
-        for name in [m for m in sys.modules if m == "slabkit" or m.startswith("slabkit.")]:
-            del sys.modules[name]
-        from slabkit.slabcount import build
-        try:
-            binary = build.build()
-        except Exception as e:  # noqa: BLE001 - reported; the other backends still work
-            return f"slabcount not built ({e}); the bpf backend will be unavailable"
-        prebuilt = build.prebuilt_path()
-        prebuilt.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        shutil.copyfile(binary, prebuilt)
-        os.chmod(prebuilt, 0o755)
-        return f"slabcount built for it ({prebuilt.name})"
-    finally:
-        sys.path.remove(str(dest))
+    uses, :func:`slabkit.slabcount.build.build`), or say why not. It runs in a process of its
+    own, importing the copy (this process keeps the slabkit it was started with)."""
+    code = ("import shutil, sys; sys.path.insert(0, sys.argv[1]); "
+            "from slabkit.slabcount import build; "
+            "binary, prebuilt = build.build(), build.prebuilt_path(); "
+            "prebuilt.parent.mkdir(parents=True, exist_ok=True); "
+            "shutil.copyfile(binary, prebuilt); prebuilt.chmod(0o755); print(prebuilt.parent.name)")
+    done = subprocess.run([str(PYTHON), "-I", "-c", code, str(dest)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["failed"])[-1]
+        return f"slabcount not built ({why}); the bpf backend will be unavailable to users"
+    return f"slabcount built for it ({done.stdout.strip()})"
 
 
 def install(add_user: str | None = None) -> list[str]:

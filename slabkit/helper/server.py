@@ -247,10 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.geteuid() != 0:
             raise PermissionNeeded("slabkit's capture helper runs as root, through sudo")
         verb, fields = parse_args(argv)
-        limits = Limits.load()
         if verb == "capture":
-            return capture(fields, limits)
-        return answer(simple(verb, fields, limits))
+            return capture(fields)
+        return answer(simple(verb, fields, Limits.load()))
     except SlabkitError as e:
         sys.stdout.write(json.dumps(protocol.error_to_json(e), default=str) + "\n")
         sys.stdout.flush()
@@ -287,15 +286,28 @@ def simple(verb: str, fields: dict[str, str], limits: Limits) -> dict[str, Any]:
     raise InvalidInput(f"unknown verb {verb!r}")
 
 
-def capture(fields: dict[str, str], limits: Limits) -> int:
-    """Run a capture and stream it (frames: :mod:`slabkit.host.helper`)."""
+def capture(fields: dict[str, str]) -> int:
+    """Run a capture and stream it (frames: :mod:`slabkit.host.helper`); a refusal or failure
+    is an ``error`` frame."""
     out = sys.stdout.buffer
-    uid, _ = caller()
-    request = request_of(fields, limits)
-    seconds = seconds_of(fields, limits)
-    slot = take_slot(uid, limits)   # noqa: F841 - held until this process ends
-    target = LocalTarget()
-    prep = engine.prepare(request, target)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # the user's side gone: end, no traceback
+    try:
+        limits = Limits.load()
+        request = request_of(fields, limits)
+        seconds = seconds_of(fields, limits)
+        slot = take_slot(caller()[0], limits)
+        prep = engine.prepare(request, LocalTarget())
+    except SlabkitError as e:
+        protocol.write_json_frame(out, "error", protocol.error_to_json(e))
+        protocol.write_frame(out, "end")
+        return 2
+    try:
+        return _stream(prep, seconds, out)
+    finally:
+        slot.close()
+
+
+def _stream(prep: engine.Prepared, seconds: float, out: IO[bytes]) -> int:
     stop = threading.Event()
     finished = threading.Event()
 
@@ -320,7 +332,6 @@ def capture(fields: dict[str, str], limits: Limits) -> int:
             os._exit(4)
 
     threading.Thread(target=watch_stdin, daemon=True, name="control").start()
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # the user's side gone: end, no traceback
     protocol.write_json_frame(out, "hello", prep.describe())
     work = work_folder()
     state = {"attached": False, "last": -1.0}

@@ -50,7 +50,7 @@ def prebuilt_path() -> Path:
     """Where a binary built for these very sources may lie beside them: the capture helper's
     root-owned copy of slabkit has one (``slabkit helper install`` builds it), so the helper
     never compiles nor runs anything from a user's cache."""
-    return HERE / "prebuilt" / f"slabcount-{source_hash()}"
+    return HERE / "prebuilt" / source_hash() / "slabcount"   # its comm: slabcount
 
 
 def missing_tools() -> str | None:
