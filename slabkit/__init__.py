@@ -12,6 +12,7 @@ The public API (stable; see README "Python API" and ``slabkit.model.schema`` for
     slabkit.by_process(cap), by_module, by_frame, top_stacks, callers, callees, matrix,
     diff(a, b), to_folded(cap)
     slabkit.summarize(cap)                   # what `slabkit show` prints, as data
+    slabkit.sample_path("bpftrace-filp")     # a sample capture shipped with slabkit
     slabkit.plot_top_processes(cap), plot_top_callsites, plot_process_module_heatmap,
     plot_flame, plot_slab_growth
 
@@ -36,6 +37,7 @@ _EXPORTS = {
     "matrix": "analysis", "diff": "analysis", "to_folded": "analysis",
     "write_folded": "analysis",
     "summarize": "ui.summary",
+    "sample_path": "samples", "sample_names": "samples",
     "plot_top_processes": "plots", "plot_top_callsites": "plots",
     "plot_process_module_heatmap": "plots", "plot_flame": "plots", "plot_slab_growth": "plots",
     "SlabkitError": "errors", "InvalidInput": "errors", "UnknownCache": "errors",
