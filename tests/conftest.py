@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from slabkit.samples import SAMPLES_DIR as SAMPLES  # the sample captures (package data)
+from slabkit.samples import SAMPLES_DIR as SAMPLES  # noqa: F401  (the sample captures)
 
 REQUIRE_LIVE = os.environ.get("SLABKIT_REQUIRE_LIVE") == "1"
 TRACEFS = Path("/sys/kernel/tracing")
