@@ -19,7 +19,7 @@ import pytest
 from conftest import FIXTURES, require_bpf, require_tool
 
 import slabkit
-from slabkit.backends.ftrace import parse_output as parse_ftrace
+from slabkit.backends.ftrace.parse import parse_output as parse_ftrace
 from slabkit.backends.perf import parse_output as parse_perf
 from slabkit.model.tables import Capture
 from slabkit.plan import Plan
