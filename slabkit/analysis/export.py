@@ -131,15 +131,15 @@ def _locations(profile: "Profile", frames: pd.DataFrame, strings: _Strings
     """Fill functions, mappings and locations; return each stack's location ids (innermost
     first) in the order of ``_prepare``'s stack index, and those stack ids."""
     st = _prepare(frames)
-    address = frames["address"].to_numpy(dtype=object, na_value=None)[st.rows]
-    offset = frames["offset"].to_numpy(dtype=object, na_value=None)[st.rows]
-    known = np.array([a is not None for a in address], dtype=bool)
+    known = frames["address"].notna().to_numpy()[st.rows]
+    address = frames["address"].to_numpy(dtype=np.uint64, na_value=0)[st.rows]
+    offset = frames["offset"].to_numpy(dtype=np.int64, na_value=-1)[st.rows]
     # one location per distinct frame: its address where known, else function + module + offset
     key = pd.DataFrame({"label": st.label, "module": st.module, "known": known,
-                        "address": [int(a) if a is not None else 0 for a in address],
-                        "offset": [int(o) if o is not None else -1 for o in offset]})
+                        "address": address.view(np.int64), "offset": offset})
     loc_code = key.groupby(list(key.columns), sort=False).ngroup().to_numpy(np.int64)
-    first = pd.Series(np.arange(len(loc_code))).groupby(loc_code, sort=True).first().to_numpy()
+    first = np.empty(int(loc_code.max()) + 1 if len(loc_code) else 0, dtype=np.int64)
+    first[loc_code[::-1]] = np.arange(len(loc_code))[::-1]    # each location's first row
 
     for code, label in enumerate(st.labels):
         name = strings(str(label))
@@ -149,7 +149,7 @@ def _locations(profile: "Profile", frames: pd.DataFrame, strings: _Strings
                    key=lambda m: (st.modules[m] != "vmlinux", str(st.modules[m])))
     mapping_id = {m: i + 1 for i, m in enumerate(order)}
     for m in order:
-        addrs = key["address"].to_numpy(np.uint64)[(st.module == m) & known]
+        addrs = address[(st.module == m) & known]
         profile.mapping.add(id=mapping_id[m], filename=strings(str(st.modules[m])),
                             memory_start=int(addrs.min()) if len(addrs) else 0,
                             memory_limit=int(addrs.max()) + 1 if len(addrs) else 0,
@@ -157,7 +157,7 @@ def _locations(profile: "Profile", frames: pd.DataFrame, strings: _Strings
     for code, row in enumerate(first):
         loc = profile.location.add(id=code + 1,
                                    mapping_id=mapping_id.get(int(st.module[row]), 0),
-                                   address=int(key["address"].iat[row]))
+                                   address=int(address[row]))
         loc.line.add(function_id=int(st.label[row]) + 1)
     ids = loc_code + 1
     per_stack = [ids[s:s + n].tolist() for s, n in zip(st.starts, st.lengths)]
