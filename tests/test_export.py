@@ -328,6 +328,8 @@ def test_live_capture_reads_back_in_pprof(live, tmp_path):
     assert int(pid_rows(cap, pid)["count"].sum()) == n or cap.meta["lost_total"]
     path = slabkit.to_pprof(cap, tmp_path / "live.pb.gz")
     raw = check_against_slabkit(cap, path)
+    if cap.meta.get("estimated_stacks"):            # the default: stacks sampled 1 in 32
+        assert "per stack estimated (stacks sampled 1 in 32)" in raw.header["Comment"][1]
     mine = sums(raw, lambda locs, lab: int(lab["pid"]) if "pid" in lab else None,
                 "alloc_objects")
     assert mine[pid] == int(pid_rows(cap, pid)["count"].sum())

@@ -177,6 +177,10 @@ def pprof_profile(cap: CaptureLike) -> "Profile":
                 f" via {meta.get('backend', '?')} ({meta.get('mode', 'allocs')} mode, "
                 f"{meta.get('status', '?')})"]
 
+    if meta.get("estimated_stacks"):
+        every = (meta.get("options") or {}).get("stack_sample")
+        comments.append("counts per process are exact, per stack estimated (stacks sampled"
+                        + (f" 1 in {every})" if every else ")"))
     parts = [("alloc", allocs)] + ([("inuse", outstanding)] if outstanding is not None else [])
     types: list[tuple[str, str, str, str]] = []      # (type, unit, part, column)
     for part, table in parts:
