@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from slabkit.samples import SAMPLES_DIR as SAMPLES  # noqa: F401  (the sample captures)
+
 REQUIRE_LIVE = os.environ.get("SLABKIT_REQUIRE_LIVE") == "1"
 TRACEFS = Path("/sys/kernel/tracing")
 HERE = Path(__file__).parent
 FIXTURES = HERE / "fixtures"
-DATA = HERE.parent / "data"
 
 
 def skip_or_fail(reason: str) -> None:

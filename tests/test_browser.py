@@ -28,7 +28,7 @@ from pathlib import Path
 
 import procs
 import pytest
-from conftest import DATA, skip_or_fail
+from conftest import SAMPLES, skip_or_fail
 
 import slabkit
 from slabkit.ui import report
@@ -306,7 +306,7 @@ def test_notebook_01_widgets_and_a_capture(browser, lab, tmp_path):
 
 
 def test_report_opens_with_its_plots(browser, tmp_path):
-    sample = DATA / "samples" / "bpftrace-filp-outstanding"
+    sample = SAMPLES / "bpftrace-filp-outstanding"
     out = report.write_report(sample, tmp_path / "report.html")
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     try:

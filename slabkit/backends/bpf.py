@@ -221,7 +221,7 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
                 elif kind == "sample":   # (older outputs have no bytes_req column)
                     samples.append((int(parts[1]), int(parts[2]), int(parts[3]),
                                     _comm(parts[4]), int(parts[5], 16), int(parts[6]),
-                                    int(parts[7]) if len(parts) > 7 else 0))
+                                    int(parts[7]) if len(parts) > 7 else None))
                 elif kind == "stack":
                     stacks[int(parts[1], 16)] = tuple(int(a, 16) for a in parts[2:])
                 elif kind == "stat":
@@ -237,6 +237,7 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
     keys = ["pid", "tid", "cgroup_id", "comm"]
     exact = pd.DataFrame(counts, columns=keys + ["count", "bytes_req"])
     sampled = pd.DataFrame(samples, columns=keys + ["stack", "samples", "bytes_req"])
+    sampled["bytes_req"] = sampled["bytes_req"].astype("Int64")   # missing where not given
     return exact, sampled, stacks, stats
 
 
@@ -253,7 +254,8 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     ids: dict[tuple[int, ...], int] = {}
     hash_to_id = {h: ids.setdefault(addrs, len(ids)) for h, addrs in by_hash.items() if addrs}
     sampled["stack_id"] = sampled["stack"].map(hash_to_id).fillna(-1).astype("int64")
-    sampled = sampled.groupby(keys + ["stack_id"], as_index=False)[["samples", "bytes_req"]].sum()
+    sampled = sampled.groupby(keys + ["stack_id"], as_index=False)[
+        ["samples", "bytes_req"]].sum(min_count=1)      # bytes_req stays missing if not given
     every = int(meta.get("options", {}).get("stack_sample", 1) or 1)
     kmalloc = plan.strategy == "kmalloc-size-class"
     if every == 1 and exact.empty:
