@@ -108,6 +108,7 @@ def test_a_member_captures_exactly_from_python_and_the_folder_is_theirs(member, 
     elif backend != "ftrace":
         require_tool(backend)
     out = home(member) / f"cap-{backend}"
+    before = procs.descendants(os.getpid())
     with Workload("open", N, "/etc/hostname") as w:
         capture_as(member, backend, out, w.go)
     cap = slabkit.load(out)
@@ -116,7 +117,7 @@ def test_a_member_captures_exactly_from_python_and_the_folder_is_theirs(member, 
     assert cap.meta["backend"] == ("bpf" if backend == "auto" else backend)
     uid = int(subprocess.run(["id", "-u", member], capture_output=True, text=True).stdout)
     assert {p.stat().st_uid for p in [out, *out.iterdir()]} == {uid}
-    assert not [p for p in procs.descendants(os.getpid()) if p.state != "Z"]
+    assert not procs.started_below(os.getpid(), before)
 
 
 def _attached_helper_run(since: set[str], timeout_s: float = 60) -> None:

@@ -23,6 +23,9 @@ from slabkit.errors import TracerUnavailable
 SOURCES = ("slabcount.bpf.c", "slabcount.c")
 HERE = Path(__file__).resolve().parent
 PACKAGES = "clang bpftool libbpf-dev libelf-dev zlib1g-dev gcc"
+#: a build of other sources is removed once it is this old (another checkout or process may
+#: still be using a younger one)
+STALE_BUILD_S = 7 * 86400
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,8 +108,13 @@ def build(force: bool = False) -> Path:
         _step(["cc", "-O2", "-Wall", "-I.", "-o", "slabcount", "slabcount.c", "-static",
                "-lbpf", "-lelf", "-lz"], work)
         os.replace(work / "slabcount", out)   # atomic: a half-built binary is never used
-    for old in out.parent.parent.glob("slabcount-*"):    # builds of older sources
-        if old != out.parent and old.is_dir():
+    import time
+    for old in out.parent.parent.glob("slabcount-*"):    # builds of older sources, once idle
+        try:
+            idle = time.time() - old.stat().st_mtime > STALE_BUILD_S
+        except OSError:
+            continue
+        if old != out.parent and old.is_dir() and idle:
             shutil.rmtree(old, ignore_errors=True)
     return out
 
