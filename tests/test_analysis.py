@@ -416,8 +416,8 @@ def test_real_bpftrace_sample_on_6_18():
     alloc_empty_file, the one caller of kmem_cache_alloc for filp."""
     import json
 
-    from conftest import DATA
-    folder = DATA / "samples" / "bpftrace-filp"
+    from conftest import SAMPLES
+    folder = SAMPLES / "bpftrace-filp"
     # committed sample data: missing is a failure, not a skip
     assert (folder / "frames.parquet").is_file(), f"{folder} is not in this checkout"
     cap = Capture(pd.read_parquet(folder / "allocs.parquet"),

@@ -18,12 +18,12 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-from conftest import DATA, FIXTURES
+from conftest import FIXTURES, SAMPLES
 
 import slabkit
 from slabkit.plan import Plan
 
-SAMPLE = DATA / "samples" / "bpftrace-filp"
+SAMPLE = SAMPLES / "bpftrace-filp"
 REAL_61 = FIXTURES / "stap" / "real-6.1-filp.txt"
 
 

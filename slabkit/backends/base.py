@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from slabkit.errors import InvalidInput, TracerUnavailable, expected_one_of
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from slabkit.backends.control import RunControl
     from slabkit.host.facts import KernelFacts
     from slabkit.host.target import Target

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slabkit.backends import Backend, Options, Parsed, Program, RunResult
-from slabkit.backends._common import build_tables, keep_process, tracefs_filter
+from slabkit.backends._common import tracefs_filter
 from slabkit.errors import ParseError, ProbeFailed
 
 if TYPE_CHECKING:
@@ -371,6 +371,7 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         else:
             c[0] += n
             c[1] += req
+    from slabkit.backends._tables import build_tables, keep_process  # pandas: only when parsing
     counts, unknown = keep_process(counts, plan)
     allocs, frames_df = build_tables(counts, stacks, plan, meta, scale=every)
     notes = ["perf script has no cgroup field here: cgroup is missing"]
