@@ -231,6 +231,8 @@ def _workdir(target: "Target", folder: Path) -> tuple[str, str | None]:
 # parsing
 
 _LOST = b" PERF_RECORD_LOST lost "
+#: a callchain line: an address, then the symbol (or [unknown]) and the object
+_FRAME_LINE = re.compile(r"[0-9a-fA-F]+\s+\S")
 
 
 def _is_kernel_frame(line: str) -> bool:
@@ -255,10 +257,11 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     # 1. aggregate raw blocks: key bytes -> [count, bytes_req]
     agg: dict[bytes, list[int]] = {}
     lost = 0
+    unknown = 0          # lines that are neither an event, a frame nor a PERF_RECORD_ line
 
     def add_block(block: bytes, mult: int) -> None:
         """Slow path, once per distinct block: LOST lines, several events in one block."""
-        nonlocal lost
+        nonlocal lost, unknown
         head_key: bytes | None = None
         frames: list[bytes] = []
         req = 0
@@ -276,7 +279,10 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
             if not line.strip():
                 continue
             if line[:1] == b"\t":
-                frames.append(line)
+                if head_key is None:
+                    unknown += mult          # a frame of no event
+                else:
+                    frames.append(line)
                 continue
             i = line.find(_LOST)
             if i >= 0:
@@ -292,7 +298,9 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
                     flush()
                     head_key, frames, req = line[:j + len(marker)], [], _bytes_req(line, j)
                     break
-            # other PERF_RECORD_* lines carry no allocation
+            else:
+                if b" PERF_RECORD_" not in line:   # those carry no allocation
+                    unknown += mult
         flush()
 
     with open(path, "rb") as f:
@@ -341,13 +349,17 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
             raise ParseError("perf script header without pid/tid", path=str(path),
                              line=head) from None
         frames = []
+        user = False
         for line in frame_text.split("\n"):
             line = line.strip()
             if not line:
                 continue
-            if not _is_kernel_frame(line):
-                break  # user-space frames follow the kernel ones
-            frames.append(line)
+            if not _FRAME_LINE.match(line):
+                unknown += n                   # not a callchain line at all
+            elif user or not _is_kernel_frame(line):
+                user = True                    # user-space frames follow the kernel ones
+            else:
+                frames.append(line)
         sid = -1
         if frames:
             t = tuple(frames)
@@ -364,6 +376,10 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     from slabkit.backends._tables import build_tables  # pandas: only when parsing
     allocs, frames_df = build_tables(counts, stacks, plan, meta, scale=every)
     notes = ["perf script has no cgroup field here: cgroup is missing"]
+    if unknown:
+        notes.append(f"WARNING: {unknown} lines of the perf script output were neither events "
+                     "nor stack frames and were skipped: the file may be damaged or edited "
+                     "(perf.data, kept with a local capture, holds what perf recorded)")
     if every > 1:
         notes.append(f"perf recorded 1 event in {every} (-c {every} --no-period): counts are "
                      f"estimates, scaled by {every}")
