@@ -12,15 +12,23 @@ Each format's end, as the parsers now read it (README "Captures on disk"):
   frames are counted and noted; an appended file is caught by the checksum on ``--reparse``.
 - stap: its ``done`` line, which gives the totals listed; anything after it, a second
   ``begin``, or totals that differ are refused.
+
+And every capture records the sha256 of each raw file: ``show --reparse`` refuses a file that
+changed since (the saved tables stay), for every backend.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, SAMPLES
+from conftest import FIXTURES, SAMPLES, require_bpf, require_tool
 
+import slabkit
 from slabkit.backends.bpf import read_output
 from slabkit.backends.bpftrace import read_maps
 from slabkit.backends.ftrace.parse import parse_output as ftrace_parse
@@ -32,6 +40,19 @@ from slabkit.plan import Plan
 BPF = FIXTURES / "bpf" / "filp-6.18.tsv"
 STAP = FIXTURES / "stap" / "real-6.1-filp.txt"
 FORGED = "the file was appended to or forged"
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "slabkit", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def one_line_error(res, *words):
+    assert res.returncode == 2, (res.stdout[-500:], res.stderr)
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    for w in words:
+        assert w in res.stderr, res.stderr
 
 
 def sample_copy(tmp_path, name):
@@ -161,3 +182,48 @@ def test_stap_output_after_done_or_with_other_totals_is_refused(edit, why):
     with pytest.raises(ParseError, match=why):
         parse_text(forged)
     assert parse_text(text).allocs["count"].sum() == 1083
+
+
+# --- checksums: recorded at capture time, checked on --reparse --------------------------------
+
+MAIN_RAW = {"bpf": "slabcount.tsv", "bpftrace": "bpftrace.jsonl", "perf": "perf.script.txt",
+            "ftrace": "ftrace.txt"}
+
+
+@pytest.fixture(params=list(MAIN_RAW))
+def captured(request, live, tmp_path_factory):
+    backend = request.param
+    if backend == "bpf":
+        require_bpf()
+    elif backend in ("bpftrace", "perf"):
+        require_tool(backend)
+    out = tmp_path_factory.mktemp(backend) / "cap"
+    cap = slabkit.capture("filp", 1, backend=backend, out=out, progress=False)
+    return backend, cap
+
+
+def test_a_capture_records_the_sha256_of_each_raw_file_and_reparse_checks_it(captured):
+    backend, cap = captured
+    folder = Path(cap.path)
+    recorded = cap.meta["raw_sha256"]
+    assert MAIN_RAW[backend] in recorded and "kallsyms.txt.gz" in recorded
+    for name, digest in recorded.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
+    # unchanged: the rebuild gives the same counts
+    res = cli("show", "--reparse", str(folder))
+    assert res.returncode == 0, res.stderr
+    assert slabkit.load(folder).meta["total_allocs"] == cap.meta["total_allocs"]
+    # the whole raw file appended to itself: refused, in one line; the saved tables stay
+    raw = folder / MAIN_RAW[backend]
+    raw.write_bytes(raw.read_bytes() * 2)
+    res = cli("show", "--reparse", str(folder))
+    one_line_error(res, MAIN_RAW[backend], "changed since the capture", "saved ones are kept")
+    assert slabkit.load(folder).meta["total_allocs"] == cap.meta["total_allocs"]
+    with pytest.raises(ParseError, match="changed since the capture"):
+        slabkit.load(folder, reparse=True)
+    # formats with an end of their own refuse the doubled file even without the checksums
+    if backend != "perf":
+        meta = json.loads((folder / "meta.json").read_text())
+        del meta["raw_sha256"]
+        (folder / "meta.json").write_text(json.dumps(meta))
+        one_line_error(cli("show", "--reparse", str(folder)), FORGED)
