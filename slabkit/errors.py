@@ -62,6 +62,7 @@ class ParseError(SlabkitError, ValueError):
 
     def __init__(self, message: str, *, path: str | None = None, lineno: int | None = None,
                  line: str | None = None):
+        self.message = message
         self.path = path
         self.lineno = lineno
         self.line = line
@@ -77,6 +78,12 @@ class ParseError(SlabkitError, ValueError):
         if line is not None:
             text += f": {line[:200]!r}"
         super().__init__(text)
+
+
+class DiskFull(SlabkitError):
+    """The disk holding a capture folder is full: what could be written is kept, and the
+    message says where and what to run once space is freed. Deliberately not an OSError, so
+    code that tolerates a missing file cannot hide it."""
 
 
 class TargetUnreachable(SlabkitError):

@@ -241,6 +241,8 @@ def _workdir(target: "Target", folder: Path) -> tuple[str, str | None]:
 # parsing
 
 _LOST = b" PERF_RECORD_LOST lost "
+#: a callchain line: an address, then the symbol (or [unknown]) and the object
+_FRAME_LINE = re.compile(r"[0-9a-fA-F]+\s+\S")
 
 
 def _is_kernel_frame(line: str) -> bool:
@@ -265,10 +267,11 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     # 1. aggregate raw blocks: key bytes -> [count, bytes_req]
     agg: dict[bytes, list[int]] = {}
     lost = 0
+    unknown = 0          # lines that are neither an event, a frame nor a PERF_RECORD_ line
 
     def add_block(block: bytes, mult: int) -> None:
         """Slow path, once per distinct block: LOST lines, several events in one block."""
-        nonlocal lost
+        nonlocal lost, unknown
         head_key: bytes | None = None
         frames: list[bytes] = []
         req = 0
@@ -286,7 +289,10 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
             if not line.strip():
                 continue
             if line[:1] == b"\t":
-                frames.append(line)
+                if head_key is None:
+                    unknown += mult          # a frame of no event
+                else:
+                    frames.append(line)
                 continue
             i = line.find(_LOST)
             if i >= 0:
@@ -302,7 +308,9 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
                     flush()
                     head_key, frames, req = line[:j + len(marker)], [], _bytes_req(line, j)
                     break
-            # other PERF_RECORD_* lines carry no allocation
+            else:
+                if b" PERF_RECORD_" not in line:   # those carry no allocation
+                    unknown += mult
         flush()
 
     with open(path, "rb") as f:
@@ -351,13 +359,17 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
             raise ParseError("perf script header without pid/tid", path=str(path),
                              line=head) from None
         frames = []
+        user = False
         for line in frame_text.split("\n"):
             line = line.strip()
             if not line:
                 continue
-            if not _is_kernel_frame(line):
-                break  # user-space frames follow the kernel ones
-            frames.append(line)
+            if not _FRAME_LINE.match(line):
+                unknown += n                   # not a callchain line at all
+            elif user or not _is_kernel_frame(line):
+                user = True                    # user-space frames follow the kernel ones
+            else:
+                frames.append(line)
         sid = -1
         if frames:
             t = tuple(frames)
@@ -372,11 +384,15 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
             c[0] += n
             c[1] += req
     from slabkit.backends._tables import build_tables, keep_process  # pandas: only when parsing
-    counts, unknown = keep_process(counts, plan)
+    counts, no_process = keep_process(counts, plan)
     allocs, frames_df = build_tables(counts, stacks, plan, meta, scale=every)
     notes = ["perf script has no cgroup field here: cgroup is missing"]
+    if no_process:
+        notes.append(f"{no_process} events without a process id were left out of the pid filter")
     if unknown:
-        notes.append(f"{unknown} events without a process id were left out of the pid filter")
+        notes.append(f"WARNING: {unknown} lines of the perf script output were neither events "
+                     "nor stack frames and were skipped: the file may be damaged or edited "
+                     "(perf.data, kept with a local capture, holds what perf recorded)")
     if every > 1:
         notes.append(f"perf recorded 1 event in {every} (-c {every} --no-period): counts are "
                      f"estimates, scaled by {every}")
