@@ -111,7 +111,7 @@ def capture(cache: str, seconds: float = 10, *, backend: str = "auto", mode: str
     ``pid``/``comm``: only that process. ``options``: tracer knobs
     (:class:`~slabkit.backends.Options`: stack sampling, perf sampling, map size, buffers).
     ``out``: the capture folder (default: a new folder under ``base``, by default
-    ``data/captures``). ``stop_event``: set it from another thread to end early. Ctrl-C also
+    :func:`slabkit.capturing.store.default_base`, ``~/.local/share/slabkit/captures``). ``stop_event``: set it from another thread to end early. Ctrl-C also
     ends early; either way what was captured is kept and marked ``interrupted``.
 
     ``target``: where to capture: this machine (None), or an SSH destination (``"root@web1"``,

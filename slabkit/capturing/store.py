@@ -34,8 +34,50 @@ TABLES = ("allocs", "frames", "outstanding", "slabinfo")
 
 
 def default_base() -> Path:
-    """Where captures go by default: ``$SLABKIT_CAPTURE_DIR`` or ``./data/captures``."""
-    return Path(os.environ.get("SLABKIT_CAPTURE_DIR") or Path.cwd() / "data" / "captures")
+    """Where captures go, and where ``slabkit list`` and the widgets look, by default: the
+    user's own folder, the same for the command line, the API and the notebooks.
+
+    1. ``$SLABKIT_CAPTURE_DIR``, when set;
+    2. run through sudo as root (``sudo make demo``, ``sudo slabkit capture``): the invoking
+       user's ``~/.local/share/slabkit/captures`` (``$SUDO_USER``'s home from the password
+       database; sudo resets ``$HOME``/``$XDG_DATA_HOME``): root writes there through a
+       folder descriptor and hands each new folder to that user
+       (:mod:`slabkit.capturing.folder`), so the captures are theirs and ``slabkit list``
+       run as them sees them;
+    3. ``$XDG_DATA_HOME/slabkit/captures`` (the XDG base directory spec's home for user data);
+    4. ``~/.local/share/slabkit/captures``.
+
+    (slabkit 0.1 used ``./data/captures``, which depended on the working folder; ``slabkit
+    list`` still lists captures found there.)
+    """
+    env = os.environ.get("SLABKIT_CAPTURE_DIR")
+    if env:
+        return Path(env).expanduser()
+    sudo_home = _sudo_user_home()
+    if sudo_home is not None:
+        return sudo_home / ".local" / "share" / "slabkit" / "captures"
+    xdg = os.environ.get("XDG_DATA_HOME")
+    if xdg and os.path.isabs(xdg):          # the spec: a relative value is ignored
+        return Path(xdg) / "slabkit" / "captures"
+    return Path.home() / ".local" / "share" / "slabkit" / "captures"
+
+
+def _sudo_user_home() -> Path | None:
+    """The home of the user who ran sudo, when this is root started through sudo by another
+    user; else None."""
+    if os.geteuid() != 0:
+        return None
+    user = os.environ.get("SUDO_USER")
+    if not user or user == "root":
+        return None
+    import pwd
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    if str(entry.pw_uid) != os.environ.get("SUDO_UID", str(entry.pw_uid)) or entry.pw_uid == 0:
+        return None
+    return Path(entry.pw_dir)
 
 
 def _safe(text: str) -> str:

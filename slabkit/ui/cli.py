@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pid", default=None, help="only this process id")
     p.add_argument("--comm", default=None, help="only processes with this name")
     p.add_argument("-o", "--output", default=None, metavar="DIR",
-                   help="capture folder to write (default: new folder in data/captures)")
+                   help="capture folder to write (default: a new folder in ~/.local/share/slabkit/"
+                        "captures, or $SLABKIT_CAPTURE_DIR; `slabkit list` shows it)")
     p.add_argument("--stack-sample", type=int, default=None, metavar="N",
                    help="bpf/bpftrace: take a stack for 1 event in N, count all (default 32)")
     p.add_argument("--full-stacks", action="store_true", help="a stack for every event")
@@ -72,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_capture)
 
     p = sub.add_parser("list", help="saved captures")
-    p.add_argument("where", nargs="*", help="folders or globs (default data/captures)")
+    p.add_argument("where", nargs="*", help="folders or globs (default: where captures go, "
+                                             "~/.local/share/slabkit/captures or "
+                                             "$SLABKIT_CAPTURE_DIR)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="JSON records for scripts")
+    fmt.add_argument("--csv", action="store_true", help="CSV for scripts")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("show", help="summary of a saved capture (or raw tracer output)")
@@ -147,10 +153,16 @@ def cmd_capture(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from slabkit.capturing.store import list_captures
-    df = list_captures(args.where or None)
-    if df.empty:
-        print("no captures found")
+    from pathlib import Path
+
+    from slabkit.capturing.store import default_base, find_captures, list_captures
+    where = args.where or [default_base()]
+    legacy = Path("data/captures")
+    if not args.where and legacy.resolve() != default_base().resolve() and find_captures(legacy):
+        where.append(legacy)     # where slabkit 0.1 saved them, relative to the working folder
+    df = list_captures(where)
+    if df.empty and not (args.json or args.csv):
+        print(f"no captures found in {', '.join(map(str, where))}")
     else:
         _print_table(df, args)
     return 0
