@@ -27,6 +27,10 @@ from slabkit.host.slabinfo import optional_int
 from slabkit.validate import check_cache_name, check_comm, check_pid
 
 MODES = ("allocs", "outstanding")
+#: backends that render :meth:`Plan.predicate` as a filter on the event's fields (a bpftrace
+#: predicate, a tracefs filter for perf and ftrace); slabkit's bpf counter matches the cache
+#: by its ``struct kmem_cache *`` instead
+FIELD_FILTER_BACKENDS = ("bpftrace", "perf", "ftrace")
 
 #: largest kmalloc slab size class (2 pages); bigger kmallocs go to the page allocator
 #: and still fire ``kmem:kmalloc`` with bytes_alloc = PAGE_SIZE << order.
@@ -56,7 +60,14 @@ class Plan:
     mode: str = "allocs"
     pid: int | None = None
     comm: str | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # true whichever backend captures
+    #: notes true only of some backends, by backend name (e.g. how their kernel filter works)
+    backend_notes: dict[str, list[str]] = field(default_factory=dict)
+
+    def notes_for(self, backend: str | None) -> list[str]:
+        """The notes that apply to a capture by ``backend``: :attr:`notes`, then that
+        backend's own (:attr:`backend_notes`)."""
+        return list(self.notes) + list(self.backend_notes.get(backend or "", []))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,15 +193,17 @@ def _plan_dedicated(resolved, facts: KernelFacts, notes: list[str], common: dict
     slot = int(resolved.slab_size) if resolved.slab_size else None
     free = _free_events(facts, common["mode"])
     if ev is not None and ev.has("name"):
+        filtered = {}
         if slot is not None and ev.has("bytes_alloc"):
-            notes.append(f"tracers that filter on event fields (bpftrace, perf, ftrace) test "
-                         f"bytes_alloc == {slot} (the slot size) before the name, so most other "
-                         "caches' events are dropped by an integer compare")
+            # the bpf backend recognises the cache by its pointer instead: not said of it
+            filtered = {name: [f"the kernel filter tests bytes_alloc == {slot} (the slot size) "
+                               "before the name, so most other caches' events are dropped by "
+                               "an integer compare"] for name in FIELD_FILTER_BACKENDS}
         return Plan(kind=resolved.kind, strategy="tracepoint-name", exact=True,
                     reason="kmem:kmem_cache_alloc carries the cache name on this kernel",
                     alloc_events=["kmem:kmem_cache_alloc"], match_name=resolved.name,
                     match_bytes_alloc=int(slot) if slot and ev.has("bytes_alloc") else None,
-                    free_events=free, notes=notes, **common)
+                    free_events=free, notes=notes, backend_notes=filtered, **common)
     missing_name = ("kmem:kmem_cache_alloc has no name field" if ev is not None
                     else "this kernel has no kmem:kmem_cache_alloc tracepoint")
     functions = [f for f in ("kmem_cache_alloc", "kmem_cache_alloc_lru", "kmem_cache_alloc_node",

@@ -57,6 +57,22 @@ def test_6_18_dedicated_cache_filters_on_the_tracepoint_name(tmp_path):
     assert 'str(args->name, 6) == "filp"' in text and "kstack" in text
 
 
+def test_the_slot_size_note_is_said_of_the_backends_that_filter_on_it(tmp_path):
+    """bpftrace, perf and ftrace test bytes_alloc before the name; slabkit's bpf counter
+    matches the cache by its pointer, so a bpf capture does not carry that note."""
+    plan, _, resolved = plan_for(tmp_path, "6.18", "filp")
+    slot_note = f"bytes_alloc == {resolved.slab_size}"
+    assert slot_note in tracefs_filter(plan)
+    for name in ("bpftrace", "perf", "ftrace"):
+        assert any(slot_note in n for n in plan.notes_for(name)), name
+    for name in ("bpf", "stap", None):
+        assert not any(slot_note in n for n in plan.notes_for(name)), name
+    assert not any(slot_note in n for n in plan.notes)
+    again = type(plan).from_json(plan.to_json())              # kept through the helper's JSON
+    assert again.notes_for("bpf") == plan.notes_for("bpf")
+    assert again.notes_for("perf") == plan.notes_for("perf")
+
+
 def test_6_1_has_no_name_so_kprobes_on_its_function_names(tmp_path):
     plan, facts, _ = plan_for(tmp_path, "6.1.", "dentry")
     assert not facts.event("kmem/kmem_cache_alloc").has("name")

@@ -290,8 +290,8 @@ def _save(folder: CaptureFolder, prep: Prepared, meta: dict[str, Any],
                 stack_losses=parsed.stack_losses, estimated_stacks=parsed.estimated,
                 probe_fired=parsed.fired, filtered_out=parsed.filtered_out,
                 total_allocs=total)
-    meta["notes"] = (outcome.messages + zero_notes(meta, outcome.series) + plan.notes
-                     + parsed.notes)
+    meta["notes"] = (outcome.messages + zero_notes(meta, outcome.series)
+                     + plan.notes_for(prep.backend.name) + parsed.notes)
     if plan.mode == "outstanding":
         meta["notes"].append("objects allocated before the capture started are not seen")
     allocs = parsed.allocs.assign(host=host)

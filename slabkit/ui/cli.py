@@ -138,7 +138,7 @@ def cmd_capture(args) -> int:
         plan = prep.plan
         print(f"# cache {plan.cache} ({plan.kind}), strategy {plan.strategy}, "
               f"{'exact' if plan.exact else 'estimate'}: {plan.reason}")
-        for note in plan.notes:
+        for note in plan.notes_for(prep.backend.name):
             print(f"# note: {note}")
         print(f"# backend {prep.backend.name}; not used: " + "; ".join(
             f"{k}: {v}" for k, v in prep.not_used.items()) if prep.not_used else

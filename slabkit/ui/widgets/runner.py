@@ -224,7 +224,8 @@ class CaptureRunner(W.VBox):
                 self.progress.value = 1.0
             self.progress.bar_style = "success" if status == "complete" else "warning"
             summary = summarize(cap, top=5, stacks=3)
-            self.messages.value += tracer_html(summary, shown=prep.plan.notes)
+            self.messages.value += tracer_html(summary,
+                                              shown=prep.plan.notes_for(prep.backend.name))
             self.summary.value = summary_html(summary)
             self._set_status(status, f"{status} ({cap.duration_s:.1f} s)")
         finally:
@@ -243,7 +244,7 @@ def _plan_html(prep) -> str:
     lines = [(f"cache <b>{html.escape(plan.cache)}</b> ({html.escape(plan.kind)}), "
               f"{'exact' if plan.exact else 'estimate'}: {html.escape(plan.reason)}"),
              f"backend <b>{html.escape(prep.backend.name)}</b>"]
-    lines += [f"note: {html.escape(n)}" for n in plan.notes]
+    lines += [f"note: {html.escape(n)}" for n in plan.notes_for(prep.backend.name)]
     program = prep.program.text or " ".join(prep.program.argv)
     return ('<div class="slabkit-note">' + "<br>".join(lines) + "</div>"
             f"<details><summary>program</summary><pre>{html.escape(program)}</pre></details>")
