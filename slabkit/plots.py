@@ -2,23 +2,25 @@
 (the current Axes by default), draws on it and returns it. The numbers come from
 :mod:`slabkit.analysis.pivots`; nothing here computes what a pivot does not already give.
 
-Titles say what is shown and for which cache; axis labels give units.
+Titles say what is shown, for which cache and host; axis labels give units; numbers, bytes
+and percentages read as everywhere else in slabkit (:mod:`slabkit.analysis.present`).
 """
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
-from matplotlib.ticker import FuncFormatter, PercentFormatter
+from matplotlib.ticker import FuncFormatter, PercentFormatter, ScalarFormatter
 
 from slabkit.analysis import pivots as analysis
+from slabkit.analysis import present
 from slabkit.analysis.pivots import CaptureLike, _unpack
 from slabkit.analysis.waste import kmalloc_waste, kmalloc_waste_total
 from slabkit.errors import InvalidInput, expected_one_of
+from slabkit.model.tables import Capture
 
 _VALUE_LABEL = {"count": "allocations", "bytes": "bytes allocated"}
 
@@ -28,14 +30,21 @@ def _ax(ax: Axes | None) -> Axes:
 
 
 def _cache(cap: CaptureLike) -> str:
+    """``filp on web1`` (a sample says so: ``filp on vm (sample)``)."""
     meta = _unpack(cap)[2]
-    cache = meta.get("cache")
-    return f"{cache!r}" if cache else "the cache"
+    text = present.subject(meta) if meta.get("cache") else "the cache"
+    return text + (" (sample)" if present.sample_badge(cap) else "")
 
 
 def _duration_note(cap: CaptureLike) -> str:
     d = analysis._duration(_unpack(cap)[2])
-    return f" in {d:g} s" if d else ""
+    return f" in {present.seconds_text(d)}" if d else ""
+
+
+def _axis_format(axis, value: str) -> None:
+    """Tick labels of a count or bytes axis as slabkit writes them (12,345; 4.0 MiB)."""
+    fmt = present.bytes_text if value == "bytes" else present.count_text
+    axis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
 
 
 def _check_value(value: str) -> None:
@@ -77,11 +86,13 @@ def plot_bars(data: pd.DataFrame, *, x: str, y: str, share: str | None = None,
     if share is not None:
         shares = data[share].astype("Float64")
         ax.bar_label(ax.containers[0], padding=3, fontsize="small",
-                     labels=["" if pd.isna(v) else f"{v:.1%}" for v in shares])
+                     labels=["" if pd.isna(v) else present.share_text(v) for v in shares])
         ax.margins(x=0.12)
     ax.set_xlabel(x if xlabel is None else xlabel)
     ax.set_ylabel(y if ylabel is None else ylabel)
     ax.set_title(title)
+    if x in ("count", "bytes", "waste_bytes"):
+        _axis_format(ax.xaxis, "bytes" if x != "count" else "count")
     return ax
 
 
@@ -147,13 +158,7 @@ def plot_process_module_heatmap(cap: CaptureLike, *, cols: str = "module", n_row
 _SPECIAL_COLORS = {"all": "#b0b0b0", "comm": "#9ab6d6"}
 
 
-def _flame_color(label: str) -> tuple[float, float, float]:
-    """A warm FlameGraph-like colour, stable for a given function name."""
-    h = zlib.crc32(label.encode("utf-8", "surrogateescape"))
-    r = 0.80 + 0.20 * ((h & 0xFF) / 255)
-    g = 0.35 + 0.45 * (((h >> 8) & 0xFF) / 255)
-    b = 0.10 + 0.15 * (((h >> 16) & 0xFF) / 255)
-    return (r, g, b)
+_flame_color = present.flame_color
 
 
 def plot_flame(cap: CaptureLike, *, ax: Axes | None = None, min_share: float = 0.005) -> Axes:
@@ -165,7 +170,8 @@ def plot_flame(cap: CaptureLike, *, ax: Axes | None = None, min_share: float = 0
     """
     ax = _ax(ax)
     nodes = analysis.icicle(cap, min_share=min_share)
-    title = f"Kernel stacks allocating from {_cache(cap)}{_duration_note(cap)} (root at top)"
+    title = (f"Kernel stacks allocating from {_cache(cap)}{_duration_note(cap)} "
+             "(all at the top, then process, then outermost frame first)")
     if nodes.empty:
         return _empty(ax, title)
     fig = ax.figure
@@ -182,8 +188,9 @@ def plot_flame(cap: CaptureLike, *, ax: Axes | None = None, min_share: float = 0
         for rect, lab, x0, w in zip(bars.patches, labels, grp["x0"], grp["width"]):
             rect.set_gid(lab)
             fit = int(w * chars_across) - 1
-            if fit >= 3:
-                text = lab if len(lab) <= fit else lab[: fit - 2] + ".."
+            # the whole name where it fits; cut only where enough of it stays to read
+            text = lab if len(lab) <= fit else (lab[: fit - 1] + "…" if fit >= 10 else "")
+            if text:
                 ax.text(x0 + w / 2, level, text, ha="center", va="center", fontsize="x-small",
                         clip_on=True)
     depth = int(nodes["level"].max())
@@ -191,18 +198,13 @@ def plot_flame(cap: CaptureLike, *, ax: Axes | None = None, min_share: float = 0
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_xlabel("share of allocations")
-    ax.set_ylabel("stack level (0 = all, 1 = process, then outermost frame first)")
+    ax.set_ylabel("stack depth")
     ax.set_title(title)
     ax.grid(False)
     return ax
 
 
-def _size(nbytes: float) -> str:
-    """Bytes in binary units: 512 B, 31.2 KiB, 4.0 MiB."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(nbytes) >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{nbytes:g} B"
+_size = present.bytes_text
 
 
 def plot_kmalloc_waste(cap: CaptureLike, *, by: str = "callsite", n: int = 10,
@@ -224,9 +226,9 @@ def plot_kmalloc_waste(cap: CaptureLike, *, by: str = "callsite", n: int = 10,
                                  "(kmalloc caches only)")
     title += f"\n{_size(total['waste_bytes'])} wasted"
     if not pd.isna(total["fragmentation"]):
-        title += f", {total['fragmentation']:.1%} of the bytes allocated"
+        title += f", {present.share_text(total['fragmentation'])} of the bytes allocated"
     if not pd.isna(total["memory_share"]):
-        title += f", {total['memory_share']:.1%} of the cache's memory"
+        title += f", {present.share_text(total['memory_share'])} of the cache's memory"
     df = df.head(n)
     data = pd.DataFrame({what: df.index.astype(str), "waste_bytes": df["waste_bytes"],
                          "fragmentation": df["fragmentation"]})
@@ -235,12 +237,19 @@ def plot_kmalloc_waste(cap: CaptureLike, *, by: str = "callsite", n: int = 10,
                      ylabel=what, color=sns.color_palette()[3], ax=ax)
 
 
-def plot_slab_growth(series: pd.DataFrame, *, names: Sequence[str] | None = None,
+def plot_slab_growth(series: pd.DataFrame | Capture, *, names: Sequence[str] | None = None,
                      ax: Axes | None = None) -> Axes:
-    """Lines of memory held by each cache's slabs (MiB) over the capture's time (s), one per
-    cache ``name``; ``series`` has the columns of ``slabkit.model.schema.SLABINFO_SERIES``
-    (``time_s, name, active_objs, num_objs, memory_bytes``). ``names`` picks caches."""
+    """Lines of memory held by each cache's slabs over the capture's time (s), one per cache
+    ``name``. ``series``: a capture (its ``slabinfo`` table; the title then names its cache
+    and host), or a table with the columns of ``slabkit.model.schema.SLABINFO_SERIES``
+    (``time_s, name, active_objs, num_objs, memory_bytes``). ``names`` picks caches. The
+    memory axis is in B, KiB, MiB or GiB, whichever suits the values, with plain ticks."""
     ax = _ax(ax)
+    subject = None
+    if isinstance(series, Capture):
+        subject = _cache(series)
+        series = series.slabinfo if series.slabinfo is not None else pd.DataFrame(
+            columns=["time_s", "name", "memory_bytes"])
     missing = [c for c in ("time_s", "name", "memory_bytes") if c not in series.columns]
     if missing:
         raise InvalidInput(f"the slabinfo series lacks columns {missing} "
@@ -249,18 +258,29 @@ def plot_slab_growth(series: pd.DataFrame, *, names: Sequence[str] | None = None
     if names is not None:
         wanted = [names] if isinstance(names, str) else list(names)
         df = df[df["name"].isin(wanted)]
-    title = "Slab cache memory over time"
+    shown = sorted(df["name"].astype(str).unique()) if len(df) else []
+    if subject is None:
+        subject = ", ".join(shown) if 0 < len(shown) <= 3 else "slab caches"
+    title = f"Memory held by the slabs of {subject}"
     if df.empty:
-        return _empty(ax, title)
+        return _empty(ax, title, "no slabinfo series recorded")
+    memory = df["memory_bytes"].astype("float64")
+    top = float(memory.abs().max()) or 1.0
+    unit, scale = next((u, k) for u, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10),
+                                           ("B", 1)) if top >= k or k == 1)
     data = pd.DataFrame({"time_s": df["time_s"].astype("float64"),
-                         "cache": df["name"].astype(str),
-                         "memory_mib": df["memory_bytes"].astype("float64") / 2**20})
-    sns.lineplot(data=data, x="time_s", y="memory_mib", hue="cache", ax=ax, marker="o",
+                         "cache": df["name"].astype(str), "memory": memory / scale})
+    sns.lineplot(data=data, x="time_s", y="memory", hue="cache", ax=ax, marker="o",
                  markersize=3)
     ax.set_xlabel("time since capture start (s)")
-    ax.set_ylabel("memory held by slabs (MiB)")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_ylabel(f"memory held by slabs ({unit})")
+    # plain numbers in the unit of the label: no "+2.2e5" offset, no scientific notation
+    plain = ScalarFormatter(useOffset=False)
+    plain.set_scientific(False)
+    ax.yaxis.set_major_formatter(plain)
     ax.set_title(title)
+    if len(shown) == 1 and ax.get_legend() is not None:
+        ax.get_legend().remove()             # the title names the one cache
     return ax
 
 

@@ -46,7 +46,10 @@ def test_text_is_what_the_cli_prints(capsys):
     lines = out.splitlines()
     assert lines[0] == (f"filp: {cap.meta['total_allocs']} allocations in 0.2 s via perf "
                         f"(interrupted); saved in {path}")
-    assert lines[1] == "counts: exact"
+    # a sample says so, and a stop on request reads as one, not as a fault
+    assert lines[1] == "(sample, recorded on vm, 2026-11-30: not captured here)"
+    assert lines[2].startswith("stopped on request after 0.2 s (of 1 min asked); what it")
+    assert lines[3] == "counts: exact"
     assert "note: perf script has no cgroup field here: cgroup is missing" in lines
     for heading in ("Top processes:", "Top call sites (first frame outside the allocator):",
                     "Top stacks (innermost first):"):
@@ -67,6 +70,8 @@ def test_losses_estimates_and_notes_are_said():
     s = summarize(_lossy(slabkit.load(SAMPLES / "bpftrace-filp")))
     assert s.counts == "exact per process, estimated per stack" and s.stack_samples_lost == 12
     text = s.to_text().splitlines()
+    assert text[1].startswith("(sample, recorded on vm") and text[2].startswith("stopped on")
+    text = text[2:]       # the lines below as they were before samples said so
     assert text[1] == ("counts: exact per process, estimated per stack (the notes say how); "
                        "12 stack samples not recorded")
     assert text[2] == ("WARNING: the tracer reported 7 lost events/updates: "

@@ -19,6 +19,7 @@ from conftest import FIXTURES, SAMPLES, require_tool
 from matplotlib.patches import Rectangle
 
 import slabkit
+from slabkit.analysis import present
 from slabkit.backends import registry
 from slabkit.errors import PermissionNeeded, TracerUnavailable
 from slabkit.ui.widgets import CachePicker, CaptureRunner, PivotExplorer
@@ -147,7 +148,9 @@ def test_explorer_table_and_chart_match_the_pivots(sample, group, measure, expec
     assert ex.chart.value[:8] == b"\x89PNG\r\n\x1a\n"
     for key in want.index:                    # the table shows the same rows
         assert f">{key}<" in ex.table.value
-    assert f"{int(want[measure].iloc[0]):,}" in ex.table.value
+    # as the formatting layer writes them: 4,224,000 allocations, 4.03 MiB
+    assert f">{present.cell_text(measure, want[measure].iloc[0])}<" in ex.table.value
+    assert f">{present.share_text(want['share'].iloc[0])}<" in ex.table.value
 
 
 def test_explorer_call_sites_with_allocator_frames(sample):
@@ -171,8 +174,10 @@ def test_explorer_stacks_hide_allocator_frames(sample):
     # the bars name the stack and its first frames from the call site out, either way
     labels = [t.get_text() for t in ex.ax.get_yticklabels()]
     hidden = slabkit.top_stacks(sample, 3, hide_allocator=True)
-    assert labels == [f"#{i} " + " <- ".join(s.split(" <- ")[:3])
-                      for i, s in hidden["stack"].items()]
+    assert labels == list(present.stack_labels(hidden["stack"], width=60).values())
+    assert all(lab.startswith(f"#{i} alloc_empty_file <- ") for lab, i in
+               zip(labels, hidden.index))
+    assert len(set(labels)) == 3                 # stacks that start alike still read apart
 
 
 def test_explorer_outstanding_objects(sample):
@@ -211,6 +216,10 @@ def test_runner_lists_backends_and_reasons(monkeypatch):
     class Prep:
         class backend:
             name = "perf"
+
+        class plan:
+            cache, exact = "filp", True
+        via = None
         not_used: ClassVar[dict] = {
             "bpftrace": "bpftrace is not installed (apt install bpftrace)",
             "ftrace": "perf is preferred", "stap": "needs kprobes"}
@@ -222,6 +231,33 @@ def test_runner_lists_backends_and_reasons(monkeypatch):
     assert r.backend.options == ("auto", "perf", "ftrace")
     note = r.backends_note.value
     assert "auto</b> = perf" in note and "apt install bpftrace" in note and "kprobes" in note
+    assert "ready to capture filp" in note and not r.start_button.disabled
+
+
+def test_runner_says_what_cannot_work_before_the_click(monkeypatch):
+    """Not allowed to capture: the reason and what to do show up front, Start is disabled,
+    and only 'auto' is offered; choosing another cache asks again."""
+    asked = []
+
+    def not_allowed(cache, **kw):
+        asked.append(cache)
+        raise PermissionNeeded("capturing needs root or slabkit's capture helper: ask an "
+                               "admin to run `sudo usermod -aG slabkit you`, then log in again")
+
+    monkeypatch.setattr(slabkit, "prepare", not_allowed)
+    r = CaptureRunner("filp")
+    assert r.start_button.disabled                # not ready until the check has answered
+    _poll(lambda: r.status == "blocked", 30, "the check")
+    assert r.start_button.disabled and r.backend.options == ("auto",)
+    note = r.backends_note.value
+    assert "Cannot capture here" in note and "usermod -aG slabkit" in note
+    assert "slabkit-blocked" in note and "Traceback" not in note
+    assert r.blocked and asked == ["filp"]
+    r.cache.value = "dentry"
+    _poll(lambda: asked == ["filp", "dentry"] and r.status == "blocked", 30, "the check again")
+    r.cache.value = ""
+    _poll(lambda: "choose a cache" in r.backends_note.value, 30, "no cache")
+    assert r.start_button.disabled
 
 
 def test_runner_shows_errors_as_messages(monkeypatch):

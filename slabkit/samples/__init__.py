@@ -11,6 +11,7 @@ streaming backend (``bpftrace-filp``, ``perf-filp``, ``ftrace-filp``), one in ou
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from slabkit.errors import InvalidInput, expected_one_of
@@ -39,3 +40,25 @@ def sample_path(name: str) -> Path:
         return folder
     files = sorted(p for p in folder.iterdir() if p.is_file())
     return files[0] if len(files) == 1 else folder
+
+
+def sample_name(path: str | os.PathLike | None) -> str | None:
+    """The name of the sample capture at ``path`` (its folder, or a file in it), or None when
+    ``path`` is not one of the samples shipped with slabkit.
+
+    This is how slabkit knows that data is sample data (a capture made elsewhere, shown
+    because none was made here): by where it was loaded from, this package's samples folder.
+    :func:`slabkit.analysis.present.sample_badge` turns it into the badge every view shows.
+    """
+    if path is None:
+        return None
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError, TypeError):
+        return None
+    try:
+        inside = resolved.relative_to(SAMPLES_DIR)
+    except ValueError:
+        return None
+    name = inside.parts[0] if inside.parts else None
+    return name if name in sample_names() else None

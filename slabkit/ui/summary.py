@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from slabkit import analysis
+from slabkit.analysis import present
 from slabkit.model.tables import Capture
 
 
@@ -61,6 +62,12 @@ class Summary:
     top_processes: pd.DataFrame
     top_callsites: pd.DataFrame | None
     top_stacks: pd.DataFrame | None
+    #: ``"sample, recorded on vm, 2026-11-30"`` for a sample capture shipped with slabkit
+    #: (:func:`slabkit.analysis.present.sample_badge`), else None
+    sample: str | None = None
+    #: how it ended, in words (``"stopped on request after 1.7 s ...; what it captured is
+    #: kept"``: :func:`slabkit.analysis.present.status_text`)
+    ended: str = ""
 
     @property
     def counts(self) -> str | None:
@@ -122,6 +129,10 @@ class Summary:
     def to_text(self, *, width: int = 160) -> str:
         """The summary as the command line prints it."""
         lines = [f"{self.headline()}; saved in {self.path}"]
+        if self.sample:
+            lines.append(f"({self.sample}: not captured here)")
+        if self.status == "interrupted" and self.ended:
+            lines.append(self.ended)
         if (counts := self.counts_line()) is not None:
             lines.append(counts)
         lines += self.messages()
@@ -176,4 +187,5 @@ def summarize(cap: Capture, *, top: int = 10, stacks: int | None = None) -> Summ
         top_callsites=analysis.by_frame(cap).head(top) if has_frames else None,
         top_stacks=analysis.top_stacks(cap, min(top, 5) if stacks is None else stacks)
         if has_frames else None,
+        sample=present.sample_badge(cap), ended=present.status_text(cap),
     )

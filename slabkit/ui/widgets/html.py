@@ -9,6 +9,7 @@ from typing import Any
 import ipywidgets as W
 import pandas as pd
 
+from slabkit.analysis import present
 from slabkit.errors import SlabkitError
 
 # Monospace option text for the cache list, so its columns line up. An HTML widget's <style>
@@ -24,6 +25,11 @@ CSS = """<style>
                                   white-space: normal; max-width: 60em; }
 .slabkit-error { color: #b00020; white-space: pre-wrap; }
 .slabkit-note { color: #555; }
+.slabkit-badge { display: inline-block; background: #fff3cd; color: #664d03;
+                 border: 1px solid #e0c36c; border-radius: 4px; padding: 0 6px;
+                 font-size: 12px; font-weight: normal; margin-left: 6px; }
+.slabkit-ready { color: #1e6b2e; }
+.slabkit-blocked { color: #8a4b00; white-space: pre-wrap; }
 </style>"""
 
 
@@ -36,20 +42,13 @@ def style() -> W.HTML:
 # small helpers
 
 
-def human_bytes(n: Any) -> str:
-    """``123456`` -> ``"121 KiB"``; NA -> ``"-"``."""
-    if n is None or pd.isna(n):
-        return "-"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" or abs(n) >= 100 else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
+human_bytes = present.bytes_text
+int_text = present.count_text
 
 
-def int_text(n: Any) -> str:
-    return "-" if n is None or pd.isna(n) else f"{int(n):,}"
+def badge_html(text: str | None) -> str:
+    """The sample badge (``sample, recorded on vm, 2026-11-30``) as HTML, or ``""``."""
+    return f'<span class="slabkit-badge">{html.escape(text)}</span>' if text else ""
 
 
 def error_html(error: BaseException) -> str:
@@ -64,29 +63,23 @@ def error_html(error: BaseException) -> str:
 
 
 def frame_html(df: pd.DataFrame, *, text_columns: tuple[str, ...] = (),
-                stack_columns: tuple[str, ...] = ()) -> str:
-    """A pivot as a compact HTML table: counts with thousands separators, share as percent."""
+               stack_columns: tuple[str, ...] = (), measure: str | None = None) -> str:
+    """A pivot as a compact HTML table, every value and column name as
+    :mod:`slabkit.analysis.present` writes them (counts with thousands separators, bytes in
+    KiB/MiB, shares as percentages, rates per second)."""
     if df.empty:
         return '<div class="slabkit-note">no allocations recorded</div>'
-    names = [n if n is not None else "" for n in df.index.names]
+    names = [present.column_label(n) if n is not None else "" for n in df.index.names]
     head = "".join(f'<th class="slabkit-text">{html.escape(str(n))}</th>' for n in names)
     head += "".join(
         f'<th class="{"slabkit-text" if c in text_columns + stack_columns else ""}">'
-        f"{html.escape(str(c))}</th>" for c in df.columns)
+        f"{html.escape(present.column_label(c, measure=measure))}</th>" for c in df.columns)
     rows = []
     for key, row in df.iterrows():
         keys = key if isinstance(key, tuple) else (key,)
         cells = "".join(f'<td class="slabkit-text">{html.escape(cell(k))}</td>' for k in keys)
         for c in df.columns:
-            v = row[c]
-            if c == "share":
-                text = "-" if pd.isna(v) else f"{float(v):.1%}"
-            elif c == "per_s":
-                text = "-" if pd.isna(v) else f"{float(v):,.1f}"
-            elif c in ("count", "bytes", "frames"):
-                text = int_text(v)
-            else:
-                text = cell(v)
+            text = present.cell_text(str(c), row[c], measure=measure)
             cls = ("slabkit-stack" if c in stack_columns
                    else "slabkit-text" if c in text_columns else "")
             cells += f'<td class="{cls}">{html.escape(text)}</td>'

@@ -13,7 +13,7 @@ import traitlets
 import slabkit
 from slabkit.errors import SlabkitError
 from slabkit.ui.summary import Summary, summarize
-from slabkit.ui.widgets.html import error_html, frame_html, style
+from slabkit.ui.widgets.html import badge_html, error_html, frame_html, style
 from slabkit.ui.widgets.picker import CachePicker
 
 # --------------------------------------------------------------------------------------------
@@ -30,17 +30,24 @@ class CaptureRunner(W.VBox):
     keeps what it captured (status ``interrupted``).
 
     Attributes:
-        status: ``idle``, ``preparing``, ``running``, ``complete``, ``interrupted`` or
-            ``failed`` (a trait: observe it to react when a capture ends).
+        status: ``idle``, ``blocked`` (nothing can capture here: :attr:`blocked` says
+            why), ``preparing``, ``running``, ``complete``, ``interrupted`` or ``failed`` (a
+            trait: observe it to react when a capture ends).
         result: the :class:`~slabkit.Capture` of the last run, or None.
         error: the exception of the last failed run, or None.
         progress: a FloatProgress from 0 to 1, fed by the capture's progress callback.
         status_label, messages, summary: the status line, the plan/program/tracer messages,
             and the end-of-capture summary (top processes and call sites).
 
-    ``base``: the folder under which captures are saved (default: ``slabkit.capture``'s,
-    ``$SLABKIT_CAPTURE_DIR`` or ``./data/captures``). ``check_backends=False`` skips asking
-    :func:`slabkit.prepare` which backends can run (it needs root).
+    Before anything is clicked it says what can run: it asks :func:`slabkit.prepare` (as a
+    normal user, through slabkit's capture helper) for the chosen cache, lists only the
+    backends that can run here, and when nothing can (not root and not in the ``slabkit``
+    group, no tracer, an unknown cache) shows why and what to do, with Start disabled
+    (:attr:`blocked`). Start stays disabled until that check has answered.
+
+    ``base``: the folder under which captures are saved (default: where captures go,
+    :func:`slabkit.capturing.store.default_base`). ``check_backends=False`` skips that check
+    (Start is enabled at once; errors show after the click).
     """
 
     status = traitlets.Unicode("idle")
@@ -53,6 +60,8 @@ class CaptureRunner(W.VBox):
         self.result = None
         self.error: BaseException | None = None
         self.prepared = None
+        #: why no capture can start now (shown in :attr:`backends_note`), or None
+        self.blocked: str | None = None
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
         self._check_timer: threading.Timer | None = None
@@ -102,7 +111,8 @@ class CaptureRunner(W.VBox):
         self.stop_button.on_click(lambda _: self.stop())
         self.cache.observe(self._on_cache, "value")
         self.mode.observe(self._on_cache, "value")
-        if check_backends and self.cache.value:
+        if check_backends:
+            self._set_blocked("checking what can capture here...", checking=True)
             self._schedule_check(0.0)
 
     # -- backends -----------------------------------------------------------------------------
@@ -113,15 +123,18 @@ class CaptureRunner(W.VBox):
         Returns the Prepared, or None (the reason is in the note)."""
         cache = self.cache.value.strip()
         if not cache:
-            self.backends_note.value = ""
+            self._set_blocked("choose a cache to capture (above, or type its name)")
             return None
         try:
             prep = slabkit.prepare(cache, mode=self.mode.value)
         except SlabkitError as e:
-            self.backends_note.value = (f'<div class="slabkit-note">backends: cannot check '
-                                        f"({html.escape(str(e))})</div>")
+            self.backend.options = ["auto"]
+            self._set_blocked(str(e), error=e)
             return None
         self.prepared = prep
+        self.blocked = None
+        if not self.running:
+            self.start_button.disabled = False
         usable = [prep.backend.name] + [n for n, why in prep.not_used.items()
                                         if why.endswith("is preferred")]
         names = [n for n in slabkit_backends() if n in usable]
@@ -131,9 +144,33 @@ class CaptureRunner(W.VBox):
         lines = [f"<b>auto</b> = {html.escape(prep.backend.name)}"]
         lines += [f"{html.escape(n)}: {html.escape(why)}" for n, why in prep.not_used.items()
                   if not why.endswith("is preferred")]
-        self.backends_note.value = ('<div class="slabkit-note">backends: '
-                                    + "; ".join(lines) + "</div>")
+        via = " (through slabkit's capture helper)" if getattr(prep, "via", None) else ""
+        self.backends_note.value = (
+            f'<div class="slabkit-ready">ready to capture {html.escape(prep.plan.cache)}{via}: '
+            f'{"exact" if prep.plan.exact else "an estimate"}</div>'
+            '<div class="slabkit-note">backends: ' + "; ".join(lines) + "</div>")
+        if not self.running and self.status in ("idle", "blocked"):
+            self._set_status("idle", "ready")
         return prep
+
+    def _set_blocked(self, why: str, *, error: BaseException | None = None,
+                     checking: bool = False) -> None:
+        """Say why no capture can start (and what to do), and disable Start."""
+        self.blocked = why
+        if not self.running:
+            self.start_button.disabled = True
+        if checking:
+            self.backends_note.value = f'<div class="slabkit-note">{html.escape(why)}</div>'
+            self.status_label.value = "checking..."
+            return
+        kind = type(error).__name__ if error is not None else ""
+        title = {"PermissionNeeded": "Cannot capture here: ",
+                 "TracerUnavailable": "No tracer can capture this here: ",
+                 "UnknownCache": "", "InvalidInput": ""}.get(kind, "")
+        self.backends_note.value = (f'<div class="slabkit-blocked">{html.escape(title + why)}'
+                                    "</div>")
+        if not self.running:
+            self._set_status("blocked", "cannot start: see above")
 
     def _schedule_check(self, delay: float = 0.6) -> None:
         if self._check_timer is not None:
@@ -150,6 +187,7 @@ class CaptureRunner(W.VBox):
 
     def _on_cache(self, _change) -> None:
         if self._check_backends and not self.running:
+            self._set_blocked("checking what can capture here...", checking=True)
             self._schedule_check()
 
     # -- running ------------------------------------------------------------------------------
@@ -229,7 +267,7 @@ class CaptureRunner(W.VBox):
             self.summary.value = summary_html(summary)
             self._set_status(status, f"{status} ({cap.duration_s:.1f} s)")
         finally:
-            self.start_button.disabled = False
+            self.start_button.disabled = self.blocked is not None and self._check_backends
             self.stop_button.disabled = True
 
 
@@ -273,7 +311,9 @@ def summary_html(summary: Summary) -> str:
     head = (f"<b>{html.escape(summary.cache)}</b>: {summary.total_allocs:,} allocations "
             f"in {summary.duration_s or 0.0:.1f} s via {html.escape(str(summary.backend))} "
             f"({html.escape(str(summary.status))}); saved in "
-            f"<code>{html.escape(str(summary.path))}</code>")
+            f"<code>{html.escape(str(summary.path))}</code>{badge_html(summary.sample)}")
+    if summary.status == "interrupted" and summary.ended:
+        head += f'<div class="slabkit-note">{html.escape(summary.ended)}</div>'
     counts = summary.counts_line()
     if counts is not None:
         head += f'<div class="slabkit-note">{html.escape(counts)}</div>'
