@@ -13,6 +13,8 @@ The public API (stable; see README "Python API" and ``slabkit.model.schema`` for
     diff(a, b), kmalloc_waste(cap, by="callsite"), kmalloc_waste_total(cap),
     to_folded(cap), to_pprof(cap, "out.pb.gz")
     slabkit.summarize(cap)                   # what `slabkit show` prints, as data
+    slabkit.readable(df)                     # any pivot as a table with units (a Styler)
+    flame_tree(cap), flame_diff(a, b)        # flame graph trees; widgets.FlameGraph draws them
     slabkit.sample_path("bpftrace-filp")     # a sample capture shipped with slabkit
     slabkit.plot_top_processes(cap), plot_top_callsites, plot_process_module_heatmap,
     plot_flame, plot_slab_growth, plot_kmalloc_waste
@@ -38,6 +40,7 @@ _EXPORTS = {
     "matrix": "analysis", "diff": "analysis", "to_folded": "analysis",
     "write_folded": "analysis", "to_pprof": "analysis",
     "summarize": "ui.summary",
+    "flame_tree": "analysis", "flame_diff": "analysis", "readable": "analysis.present",
     "sample_path": "samples", "sample_names": "samples",
     "plot_top_processes": "plots", "plot_top_callsites": "plots",
     "plot_process_module_heatmap": "plots", "plot_flame": "plots", "plot_slab_growth": "plots",

@@ -17,6 +17,7 @@ from matplotlib.ticker import FuncFormatter, PercentFormatter, ScalarFormatter
 
 from slabkit.analysis import pivots as analysis
 from slabkit.analysis import present
+from slabkit.analysis.flame import icicle
 from slabkit.analysis.pivots import CaptureLike, _unpack
 from slabkit.analysis.waste import kmalloc_waste, kmalloc_waste_total
 from slabkit.errors import InvalidInput, expected_one_of
@@ -166,10 +167,10 @@ def plot_flame(cap: CaptureLike, *, ax: Axes | None = None, min_share: float = 0
     their kernel stacks from the syscall entry down to the allocator; a box's width is its
     share of all allocations. Boxes narrower than ``min_share`` are left out; a box is labelled
     with its function where the name fits. Each box is a Rectangle whose ``gid`` is its label.
-    Layout from :func:`slabkit.analysis.pivots.icicle`.
+    Layout from :func:`slabkit.analysis.flame.icicle`.
     """
     ax = _ax(ax)
-    nodes = analysis.icicle(cap, min_share=min_share)
+    nodes = icicle(cap, min_share=min_share)
     title = (f"Kernel stacks allocating from {_cache(cap)}{_duration_note(cap)} "
              "(all at the top, then process, then outermost frame first)")
     if nodes.empty:

@@ -280,31 +280,60 @@ def test_01_captures_live(live, tmp_path, capture_dir):
 # the HTML report
 
 
-def _assert_self_contained(html: str) -> None:
-    assert "<script" not in html                        # nothing to run, nothing to fetch
-    for tag in re.findall(r"<(?:link|img|iframe)\b[^>]*>", html):
-        assert "http:" not in tag and "https:" not in tag, tag
+def _assert_self_contained(html: str, *, scripts: bool) -> None:
+    assert ("<script" in html) == scripts               # the flame graph's, inline
+    for tag in re.findall(r"<(?:link|img|iframe|script)\b[^>]*>", html):
+        assert "http:" not in tag and "https:" not in tag, tag    # nothing to fetch
+        assert not re.search(r"\bsrc=\"(?!data:)", tag), tag
     assert "@import" not in html
 
 
-@pytest.mark.parametrize("sample, show_code", [
-    (SAMPLES / "bpftrace-filp-outstanding", False),
-    (SAMPLES / "stap-classic" / "raw.txt", True),
+def _downloads(html: str) -> dict[str, bytes]:
+    import base64
+    return {name: base64.b64decode(data) for data, name in re.findall(
+        r'<a href="data:[^;]+;base64,([^"]+)" download="([^"]+)">', html)}
+
+
+@pytest.mark.parametrize("sample, show_code, interactive", [
+    (SAMPLES / "bpftrace-filp-outstanding", False, True),
+    (SAMPLES / "stap-classic" / "raw.txt", True, False),
 ])
-def test_report_is_one_self_contained_page(sample, show_code, tmp_path):
-    out = report.write_report(sample, tmp_path / "sub" / "report.html", show_code=show_code)
+def test_report_is_one_self_contained_page(sample, show_code, interactive, tmp_path):
+    out = report.write_report(sample, tmp_path / "sub" / "report.html", show_code=show_code,
+                              interactive=interactive, note="before the <fix> & after")
     assert out == tmp_path / "sub" / "report.html"
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]   # one file
     html = out.read_text()
-    _assert_self_contained(html)
+    _assert_self_contained(html, scripts=interactive)
     cap = slabkit.load(sample)
-    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) >= 4
-    assert f"<title>slabkit report: {cap.cache}</title>" in html
-    assert str(Path(sample).resolve()) in html           # the header names the capture
-    assert f">{slabkit.by_process(cap).index[0]}<" in html
-    assert "Who allocates: by process" in html           # the markdown explains each step
-    assert ('class="highlight hl-ipython3"' in html) == show_code   # code only if asked
-    assert "the interactive explorer appears when this notebook runs" in html
-    assert WIDGET_VIEW not in html
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) >= 3
+    # the title names the cache, the host and the day; a sample says it is one
+    day = f", {cap.meta['start'][:10]}" if cap.meta.get("start") else ""
+    subject = f"{cap.cache} on {cap.meta['host']}" if cap.meta.get("host") != "unknown" \
+        else cap.cache
+    assert f"<title>slabkit report: {subject}{day}</title>" in html
+    assert 'id="sample-badge">sample, recorded on' in html
+    assert "Purpose and workload:</b> before the &lt;fix&gt; &amp; after" in html
+    assert f"{int(cap.allocs['count'].sum()):,} allocations from {subject}" in html
+    assert "Findings" in html and f"<b>{slabkit.by_process(cap).index[0]}</b> made the most" in html
+    assert "Who allocates: by process" in html
+    # nothing that only makes sense in a notebook (in what the page says, not in plotly.js)
+    said = re.sub(r"<script\b.*?</script>", "", html, flags=re.S)
+    for text in ("parameters", "&lt;Capture", "<Capture", "Explore interactively",
+                 "explorer appears", "2. Explore a capture", "notebook"):
+        assert text not in said, text
+    assert ("the slabkit calls behind this" in html) == show_code
+    assert str(Path(sample).resolve()) in html           # the footer names the capture
+    files = _downloads(html)
+    stem = Path(sample).name if Path(sample).is_dir() else Path(sample).stem
+    assert files[f"{stem}.folded"].decode() == slabkit.to_folded(cap)
+    if interactive:
+        assert 'class="slabkit-flame"' in html and "window.Plotly" in html
+        import gzip
+        from slabkit.analysis.pprof import profile_pb2
+        profile = profile_pb2.Profile.FromString(gzip.decompress(files[f"{stem}.pb.gz"]))
+        assert sum(s.value[0] for s in profile.sample) == int(cap.allocs["count"].sum())
+    assert "100.0%" not in html or cap.cache == "filp"
 
 
 @pytest.mark.parametrize("sample", ["bpftrace-filp-outstanding", "perf-filp", "ftrace-filp"])
@@ -361,16 +390,20 @@ def test_cli_report(tmp_path, monkeypatch, capsys):
     from slabkit.ui.cli import main
     calls = []
 
-    def fake(capture, out, *, show_code=False):
-        calls.append((capture, out, show_code))
+    def fake(capture, out, *, show_code=False, **kw):
+        calls.append((capture, out, show_code, kw))
         return Path(out)
 
     monkeypatch.setattr(report, "write_report", fake)
     monkeypatch.chdir(tmp_path)
     assert main(["report", str(SAMPLES / "bpftrace-filp"), "-o", "r.html"]) == 0
     assert main(["report", str(SAMPLES / "bpftrace-filp"), "--show-code"]) == 0
-    assert calls == [(str(SAMPLES / "bpftrace-filp"), "r.html", False),
-                     (str(SAMPLES / "bpftrace-filp"), "bpftrace-filp.html", True)]
+    assert main(["report", str(SAMPLES / "bpftrace-filp"), "--note", "after the fix",
+                 "--static"]) == 0
+    assert calls == [(str(SAMPLES / "bpftrace-filp"), "r.html", False, {}),
+                     (str(SAMPLES / "bpftrace-filp"), "bpftrace-filp.html", True, {}),
+                     (str(SAMPLES / "bpftrace-filp"), "bpftrace-filp.html", False,
+                      {"note": "after the fix", "interactive": False})]
     assert "report: r.html" in capsys.readouterr().out
     monkeypatch.undo()
     assert main(["report", str(tmp_path / "missing"), "-o", str(tmp_path / "x.html")]) == 2

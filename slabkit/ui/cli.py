@@ -91,12 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
                                        "slabkit run left behind")
     p.set_defaults(func=cmd_cleanup)
 
-    p = sub.add_parser("report", help="a self-contained HTML report of a capture "
-                                      "(notebook 02 executed for it)")
+    p = sub.add_parser("report", help="a self-contained HTML report of a capture, for "
+                                      "colleagues (findings, tables, plots, an interactive "
+                                      "flame graph, downloads)")
     p.add_argument("capture", help="capture folder or raw tracer output")
     p.add_argument("-o", "--output", default=None, metavar="HTML",
                    help="where to write it (default: <capture name>.html here)")
-    p.add_argument("--show-code", action="store_true", help="keep the code cells in the page")
+    p.add_argument("--note", default=None, metavar="TEXT",
+                   help="the purpose of the capture and the workload, shown under the title")
+    p.add_argument("--static", action="store_true",
+                   help="no scripts: the flame graph as a static image (a much smaller file)")
+    p.add_argument("--show-code", action="store_true",
+                   help="show the slabkit calls behind each section")
+    p.add_argument("--notebook", default=None, metavar="IPYNB",
+                   help="render this parameterised notebook (capture_path, interactive) "
+                        "instead of the report page")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("helper", help="slabkit's capture helper for normal users: install "
@@ -210,7 +219,14 @@ def cmd_report(args) -> int:
 
     from slabkit.ui.report import write_report
     out = args.output or f"{Path(args.capture).resolve().name}.html"
-    print(f"report: {write_report(args.capture, out, show_code=args.show_code)}")
+    extra = {}
+    if args.note is not None:
+        extra["note"] = args.note
+    if args.static:
+        extra["interactive"] = False
+    if args.notebook is not None:
+        extra["notebook"] = args.notebook
+    print(f"report: {write_report(args.capture, out, show_code=args.show_code, **extra)}")
     return 0
 
 

@@ -1,23 +1,27 @@
-"""Shareable reports: notebook 02 executed for one capture and saved as one HTML file.
+"""Shareable reports: one capture written up for colleagues as one self-contained HTML file.
 
-``write_report("data/captures/filp-...", "report.html")`` (``slabkit report CAPTURE -o
-report.html``) does what papermill would, with nbformat and nbclient only:
+``write_report("~/.local/share/slabkit/captures/filp-...", "report.html", note="...")``
+(``slabkit report CAPTURE -o report.html --note "..."``) renders the report page
+(:mod:`slabkit.ui.report_page`: title with cache, host, date and the headline number,
+findings, tables and plots with units, the interactive flame graph, the folded stacks and
+pprof profile to download, how it was captured). No kernel is started.
 
-1. read ``02-explore-a-capture.ipynb`` (shipped in ``slabkit/notebooks``; ``notebooks/`` of a
-   checkout links to the same files), insert a cell tagged ``injected-parameters`` after the
-   cell tagged ``parameters`` setting ``capture_path`` (absolute) and ``interactive = False``;
+Any other parameterised notebook can still be rendered as a report, papermill style, with
+nbformat, nbclient and nbconvert only (``write_report(..., notebook="mine.ipynb")``):
+
+1. insert a cell tagged ``injected-parameters`` after the cell tagged ``parameters``, setting
+   ``capture_path`` (absolute) and ``interactive = False``;
 2. execute it headless in a fresh kernel (a time limit per cell), in a temporary folder;
 3. export it with nbconvert's ``HTMLExporter`` (lab template): plots are inline PNG
    (``data:`` URIs), tables are HTML, the CSS is inlined, and the template's external scripts
    (require.js, MathJax, mermaid, the widget manager) are left out, so the file is
-   self-contained and reads in any browser with no kernel and no network.
+   self-contained and reads in any browser with no kernel and no network. Code cells are
+   hidden unless ``show_code``. A cell that fails raises
+   :class:`~slabkit.errors.SlabkitError` with the cell's number, its first line and the
+   error text.
 
-Code cells are hidden by default (``show_code=True`` keeps them): the report is for people
-reading the findings; each step is explained by the notebook's markdown, and the code is the
-notebook itself, named in the report's header, for anyone who wants to re-run it.
-
-A cell that fails raises :class:`~slabkit.errors.SlabkitError` with the cell's number, its
-first line and the error text.
+:func:`execute_notebook` and :func:`inject_parameters` are what the notebook tests and the
+widgets' "Open in notebook 02" use.
 """
 from __future__ import annotations
 
@@ -194,42 +198,66 @@ def to_html(nb: Any, *, show_code: bool = False) -> str:
 
 
 def write_report(capture_path: PathLike, out_html: PathLike, *, show_code: bool = False,
-                 notebook: PathLike | None = None, timeout_s: float = CELL_TIMEOUT_S) -> Path:
-    """Execute notebook 02 for ``capture_path`` and write it to ``out_html``; returns the path.
+                 notebook: PathLike | None = None, timeout_s: float = CELL_TIMEOUT_S,
+                 note: str | None = None, interactive: bool = True) -> Path:
+    """Write the report of ``capture_path`` to ``out_html``; returns the path.
 
     ``capture_path``: anything :func:`slabkit.load` reads (a capture folder, raw tracer
-    output). ``notebook``: another parameterised notebook to use instead. The page is
-    self-contained (plots inline); code cells are hidden unless ``show_code``.
+    output). ``note``: the analyst's words on the purpose and the workload, shown under the
+    title. ``interactive=False``: no scripts in the page (the flame graph as a static image;
+    ~0.2 MB instead of ~5 MB). ``show_code``: the slabkit calls behind each section.
+    ``notebook``: render that parameterised notebook instead (see the module docs).
 
-    >>> write_report("data/captures/filp-20261130-091812-vm", "filp.html")   # doctest: +SKIP
+    >>> write_report("captures/filp-20261130-091812-vm", "filp.html", note="after the fix")
+    ... # doctest: +SKIP
     PosixPath('filp.html')
     """
-    import nbformat
-
     from slabkit.capturing.load import load
 
     capture = Path(capture_path).resolve()
-    cap = load(capture)   # a clear CaptureNotFound/ParseError now, before starting a kernel
-    source = Path(notebook) if notebook is not None else notebook_path(REPORT_NOTEBOOK)
+    cap = load(capture)   # a clear CaptureNotFound/ParseError now, before any work
+    out = Path(out_html)
+    if notebook is not None:
+        page = _notebook_report(cap, capture, Path(notebook), show_code=show_code,
+                                timeout_s=timeout_s, note=note)
+    else:
+        from slabkit.ui.report_page import render_report
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page = render_report(cap, note=note, interactive=interactive, show_code=show_code,
+                             stem=capture.name if capture.is_dir() else capture.stem,
+                             out_dir=out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def _notebook_report(cap: Any, capture: Path, source: Path, *, show_code: bool,
+                     timeout_s: float, note: str | None) -> str:
+    """A parameterised notebook executed for ``capture`` and exported as one HTML page."""
+    import html as _html
+
+    import nbformat
+
+    from slabkit.analysis import present
     try:
         nb = nbformat.read(os.fspath(source), as_version=4)
     except (OSError, ValueError) as e:
         raise SlabkitError(f"cannot read notebook {source}: {e}") from None
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header = nbformat.v4.new_markdown_cell(
-        f"*slabkit report: capture `{capture}` ({cap.cache}, {cap.meta.get('backend', '?')}),"
-        f" made {stamp} by executing the notebook `{source.name}` of slabkit "
-        f"{_version()}; open that notebook in JupyterLab with `capture_path` set to this "
-        "capture to explore it interactively.*")
+    badge = present.sample_badge(cap)
+    lines = [f"# {_html.escape(present.subject(cap))}",
+             f"**{present.headline(cap)}**" + (f" ({badge})" if badge else ""),
+             f"*slabkit {_version()} report made {stamp} from `{capture}` with "
+             f"`{source.name}`.*"]
+    if note:
+        lines.append(f"> **Purpose and workload:** {_html.escape(note)}")
+    header = nbformat.v4.new_markdown_cell("\n\n".join(lines))
     header.metadata["tags"] = ["injected-header"]
     nb.cells.insert(0, header)
-    nb.metadata["title"] = f"slabkit report: {cap.cache}"
+    nb.metadata["title"] = f"slabkit report: {present.subject(cap)}"
     executed = execute_notebook(nb, {"capture_path": str(capture), "interactive": False},
                                 timeout_s=timeout_s, name=source.name)
-    out = Path(out_html)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(to_html(executed, show_code=show_code), encoding="utf-8")
-    return out
+    return to_html(executed, show_code=show_code)
 
 
 def _version() -> str:
