@@ -8,16 +8,16 @@ The public API (stable; see README "Python API" and ``slabkit.model.schema`` for
     cap = slabkit.capture("filp", seconds=10, backend="auto", mode="allocs",
                           pid=None, comm=None, target=None, options=Options(), out=None)
     cap = slabkit.load(path)                 # a capture folder, folders/globs, or raw output
-    slabkit.list_captures()
+    slabkit.list_captures(); slabkit.capture_dir()   # where captures go (the user's own)
     slabkit.by_process(cap), by_module, by_frame, top_stacks, callers, callees, matrix,
-    diff(a, b), kmalloc_waste(cap, by="callsite"), kmalloc_waste_total(cap),
+    diff(a, b), diff_warnings(a, b), kmalloc_waste(cap, by="callsite"), kmalloc_waste_total(cap),
     to_folded(cap), to_pprof(cap, "out.pb.gz")
     slabkit.summarize(cap)                   # what `slabkit show` prints, as data
     slabkit.readable(df)                     # any pivot as a table with units (a Styler)
     flame_tree(cap), flame_diff(a, b)        # flame graph trees; widgets.FlameGraph draws them
     slabkit.sample_path("bpftrace-filp")     # a sample capture shipped with slabkit
     slabkit.plot_top_processes(cap), plot_top_callsites, plot_process_module_heatmap,
-    plot_flame, plot_slab_growth, plot_kmalloc_waste
+    plot_flame, plot_slab_growth, plot_kmalloc_waste, plot_diff
 
 Imports are lazy so ``import slabkit`` is quick and matplotlib loads only when plotting.
 """
@@ -41,6 +41,7 @@ _EXPORTS = {
     "write_folded": "analysis", "to_pprof": "analysis",
     "summarize": "ui.summary",
     "flame_tree": "analysis", "flame_diff": "analysis", "readable": "analysis.present",
+    "diff_warnings": "analysis", "plot_diff": "plots", "capture_dir": "capturing.store",
     "sample_path": "samples", "sample_names": "samples",
     "plot_top_processes": "plots", "plot_top_callsites": "plots",
     "plot_process_module_heatmap": "plots", "plot_flame": "plots", "plot_slab_growth": "plots",

@@ -285,8 +285,43 @@ def plot_slab_growth(series: pd.DataFrame | Capture, *, names: Sequence[str] | N
     return ax
 
 
+def plot_diff(diff: pd.DataFrame, *, n: int = 10, title: str = "",
+              ax: Axes | None = None) -> Axes:
+    """Horizontal bars of how the rate changed per key, from :func:`slabkit.diff`: the ``n``
+    biggest changes, red for more allocations per second after, blue for fewer, each
+    labelled with its change and its ratio (``+1,204/s, ×1.24``; ``new``, ``gone``); no
+    legend over the bars (the colours are said in the axis label)."""
+    ax = _ax(ax)
+    missing = [c for c in ("delta_per_s", "ratio") if c not in diff.columns]
+    if missing:
+        raise InvalidInput(f"expected a table from slabkit.diff (it lacks {missing})")
+    d = diff.head(n)
+    if d.empty:
+        return _empty(ax, title, "nothing to compare")
+    key = diff.index.name or "key"
+    labels = [str(k) if len(str(k)) <= 60 else str(k)[:59] + "…" for k in d.index]
+    values = d["delta_per_s"].astype("float64").to_numpy()
+    colors = [sns.color_palette()[3] if v > 0 else sns.color_palette()[0] for v in values]
+    ys = list(range(len(values)))
+    bars = ax.barh(ys, values, color=colors, height=0.7)
+    ax.set_yticks(ys, labels)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.bar_label(bars, padding=3, fontsize="small",
+                 labels=[f"{present.change_text(v)}, {present.ratio_text(r)}"
+                         for v, r in zip(values, d["ratio"])])
+    ax.margins(x=0.25)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: present.change_text(v, "")))
+    ax.set_xlabel("change in allocations per second, after - before (red: more, blue: fewer)")
+    ax.set_ylabel({"comm": "process (comm)", "callsite": "call site",
+                   "module": "module", "stack": "stack"}.get(key, key))
+    ax.set_title(title)
+    return ax
+
+
 __all__ = [
     "plot_bars",
+    "plot_diff",
     "plot_flame",
     "plot_kmalloc_waste",
     "plot_process_module_heatmap",

@@ -20,6 +20,7 @@ from conftest import SAMPLES, require_tool, skip_or_fail
 from report_tables import assert_frame_in_report, html_tables, page_text
 
 import slabkit
+from slabkit.analysis import present
 from slabkit.errors import CaptureNotFound, SlabkitError
 from slabkit.ui import report
 
@@ -106,7 +107,7 @@ def test_committed_without_outputs(name):
 
 
 @pytest.mark.parametrize("name, names", [
-    ("01-pick-and-capture.ipynb", {"cache", "seconds"}),
+    ("01-pick-and-capture.ipynb", {"cache", "seconds", "capture_now"}),
     ("02-explore-a-capture.ipynb", {"capture_path", "top_n", "interactive"}),
     ("03-compare-captures.ipynb", {"before_path", "after_path", "top_n"}),
 ])
@@ -146,9 +147,13 @@ def test_02_explores_each_sample(sample, tmp_path):
     nb = _run(NAMES[1], {"capture_path": str(sample)}, tmp_path)
     cap = slabkit.load(sample)
     text = _text(nb)
-    assert repr(cap) in text
+    assert f"{int(cap.allocs['count'].sum()):,} allocations" in text   # the summary
+    assert "sample, recorded on" in text and "slabkit-badge" in text   # it says it is a sample
+    assert "&lt;Capture" not in text and "<Capture " not in text
     top = slabkit.by_process(cap).index[0]
     assert f">{top}<" in text                           # the by-process table
+    share = slabkit.by_process(cap)["share"].iloc[0]
+    assert f">{present.share_text(share)}<" in text     # 66.4%, not 0.664
     # process, heatmap, call sites, flame; more for outstanding and slabinfo series
     assert _images(nb) >= 4 + (cap.outstanding is not None) + (cap.slabinfo is not None)
     if cap.outstanding is not None:
@@ -158,7 +163,7 @@ def test_02_explores_each_sample(sample, tmp_path):
         assert "has no outstanding-objects table" in text
     if cap.slabinfo is None:
         assert "has no slabinfo series" in text
-    assert _widgets(nb) == 1                            # the explorer (interactive=True)
+    assert _widgets(nb) == 2                            # flame graph and explorer
     assert not list(tmp_path.glob("*.png"))             # nothing written next to it
 
 
@@ -172,7 +177,7 @@ def test_02_on_a_capture_that_saw_nothing(tmp_path):
     store.save(tmp_path / "idle", cap)
     nb = _run(NAMES[1], {"capture_path": str(tmp_path / "idle")}, tmp_path)
     text = _text(nb)
-    assert "0 allocs" in text and "0 lines; the first ones" in text
+    assert "0 allocations" in text and "0 lines; the first ones" in text
     assert _images(nb) >= 4                             # each plot says it has nothing to show
 
 
@@ -180,7 +185,10 @@ def test_02_default_parameters_run_from_any_folder(tmp_path):
     """The default capture_path (None) is a sample shipped in the package: found from any
     working folder."""
     nb = _run(NAMES[1], None, tmp_path)
-    assert repr(slabkit.load(SAMPLES / "bpftrace-filp-outstanding")) in _text(nb)
+    cap = slabkit.load(SAMPLES / "bpftrace-filp-outstanding")
+    text = _text(nb)
+    assert f"{int(cap.allocs['count'].sum()):,} allocations" in text
+    assert "sample, recorded on vm, 2026-11-30" in text
 
 
 def test_03_compares_two_captures(tmp_path):
@@ -189,8 +197,12 @@ def test_03_compares_two_captures(tmp_path):
     after = slabkit.load(SAMPLES / "bpftrace-filp-outstanding")
     d = slabkit.diff(before, after)
     text = _text(nb)
-    assert f">{d.index[0]}<" in text and "delta_per_s" in text
-    assert _images(nb) == 2                             # change per process, per call site
+    assert f">{d.index[0]}<" in text and "change per second" in text
+    assert "a_count" not in text and ">×1.24<" in text  # columns and ratios that read
+    assert "too short to compare reliably" in text      # two 1.5 s samples
+    assert text.count("sample, recorded on vm") >= 2    # both are samples, and say so
+    assert _widgets(nb) == 1                            # the difference flame graph
+    assert _images(nb) == 3                             # per process, per call site; flame
 
 
 def _as_nobody(cmd: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
@@ -250,9 +262,10 @@ def test_01_without_root_uses_a_sample():
     finally:
         shutil.rmtree(shared, ignore_errors=True)
     text = _text(nb)
-    assert "No live capture on this machine" in text and "needs root" in text
-    assert "The cache table needs root" in text
-    assert "loaded the sample capture" in text and "bpftrace-filp" in text
+    assert "No capture can run on this machine" in text
+    assert "No cache table" in text and "root" in text
+    assert "Not capturing here" in text
+    assert "sample, recorded on vm" in text             # the explorer's capture: a sample
     assert _widgets(nb) == 3                            # picker, runner, explorer
     assert not (shared / "captures").exists()
 
@@ -264,7 +277,7 @@ def test_01_without_root_uses_a_sample():
 @pytest.mark.live
 def test_01_captures_live(live, tmp_path, capture_dir):
     require_tool("bpftrace")
-    nb = _run(NAMES[0], {"seconds": 2}, tmp_path)
+    nb = _run(NAMES[0], {"seconds": 2, "capture_now": True}, tmp_path)
     text = _text(nb)
     assert "Capturing works here: 'filp' would be traced with" in text
     folders = [p.parent for p in capture_dir.glob("*/meta.json")]
@@ -273,6 +286,17 @@ def test_01_captures_live(live, tmp_path, capture_dir):
     assert meta["cache"] == "filp" and meta["status"] == "complete"
     assert 1.5 < meta["duration_s"] < 10
     assert f"captured {meta['total_allocs']:,} allocations from 'filp'" in text
+    assert _widgets(nb) == 3
+
+
+@pytest.mark.live
+def test_01_run_all_starts_no_capture(live, tmp_path, capture_dir):
+    """Run All as root, where capturing works: the widgets say it can, but nothing is
+    captured until Start is pressed."""
+    nb = _run(NAMES[0], None, tmp_path)
+    text = _text(nb)
+    assert "Capturing works here" in text and "Not capturing here" in text
+    assert not capture_dir.exists() or not any(capture_dir.iterdir())
     assert _widgets(nb) == 3
 
 

@@ -19,6 +19,7 @@ from slabkit.analysis.pivots import (
     callees,
     callers,
     diff,
+    diff_warnings,
     matrix,
     stack_text,
     top_stacks,
@@ -27,7 +28,7 @@ from slabkit.analysis.waste import kmalloc_waste, kmalloc_waste_total
 from slabkit.model.vocabulary import ALLOCATOR_FUNCTIONS, is_allocator
 
 __all__ = ["ALLOCATOR_FUNCTIONS", "ALLOCATOR_ONLY", "NO_STACK", "UNKNOWN", "CaptureLike",
-           "by_frame", "by_module", "by_process", "callees", "callers", "diff", "flame_diff",
+           "by_frame", "by_module", "by_process", "callees", "callers", "diff", "diff_warnings", "flame_diff",
            "flame_tree", "icicle",
            "is_allocator", "kmalloc_waste", "kmalloc_waste_total", "matrix", "pprof_profile",
            "stack_text", "to_folded", "to_pprof", "top_stacks", "write_folded"]

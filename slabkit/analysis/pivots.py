@@ -683,3 +683,44 @@ def _comm_codes(allocs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     cleaned = np.array([_clean_comm(c) for c in uniq], dtype=object)
     names, inverse = np.unique(cleaned.astype(str), return_inverse=True)
     return inverse[np.asarray(codes, np.int64)].astype(np.int64), names.astype(object)
+
+
+#: captures shorter than this compare poorly: rates of all but the busiest keys swing by chance
+MIN_COMPARE_SECONDS = 5.0
+#: nor do captures with fewer allocations than this
+MIN_COMPARE_ALLOCS = 1000
+
+
+def diff_warnings(a: Capture, b: Capture, *, min_seconds: float = MIN_COMPARE_SECONDS,
+                  min_allocs: int = MIN_COMPARE_ALLOCS) -> list[str]:
+    """Why :func:`diff` of ``a`` and ``b`` may mislead, one sentence each (empty: none):
+    different caches, a capture without a duration, captures too short or too small to tell
+    a change from chance (a key seen ``n`` times has a rate uncertain by about ``sqrt(n)``
+    counts), different hosts or kernels."""
+    out = []
+    metas = [_unpack(a)[2], _unpack(b)[2]]
+    caches = [m.get("cache") for m in metas]
+    if caches[0] != caches[1]:
+        out.append(f"these capture different caches ({caches[0]} and {caches[1]}): the "
+                   "comparison mixes two things")
+    durations = [_duration(m) for m in metas]
+    if None in durations:
+        out.append("a capture has no duration: rates per second cannot be compared")
+    short = [d for d in durations if d is not None and d < min_seconds]
+    if short:
+        out.append(f"captures of {' and '.join(f'{d:.1f} s' for d in durations if d)} are "
+                   f"too short to compare reliably (under {min_seconds:g} s): rates of all but "
+                   "the busiest processes and paths swing by chance; capture 30 s or more of "
+                   "each")
+    totals = [int(c.allocs["count"].sum()) if len(c.allocs) else 0 for c in (a, b)]
+    if min(totals) < min_allocs:
+        out.append(f"{min(totals):,} allocations in the smaller capture: too few to tell most "
+                   f"changes from chance (want {min_allocs:,} or more)")
+    hosts = [m.get("host") for m in metas]
+    if hosts[0] != hosts[1] and all(hosts):
+        out.append(f"the captures come from different hosts ({hosts[0]} and {hosts[1]})")
+    kernels = [m.get("kernel_release") for m in metas]
+    if kernels[0] != kernels[1] and all(kernels):
+        out.append(f"the kernels differ ({kernels[0]} and {kernels[1]}): function names and "
+                   "stacks may differ for that reason alone")
+    return out

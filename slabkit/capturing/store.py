@@ -62,6 +62,10 @@ def default_base() -> Path:
     return Path.home() / ".local" / "share" / "slabkit" / "captures"
 
 
+#: the public name: ``slabkit.capture_dir()``
+capture_dir = default_base
+
+
 def _sudo_user_home() -> Path | None:
     """The home of the user who ran sudo, when this is root started through sudo by another
     user; else None."""

@@ -6,9 +6,10 @@ exact, what the tracer lost, the notes) and the top processes, call sites and st
 pivots. It is rendered three ways:
 
 - plain text, :meth:`Summary.to_text`: ``slabkit capture``, ``slabkit show`` and the demo;
-- HTML, :func:`slabkit.ui.widgets.runner.summary_html`: the capture runner widget;
-- a table, :meth:`Summary.to_frame` and :meth:`Summary.messages`: "The capture" in the report
-  notebook (``02-explore-a-capture.ipynb``), whose later sections pivot the capture further.
+- HTML, :func:`slabkit.ui.widgets.runner.summary_html`: the capture runner widget, and the
+  summary shown in a notebook (``Summary._repr_html_``);
+- a table, :meth:`Summary.to_frame` and :meth:`Summary.messages`: "The capture" in notebook
+  02; the report page (:mod:`slabkit.ui.report_page`) writes its findings from it.
 """
 from __future__ import annotations
 
@@ -125,6 +126,13 @@ class Summary:
         if self.stack_samples_lost:
             line += f"; {self.stack_samples_lost} stack samples not recorded"
         return line
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the headline, the sample badge, how it ended, whether counts are
+        exact, and the top processes, call sites and stacks (the capture runner's view)."""
+        from slabkit.ui.widgets.runner import summary_html
+        from slabkit.ui.widgets.html import CSS
+        return CSS + summary_html(self)
 
     def to_text(self, *, width: int = 160) -> str:
         """The summary as the command line prints it."""
