@@ -208,6 +208,77 @@ def test_explorer_on_a_capture_without_allocations(sample):
         assert ex.chart.value[:4] == b"\x89PNG" and not _bars(ex.ax)
 
 
+def test_explorer_shows_your_newest_capture_else_a_badged_sample(tmp_path, monkeypatch):
+    import shutil
+    monkeypatch.setenv("SLABKIT_CAPTURE_DIR", str(tmp_path / "captures"))
+    ex = PivotExplorer()
+    assert present.sample_badge(ex.capture) == "sample, recorded on vm, 2026-11-30"
+    assert "slabkit-badge" in ex.header.value and "sample, recorded on vm" in ex.header.value
+    assert "stopped on request" in ex.header.value          # not read as a fault
+    samples = [v for label, v in ex.chooser.options if label.startswith("sample ")]
+    assert len(samples) == len(slabkit.sample_names())
+    shutil.copytree(SAMPLES / "perf-filp", tmp_path / "captures" / "filp-old")
+    shutil.copytree(SAMPLES / "ftrace-filp", tmp_path / "captures" / "filp-new")
+    ex = PivotExplorer()
+    assert ex.capture.path == tmp_path / "captures" / "filp-new"   # the newest (its start)
+    assert "slabkit-badge" not in ex.header.value
+    assert ex.header.value.count("filp on vm") == 1
+    assert ex.actions.path_box.value == str(tmp_path / "captures" / "filp-new")
+    ex.chooser.value = str(tmp_path / "captures" / "filp-old")      # choose another
+    assert ex.capture.meta["backend"] == "perf"
+    pd.testing.assert_frame_equal(ex.frame, slabkit.by_process(ex.capture).head(10))
+
+
+def test_explorer_follows_a_runner(sample):
+    """A capture that ends in the runner shows in the explorer at once."""
+    import traitlets
+
+    class Runner(traitlets.HasTraits):       # what the explorer needs of a CaptureRunner
+        status = traitlets.Unicode("idle")
+        result = None
+
+    runner = Runner()
+    first = slabkit.load(SAMPLES / "perf-filp")
+    ex = PivotExplorer(first, follow=runner)
+    runner.status = "running"
+    assert ex.capture is first
+    runner.result = sample
+    runner.status = "interrupted"
+    assert ex.capture is sample and ex.source.layout.display != "none"
+    pd.testing.assert_frame_equal(ex.frame, slabkit.by_process(sample).head(10))
+
+
+def test_actions_open_in_notebook_02_and_make_a_report(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    import nbformat
+    folder = tmp_path / "captures" / "filp-20261130-vm"
+    shutil.copytree(SAMPLES / "bpftrace-filp", folder)
+    monkeypatch.chdir(tmp_path)
+    ex = PivotExplorer(slabkit.load(folder))
+    actions = ex.actions
+    assert actions.path_box.value == str(folder) and not actions.open_button.disabled
+    actions.open_button.click()
+    nb_path = tmp_path / "analyses" / "02-explore-filp-20261130-vm.ipynb"
+    assert actions.notebook == nb_path and nb_path.is_file()
+    nb = nbformat.read(nb_path, as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert f"capture_path = {str(folder)!r}" in injected[0].source
+    links = json.dumps(actions.links.outputs)
+    assert 'href=\\"analyses/02-explore-filp-20261130-vm.ipynb\\"' in links
+    actions.report_button.click()
+    assert actions.wait(120) and actions.error is None, actions.status.value
+    report = tmp_path / "analyses" / "filp-20261130-vm.html"
+    assert actions.report == report
+    assert "<title>slabkit report: filp on vm, 2026-11-30</title>" in report.read_text()
+    assert 'href=\\"analyses/filp-20261130-vm.html\\"' in json.dumps(actions.links.outputs)
+    unsaved = slabkit.Capture(allocs=ex.capture.allocs, frames=ex.capture.frames,
+                              meta=dict(ex.capture.meta))
+    ex.show(unsaved)                          # nothing saved: nothing to open or report
+    assert actions.open_button.disabled and actions.report_button.disabled
+
+
 # --------------------------------------------------------------------------------------------
 # capture runner: errors without a tracer run
 
@@ -299,6 +370,7 @@ def runner_base(live, tmp_path):
 def test_runner_captures_and_summarises(runner_base):
     picker = CachePicker()
     runner = CaptureRunner(picker=picker, seconds=2, base=runner_base, check_backends=False)
+    explorer = PivotExplorer(slabkit.load(SAMPLES / "perf-filp"), follow=runner)
     picker.value = "filp"
     assert runner.cache.value == "filp"       # the runner follows the picker
     seen = []
@@ -320,6 +392,9 @@ def test_runner_captures_and_summarises(runner_base):
     for comm, count in top["count"].items():
         assert f">{comm}<" in runner.summary.value and f">{int(count):,}<" in runner.summary.value
     assert not runner.start_button.disabled and runner.stop_button.disabled
+    assert explorer.capture is cap                      # it flowed into the explorer
+    assert explorer.actions.path_box.value == str(cap.path)
+    assert "slabkit-badge" not in explorer.header.value
 
 
 def test_runner_stop_keeps_what_was_captured(runner_base):

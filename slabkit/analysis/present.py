@@ -285,14 +285,17 @@ def status_text(cap: Any) -> str:
     return str(status or "unknown")
 
 
-def headline(cap: Any, total_allocs: Any = None) -> str:
-    """``"35,340 allocations from filp on vm in 1.7 s (20,369/s)"``."""
+def headline(cap: Any, total_allocs: Any = None, *, subject_too: bool = True) -> str:
+    """``"35,340 allocations from filp on vm in 1.7 s (20,369/s)"`` (without ``from ...``
+    when ``subject_too`` is False: a title says it already)."""
     meta = _meta(cap)
     total = total_allocs if total_allocs is not None else meta.get("total_allocs")
     if total is None and hasattr(cap, "allocs"):
         total = int(cap.allocs["count"].sum()) if len(cap.allocs) else 0
     took = meta.get("duration_s")
-    text = f"{count_text(total)} allocations from {subject(meta)}"
+    text = f"{count_text(total)} allocations"
+    if subject_too:
+        text += f" from {subject(meta)}"
     if not _missing(took) and float(took) > 0:
         text += f" in {seconds_text(took)} ({rate_text(float(total or 0) / float(took))})"
     return text

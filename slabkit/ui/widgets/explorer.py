@@ -260,7 +260,7 @@ def header_html(cap) -> str:
     """What capture the explorer shows: ``filp on vm``, its size and how it ended, and the
     sample badge for sample data."""
     meta = cap.meta
-    bits = [present.headline(cap)]
+    bits = [present.headline(cap, subject_too=False)]
     if meta.get("backend"):
         bits.append(f"via {meta['backend']}")
     if meta.get("start"):

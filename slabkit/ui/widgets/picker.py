@@ -198,7 +198,8 @@ class CachePicker(W.VBox):
 
     def _on_sort(self, change) -> None:
         if change["new"] == "growth" and self.growth is None:
-            self.measure_growth()
+            self.measure_growth()    # renders when it has measured (rendering here too
+            return                   # could finish last and undo its order)
         self._render()
 
     def _on_select(self, change) -> None:

@@ -243,6 +243,7 @@ class CaptureRunner(W.VBox):
             self.status_label.value = f"running: {done:.1f} of {total:g} s"
 
     def _run(self, cache: str, seconds: float, backend: str, mode: str, pid, comm) -> None:
+        ended = ("failed", "failed")
         try:
             prep = slabkit.prepare(cache, backend=backend, mode=mode, pid=pid, comm=comm)
             self.prepared = prep
@@ -254,7 +255,6 @@ class CaptureRunner(W.VBox):
             self.error = e
             self.progress.bar_style = "danger"
             self.summary.value = error_html(e)
-            self._set_status("failed", "failed")
         else:
             self.result = cap
             status = str(cap.meta.get("status") or "complete")
@@ -265,10 +265,13 @@ class CaptureRunner(W.VBox):
             self.messages.value += tracer_html(summary,
                                               shown=prep.plan.notes_for(prep.backend.name))
             self.summary.value = summary_html(summary)
-            self._set_status(status, f"{status} ({cap.duration_s:.1f} s)")
+            ended = (status, f"{status} ({cap.duration_s:.1f} s)")
         finally:
             self.start_button.disabled = self.blocked is not None and self._check_backends
             self.stop_button.disabled = True
+            # last: whoever observes the status (an explorer that follows this runner)
+            # finds the runner ready for the next capture
+            self._set_status(*ended)
 
 
 def slabkit_backends() -> list[str]:
