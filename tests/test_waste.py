@@ -18,6 +18,7 @@ import pytest
 from conftest import FIXTURES, require_bpf, require_tool
 
 import slabkit
+from slabkit.analysis import present
 from slabkit.backends.ftrace.parse import parse_output as parse_ftrace
 from slabkit.backends.perf import parse_output as parse_perf
 from slabkit.model.tables import Capture
@@ -147,8 +148,8 @@ def test_plot_waste_by_callsite_and_process(tmp_path, ax):
     assert [b.get_width() for b in ax.patches] == [alloc - req]
     assert [t.get_text() for t in ax.get_yticklabels()] == [site]
     assert f"{(alloc - req) / alloc:.1%}" in [t.get_text() for t in ax.texts]
-    assert f"{(alloc - req) / 1024:.1f} KiB wasted" in ax.get_title()
-    assert "'kmalloc-64' by call site" in ax.get_title() and "bytes allocated" in ax.get_title()
+    assert f"{present.bytes_text(alloc - req)} wasted" in ax.get_title()   # 1.56 KiB
+    assert "kmalloc-64 by call site" in ax.get_title() and "bytes allocated" in ax.get_title()
     ax.clear()
     slabkit.plot_kmalloc_waste(cap, by="comm", ax=ax)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["slabwork"]

@@ -6,13 +6,15 @@ exact, what the tracer lost, the notes) and the top processes, call sites and st
 pivots. It is rendered three ways:
 
 - plain text, :meth:`Summary.to_text`: ``slabkit capture``, ``slabkit show`` and the demo;
-- HTML, :func:`slabkit.ui.widgets.runner.summary_html`: the capture runner widget, and the
+- HTML, :func:`summary_html`: the capture runner widget, and the
   summary shown in a notebook (``Summary._repr_html_``);
 - a table, :meth:`Summary.to_frame` and :meth:`Summary.messages`: "The capture" in notebook
   02; the report page (:mod:`slabkit.ui.report_page`) writes its findings from it.
 """
 from __future__ import annotations
 
+import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import pandas as pd
 from slabkit import analysis
 from slabkit.analysis import present
 from slabkit.model.tables import Capture
+from slabkit.ui.html import badge_html, frame_html
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,7 @@ class Summary:
     def _repr_html_(self) -> str:
         """In a notebook: the headline, the sample badge, how it ended, whether counts are
         exact, and the top processes, call sites and stacks (the capture runner's view)."""
-        from slabkit.ui.widgets.runner import summary_html
-        from slabkit.ui.widgets.html import CSS
+        from slabkit.ui.html import CSS
         return CSS + summary_html(self)
 
     def to_text(self, *, width: int = 160) -> str:
@@ -197,3 +199,44 @@ def summarize(cap: Capture, *, top: int = 10, stacks: int | None = None) -> Summ
         if has_frames else None,
         sample=present.sample_badge(cap), ended=present.status_text(cap),
     )
+
+
+def tracer_html(summary: Summary, shown: Sequence[str] = ()) -> str:
+    """The tracer's side of a :class:`~slabkit.ui.summary.Summary` as HTML: losses, notes
+    (less those in ``shown``, already on screen) and the tracer's stderr."""
+    parts = []
+    if summary.lost_total:
+        parts.append(f'<div class="slabkit-error">the tracer reported {summary.lost_total} '
+                     f"lost events: {html.escape(str(summary.losses))}</div>")
+    for note in summary.notes:
+        if note in shown:
+            continue
+        parts.append(f'<div class="slabkit-note">note: {html.escape(note)}</div>')
+    if summary.tracer_messages:
+        parts.append(f"<details><summary>tracer messages</summary><pre>"
+                     f"{html.escape(summary.tracer_messages[-3000:])}</pre></details>")
+    return "".join(parts)
+
+
+def summary_html(summary: Summary) -> str:
+    """A :class:`~slabkit.ui.summary.Summary` as HTML: the headline, whether counts are
+    exact, and the top processes, call sites and stacks as tables."""
+    head = (f"<b>{html.escape(summary.cache)}</b>: {summary.total_allocs:,} allocations "
+            f"in {summary.duration_s or 0.0:.1f} s via {html.escape(str(summary.backend))} "
+            f"({html.escape(str(summary.status))}); saved in "
+            f"<code>{html.escape(str(summary.path))}</code>{badge_html(summary.sample)}")
+    if summary.status == "interrupted" and summary.ended:
+        head += f'<div class="slabkit-note">{html.escape(summary.ended)}</div>'
+    counts = summary.counts_line()
+    if counts is not None:
+        head += f'<div class="slabkit-note">{html.escape(counts)}</div>'
+    if summary.top_processes.empty:
+        return head + '<div class="slabkit-note">no allocations were seen</div>'
+    parts = [head, "<b>top processes</b>", frame_html(summary.top_processes)]
+    if summary.top_callsites is not None:
+        parts += ["<b>top call sites</b>", frame_html(summary.top_callsites)]
+    if summary.top_stacks is not None and len(summary.top_stacks):
+        stacks = summary.top_stacks[["count", "share", "callsite", "stack"]]
+        parts += ["<b>top stacks</b> (innermost first)",
+                  frame_html(stacks, text_columns=("callsite",), stack_columns=("stack",))]
+    return '<div class="slabkit-table">' + "".join(f"<div>{p}</div>" for p in parts) + "</div>"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import threading
-from collections.abc import Sequence
 from typing import Any
 
 import ipywidgets as W
@@ -12,8 +11,8 @@ import traitlets
 
 import slabkit
 from slabkit.errors import SlabkitError
-from slabkit.ui.summary import Summary, summarize
-from slabkit.ui.widgets.html import badge_html, error_html, frame_html, style
+from slabkit.ui.summary import summarize, summary_html, tracer_html
+from slabkit.ui.widgets.html import error_html, style
 from slabkit.ui.widgets.picker import CachePicker
 
 # --------------------------------------------------------------------------------------------
@@ -289,44 +288,3 @@ def _plan_html(prep) -> str:
     program = prep.program.text or " ".join(prep.program.argv)
     return ('<div class="slabkit-note">' + "<br>".join(lines) + "</div>"
             f"<details><summary>program</summary><pre>{html.escape(program)}</pre></details>")
-
-
-def tracer_html(summary: Summary, shown: Sequence[str] = ()) -> str:
-    """The tracer's side of a :class:`~slabkit.ui.summary.Summary` as HTML: losses, notes
-    (less those in ``shown``, already on screen) and the tracer's stderr."""
-    parts = []
-    if summary.lost_total:
-        parts.append(f'<div class="slabkit-error">the tracer reported {summary.lost_total} '
-                     f"lost events: {html.escape(str(summary.losses))}</div>")
-    for note in summary.notes:
-        if note in shown:
-            continue
-        parts.append(f'<div class="slabkit-note">note: {html.escape(note)}</div>')
-    if summary.tracer_messages:
-        parts.append(f"<details><summary>tracer messages</summary><pre>"
-                     f"{html.escape(summary.tracer_messages[-3000:])}</pre></details>")
-    return "".join(parts)
-
-
-def summary_html(summary: Summary) -> str:
-    """A :class:`~slabkit.ui.summary.Summary` as HTML: the headline, whether counts are
-    exact, and the top processes, call sites and stacks as tables."""
-    head = (f"<b>{html.escape(summary.cache)}</b>: {summary.total_allocs:,} allocations "
-            f"in {summary.duration_s or 0.0:.1f} s via {html.escape(str(summary.backend))} "
-            f"({html.escape(str(summary.status))}); saved in "
-            f"<code>{html.escape(str(summary.path))}</code>{badge_html(summary.sample)}")
-    if summary.status == "interrupted" and summary.ended:
-        head += f'<div class="slabkit-note">{html.escape(summary.ended)}</div>'
-    counts = summary.counts_line()
-    if counts is not None:
-        head += f'<div class="slabkit-note">{html.escape(counts)}</div>'
-    if summary.top_processes.empty:
-        return head + '<div class="slabkit-note">no allocations were seen</div>'
-    parts = [head, "<b>top processes</b>", frame_html(summary.top_processes)]
-    if summary.top_callsites is not None:
-        parts += ["<b>top call sites</b>", frame_html(summary.top_callsites)]
-    if summary.top_stacks is not None and len(summary.top_stacks):
-        stacks = summary.top_stacks[["count", "share", "callsite", "stack"]]
-        parts += ["<b>top stacks</b> (innermost first)",
-                  frame_html(stacks, text_columns=("callsite",), stack_columns=("stack",))]
-    return '<div class="slabkit-table">' + "".join(f"<div>{p}</div>" for p in parts) + "</div>"
