@@ -69,12 +69,24 @@ def _shown(value, cell: str, formats: dict, column: str) -> bool:
     return cell == str(value)
 
 
+def _readable(value, cell: str, column: str) -> bool:
+    """Whether ``cell`` is how slabkit's formatting layer writes ``value`` of ``column``."""
+    from slabkit.analysis import present
+    return cell == present.cell_text(str(column), value)
+
+
 def assert_frame_in_report(df: pd.DataFrame, tables: list[list[list[str]]], *,
-                           formats: dict | None = None) -> None:
+                           formats: dict | None = None, readable: bool = False) -> None:
     """Some table of the report shows ``df`` whole: its columns, and each row's index and
-    every value in order. ``formats``: column -> format string (a Styler's ``format``)."""
+    every value in order. ``formats``: column -> format string (a Styler's ``format``).
+    ``readable``: the table is ``slabkit.readable(df)``: columns named with their units and
+    values written by the formatting layer (``35,340``, ``66.4%``, ``4.03 MiB``)."""
     formats = formats or {}
-    header = ["", *map(str, df.columns)]
+    if readable:
+        from slabkit.analysis import present
+        header = ["", *(present.column_label(c) for c in df.columns)]
+    else:
+        header = ["", *map(str, df.columns)]
     want = [[str(i), *map(str, row)] for i, row in zip(df.index, df.itertuples(index=False))]
     for table in tables:
         if not table or table[0] != header:
@@ -82,8 +94,10 @@ def assert_frame_in_report(df: pd.DataFrame, tables: list[list[list[str]]], *,
         rows = [r for r in table[1:] if any(r[1:])]          # not the index-name row
         if len(rows) != len(df):
             continue
+        shown = (lambda v, c, col: _readable(v, c, col)) if readable else \
+            (lambda v, c, col: _shown(v, c, formats, col))
         ok = all(r[0] == str(i) and len(r) == len(header) and all(
-            _shown(v, c, formats, col) for v, c, col in zip(row, r[1:], df.columns))
+            shown(v, c, col) for v, c, col in zip(row, r[1:], df.columns))
             for r, i, row in zip(rows, df.index, df.itertuples(index=False)))
         if ok:
             return

@@ -9,7 +9,7 @@ import pwd
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES
+from conftest import SAMPLES, skip_or_fail
 from users import as_user, python, throwaway_user
 
 from slabkit.capturing import store
@@ -60,10 +60,11 @@ def test_list_shows_the_default_folder_and_the_old_one(clean_env, tmp_path, caps
     assert "filp-new" in out and "filp-old" in out
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="sudo's case: root started by another user")
 def test_through_sudo_the_captures_are_the_invoking_users(clean_env, tmp_path):
     """`sudo make demo`/`sudo slabkit capture`: root saves into SUDO_USER's own folder, hands
     it over, and `slabkit list` run as that user sees it."""
+    if os.geteuid() != 0:
+        skip_or_fail("needs root: sudo's case is root started by another user")
     with throwaway_user() as name:
         entry = pwd.getpwnam(name)
         clean_env.setenv("SUDO_USER", name)

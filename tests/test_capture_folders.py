@@ -1,7 +1,7 @@
 """Root never writes (or reads) through another user's symlinks (issue 18, item 1).
 
-As root, in a tree a throwaway user owns (``tests/users.py``), as ``sudo make demo`` in a user's
-checkout does: an empty ``-o DIR`` of the user is refused; symlinks the user planted under
+As root, in a tree a throwaway user owns (``tests/users.py``), as ``sudo make demo`` run by a
+user does (captures go to the user's own ``~/.local/share/slabkit/captures``): an empty ``-o DIR`` of the user is refused; symlinks the user planted under
 every name a capture writes, at the capture folder's own name, at the base folder or a folder
 above it, never make root write outside (a root-only canary stays unchanged) and the capture
 ends up the user's; a user's link into their own folder is followed; rebuilding or showing a
@@ -66,9 +66,19 @@ def snapshot(folder: Path) -> dict[str, tuple]:
     return out
 
 
-def slabkit_as_root(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+#: where a capture run through sudo goes by default: the invoking user's own folder
+BASE = Path(".local/share/slabkit/captures")
+
+
+def slabkit_as_root(*args: str, cwd: Path, timeout: float = 300,
+                    sudo_user: str | None = None) -> subprocess.CompletedProcess:
+    """slabkit run as root; ``sudo_user``: as ``sudo`` run by that user starts it (SUDO_USER
+    and SUDO_UID set, as for ``sudo make demo``)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("SLABKIT_CAPTURE_DIR", None)
+    if sudo_user is not None:
+        import pwd
+        env.update(SUDO_USER=sudo_user, SUDO_UID=str(pwd.getpwnam(sudo_user).pw_uid))
     return subprocess.run([sys.executable, "-m", "slabkit", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -101,11 +111,11 @@ def test_an_empty_folder_of_another_user_is_refused_in_one_line(user):
 
 
 def test_symlinks_planted_where_a_capture_writes_never_redirect_it(user, canary):
-    """``sudo make demo`` in a user's checkout: the base folder is the user's, who plants,
+    """``sudo make demo`` by a user: the base folder is the user's, who plants,
     for every second of the next two minutes, a folder at the capture folder's name holding a
     symlink to the canary under every name a capture writes, and symlinks at the next two
     names (to the root-only folder, and to the canary itself)."""
-    base = home(user) / "data" / "captures"
+    base = home(user) / BASE
     host = socket.gethostname()
     now = time.time()
     lines = [f"mkdir -p {shlex.quote(str(base))}", f"cd {shlex.quote(str(base))}"]
@@ -118,7 +128,8 @@ def test_symlinks_planted_where_a_capture_writes_never_redirect_it(user, canary)
     as_the_user(user, "\n".join(lines))
     before, planted = snapshot(canary.parent), snapshot(base)
 
-    res = slabkit_as_root("capture", "filp", "-d", "1", "--quiet", cwd=home(user))
+    res = slabkit_as_root("capture", "filp", "-d", "1", "--quiet", cwd=home(user),
+                          sudo_user=user)
     folder = saved_in(res)
 
     assert snapshot(canary.parent) == before              # nothing written through a link
@@ -135,24 +146,27 @@ def test_symlinks_planted_where_a_capture_writes_never_redirect_it(user, canary)
 
 @pytest.mark.parametrize("where", ["the base folder", "a folder above it"])
 def test_a_users_symlink_to_a_folder_not_theirs_is_refused(user, canary, where):
-    """``~/data/captures -> /root-only`` or ``~/data -> /root-only``: root would create
-    folders (or the capture) in the root-only folder."""
+    """``~/.local/share/slabkit/captures -> /root-only`` or ``~/.local/share/slabkit ->
+    /root-only``: root would create folders (or the capture) in the root-only folder."""
     secret = canary.parent
     h = home(user)
     if where == "the base folder":
-        as_the_user(user, f"mkdir {h}/data && ln -s {secret} {h}/data/captures")
+        as_the_user(user, f"mkdir -p {h}/.local/share/slabkit && "
+                          f"ln -s {secret} {h}/.local/share/slabkit/captures")
     else:
-        as_the_user(user, f"ln -s {secret} {h}/data")
+        as_the_user(user, f"mkdir -p {h}/.local/share && ln -s {secret} {h}/.local/share/slabkit")
     before = snapshot(secret)
-    res = slabkit_as_root("capture", "filp", "-d", "1", "--quiet", cwd=h)
+    res = slabkit_as_root("capture", "filp", "-d", "1", "--quiet", cwd=h, sudo_user=user)
     assert_one_line_error(res, "symbolic link", user)
     assert snapshot(secret) == before
 
 
 def test_a_users_symlink_into_their_own_folder_is_followed(user):
     h = home(user)
-    as_the_user(user, f"mkdir {h}/elsewhere && ln -s {h}/elsewhere {h}/data")
-    folder = saved_in(slabkit_as_root("capture", "filp", "-d", "1", "--quiet", cwd=h))
+    as_the_user(user, f"mkdir -p {h}/elsewhere {h}/.local/share && "
+                      f"ln -s {h}/elsewhere {h}/.local/share/slabkit")
+    folder = saved_in(slabkit_as_root("capture", "filp", "-d", "1", "--quiet", cwd=h,
+                                      sudo_user=user))
     real = folder.resolve()
     assert real.parent == h / "elsewhere" / "captures"
     uid = os.stat(h).st_uid

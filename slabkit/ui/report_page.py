@@ -29,6 +29,7 @@ import io
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -144,7 +145,10 @@ def _memory_change(cap: Capture) -> str | None:
 def _sections(cap: Capture, summary, *, top_n: int, interactive: bool) -> list[Section]:
     from slabkit import analysis, plots
 
-    sections = []
+    sections = [Section(
+        "capture", "The capture in numbers",
+        "What was captured, how, and how well.",
+        [_table(summary.to_frame(readable=True))], "slabkit.summarize(cap).to_frame()")]
     by_proc = analysis.by_process(cap).head(top_n)
     sections.append(Section(
         "processes", "Who allocates: by process",
@@ -265,6 +269,15 @@ def _downloads(cap: Capture, stem: str, out_dir: Path | None) -> list[dict[str, 
     return items
 
 
+def _folded_preview(cap: Capture, lines: int = 5) -> dict[str, Any] | None:
+    """The first lines of the folded stacks (cut at 200 characters) and how many there are."""
+    from slabkit.analysis import to_folded
+    folded = to_folded(cap).splitlines()
+    if not folded:
+        return None
+    return {"count": len(folded), "first": "\n".join(line[:200] for line in folded[:lines])}
+
+
 def _download(data: bytes, name: str, mime: str, what: str, use: str,
               out_dir: Path | None) -> dict[str, str]:
     if len(data) > MAX_INLINE_BYTES and out_dir is not None:
@@ -299,8 +312,6 @@ def how_captured(cap: Capture, summary) -> list[tuple[str, str]]:
                f"comm {m['comm_filter']}" if m.get("comm_filter") else ""]
     if any(filters):
         rows.append(("only", ", ".join(f for f in filters if f)))
-    for note in summary.notes:
-        rows.append(("note", note))
     return rows
 
 
@@ -339,7 +350,8 @@ def render_report(cap: Capture, *, note: str | None = None, interactive: bool = 
         sections=[_marked(s) for s in _sections(cap, summary, top_n=top_n,
                                                  interactive=interactive)],
         downloads=[{**d, "use": _markup(d["use"])} for d in _downloads(cap, stem, out_dir)],
-        how=how_captured(cap, summary),
+        how=how_captured(cap, summary), messages=summary.messages(),
+        folded_preview=_folded_preview(cap),
         program=meta.get("program") or " ".join(meta.get("argv") or []),
         scripts=_markup(scripts), show_code=show_code, version=__version__,
         made=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

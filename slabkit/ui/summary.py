@@ -108,9 +108,13 @@ class Summary:
             "saved in": None if self.path is None else str(self.path),
         }
 
-    def to_frame(self) -> pd.DataFrame:
-        """:meth:`facts` as a one-column table (``value``, as text), for a notebook."""
+    def to_frame(self, *, readable: bool = False) -> pd.DataFrame:
+        """:meth:`facts` as a one-column table (``value``, as text), for a notebook.
+        ``readable=True``: numbers as :mod:`slabkit.analysis.present` writes them
+        (``35,340``, ``1.7 s``, ``2026-11-30 09:29 UTC``)."""
         facts = self.facts()
+        if readable:
+            facts = {k: _readable_fact(k, v) for k, v in facts.items()}
         return pd.DataFrame({"value": [str(v) for v in facts.values()]}, index=list(facts))
 
     def headline(self) -> str:
@@ -159,6 +163,19 @@ class Summary:
                 lines += [f"{int(row['count']):>10}  {str(row['stack'])[:150]}"
                           for _, row in self.top_stacks.iterrows()]
         return "\n".join(lines)
+
+
+_FACT_TEXT = {"allocations": present.count_text, "processes": present.count_text,
+              "distinct stacks": present.count_text, "lost events": present.count_text,
+              "stack samples lost": present.count_text, "seconds": present.seconds_text,
+              "started": present.date_text}
+
+
+def _readable_fact(name: str, value: Any) -> str:
+    if value is None:
+        return present.MISSING
+    text = _FACT_TEXT.get(name)
+    return text(value) if text is not None else str(value)
 
 
 def summarize(cap: Capture, *, top: int = 10, stacks: int | None = None) -> Summary:
