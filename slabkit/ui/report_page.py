@@ -107,7 +107,7 @@ def findings(cap: Capture, summary) -> list[str]:
     if counts == "exact":
         out.append("The counts are <b>exact</b>: every allocation from this cache was counted.")
     elif counts:
-        out.append(f"The counts are <b>{e(counts)}</b> (see how it was captured, below).")
+        out.append(f"The counts are <b>{e(counts)}</b> (the notes below say how).")
     if summary.lost_total:
         out.append(f'<span class="warn">The tracer reported {present.count_text(summary.lost_total)}'
                    f" lost events</span> ({e(str(summary.losses))}): the counts are low by "
