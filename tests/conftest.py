@@ -56,7 +56,8 @@ def _child_tracers() -> list[str]:
     """Tracer processes (and their supervisors) below this test process (ours to worry about)."""
     import procs
     return [f"{p.comm} pid {p.pid}" for p in procs.descendants(os.getpid())
-            if p.comm in ("slabcount", "bpftrace", "perf", "stap", "staprun", "ssh", "sh", "cat")]
+            if p.comm in ("slabcount", "bpftrace", "perf", "stap", "staprun", "ssh", "sh", "cat",
+                          "dd")]
 
 
 def require_bpf() -> Path:
