@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import pandas as pd
 
@@ -121,18 +121,24 @@ class Backend:
 
 
 def run_marked_tracer(target: "Target", program: Program, raw: Path, errf: Path,
-                      control: "RunControl", *, what: str) -> tuple[str, int | None, str]:
+                      control: "RunControl", *, what: str,
+                      clean: Callable[[str], str] = lambda text: text
+                      ) -> tuple[str, int | None, str]:
     """Run a tracer that prints ``slabkit-attached`` on stdout once its probes are live and
     writes its results when stopped (SIGINT, sent on leaving the ``with`` block).
 
-    stdout goes to ``raw``, stderr to ``errf``. Returns (end reason, exit status, stderr)."""
+    stdout goes to ``raw``, stderr to ``errf``. Returns (end reason, exit status, stderr).
+    A tracer that ends or stalls before attaching raises ProbeFailed with its stderr
+    (``clean`` drops the tracer's known harmless lines from it)."""
     with open(raw, "wb") as out, open(errf, "wb") as err:
         with target.start(program.argv, stdout=out, stderr=err,
                           env=program.env or None) as proc:
             def attached() -> bool:
                 with open(raw, "rb") as f:
                     return b"slabkit-attached" in f.read(4096)
-            control.wait_attached(attached, lambda: proc.poll() is None, what=what)
+            control.wait_attached(attached, lambda: proc.poll() is None, what=what,
+                                  stderr=lambda: clean(errf.read_text(errors="replace")),
+                                  returncode=proc.poll, raw_path=str(errf.parent))
             reason = control.run_for(lambda: proc.poll() is None)
     return reason, proc.returncode, errf.read_text(errors="replace")
 
