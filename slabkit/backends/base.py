@@ -57,12 +57,16 @@ class Options:
 
 @dataclass
 class Program:
-    """What will run on the target: argv, environment, and the program text to show."""
+    """What will run on the target: argv, environment, and the program text to show.
+
+    ``workarounds``: settings the backend made for a known problem of this tracer on this
+    kernel (setting -> why), recorded in the capture's meta and notes."""
 
     backend: str
     argv: list[str]
     text: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    workarounds: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,6 +109,11 @@ class Backend:
         """Why this backend cannot run on the target at all, or None."""
         raise NotImplementedError
 
+    def counts_bulk(self, plan: "Plan", facts: "KernelFacts") -> bool:
+        """Whether this backend counts the plan's bulk allocations (``plan.bulk_functions``,
+        which fire no tracepoint). Backends that do override it."""
+        return False
+
     def unsupported(self, plan: "Plan", facts: "KernelFacts") -> str | None:
         """Why this backend cannot carry out ``plan``, or None."""
         raise NotImplementedError
@@ -118,6 +127,19 @@ class Backend:
 
     def parse(self, folder: Path, plan: "Plan", meta: dict) -> Parsed:
         raise NotImplementedError
+
+
+def capture_notes(backend: Backend, plan: "Plan", program: Program, facts: "KernelFacts"
+                  ) -> list[str]:
+    """What the capture's notes say about the backend's choices: each workaround it made and,
+    where the plan has bulk allocations to count that this backend does not, that those are
+    not seen."""
+    notes = [f"{backend.name}: {setting} ({why})" for setting, why in program.workarounds.items()]
+    if plan.bulk_functions and not backend.counts_bulk(plan, facts):
+        notes.append(f"bulk allocations of {plan.cache!r} ({', '.join(plan.bulk_functions)}: "
+                     "no tracepoint) are not seen by the "
+                     f"{backend.name} backend; bpftrace counts them where the kernel has kprobes")
+    return notes
 
 
 def run_marked_tracer(target: "Target", program: Program, raw: Path, errf: Path,

@@ -14,7 +14,7 @@ from typing import Any, Callable, Union
 import pandas as pd
 
 from slabkit._version import __version__
-from slabkit.backends import Backend, Options, Program, choose
+from slabkit.backends import Backend, Options, Program, capture_notes, choose
 from slabkit.backends.control import RunControl, TermAsInterrupt
 from slabkit.capturing import store
 from slabkit.errors import InvalidInput, ProbeFailed, SlabkitError
@@ -227,6 +227,7 @@ def run_prepared(prep: Prepared, seconds: float, *, out=None, base=None, progres
         "backends_not_used": prep.not_used, "plan": plan.to_json(),
         "options": prep.options.to_json(), "program": prep.program.text,
         "argv": prep.program.argv, "env": prep.program.env,
+        "tracer_workarounds": prep.program.workarounds,
         "slab_size": _int_or_none(getattr(prep.resolved, "slab_size", None)),
         "object_size": _int_or_none(getattr(prep.resolved, "object_size", None)),
         "requested_seconds": seconds, "start": store.now_iso(), "status": "running",
@@ -262,7 +263,9 @@ def run_prepared(prep: Prepared, seconds: float, *, out=None, base=None, progres
     losses = {**result.losses, **parsed.losses}
     meta.update(losses=losses, lost_total=int(sum(losses.values())),
                 stack_losses=parsed.stack_losses,
-                estimated_stacks=parsed.estimated, notes=plan.notes + parsed.notes + control.messages,
+                estimated_stacks=parsed.estimated,
+                notes=(plan.notes + capture_notes(prep.backend, plan, prep.program, prep.facts)
+                       + parsed.notes + control.messages),
                 total_allocs=int(parsed.allocs["count"].sum()) if len(parsed.allocs) else 0)
     if plan.mode == "outstanding":
         meta["notes"].append("objects allocated before the capture started are not seen")
