@@ -10,10 +10,12 @@ The public API (stable; see README "Python API" and ``slabkit.model.schema`` for
     cap = slabkit.load(path)                 # a capture folder, folders/globs, or raw output
     slabkit.list_captures()
     slabkit.by_process(cap), by_module, by_frame, top_stacks, callers, callees, matrix,
-    diff(a, b), to_folded(cap)
+    diff(a, b), kmalloc_waste(cap, by="callsite"), kmalloc_waste_total(cap),
+    to_folded(cap), to_pprof(cap, "out.pb.gz")
     slabkit.summarize(cap)                   # what `slabkit show` prints, as data
+    slabkit.sample_path("bpftrace-filp")     # a sample capture shipped with slabkit
     slabkit.plot_top_processes(cap), plot_top_callsites, plot_process_module_heatmap,
-    plot_flame, plot_slab_growth
+    plot_flame, plot_slab_growth, plot_kmalloc_waste
 
 Imports are lazy so ``import slabkit`` is quick and matplotlib loads only when plotting.
 """
@@ -34,10 +36,13 @@ _EXPORTS = {
     "by_process": "analysis", "by_module": "analysis", "by_frame": "analysis",
     "top_stacks": "analysis", "callers": "analysis", "callees": "analysis",
     "matrix": "analysis", "diff": "analysis", "to_folded": "analysis",
-    "write_folded": "analysis",
+    "write_folded": "analysis", "to_pprof": "analysis",
     "summarize": "ui.summary",
+    "sample_path": "samples", "sample_names": "samples",
     "plot_top_processes": "plots", "plot_top_callsites": "plots",
     "plot_process_module_heatmap": "plots", "plot_flame": "plots", "plot_slab_growth": "plots",
+    "plot_kmalloc_waste": "plots",
+    "kmalloc_waste": "analysis", "kmalloc_waste_total": "analysis",
     "SlabkitError": "errors", "InvalidInput": "errors", "UnknownCache": "errors",
     "PermissionNeeded": "errors", "TracerUnavailable": "errors", "ProbeFailed": "errors",
     "ParseError": "errors", "CaptureNotFound": "errors",

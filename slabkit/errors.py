@@ -73,6 +73,8 @@ class ProbeFailed(SlabkitError):
         return f"{text}: {self.hint}" if self.hint else text
 
     def __str__(self) -> str:
+        if not hasattr(self, "message"):      # made without __init__ (unpickled): its args
+            return super().__str__()
         lines = [self.summary]
         if self.tail:
             lines.append("  the tracer said (last lines of its stderr):")

@@ -27,10 +27,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import pandas as pd
-
 from slabkit.errors import InvalidInput, TracerUnavailable, expected_one_of
 from slabkit.host.facts import BULK_FUNCTIONS, KernelFacts, gfp_bits
+from slabkit.host.slabinfo import optional_int
 from slabkit.validate import check_cache_name, check_comm, check_pid
 
 MODES = ("allocs", "outstanding")
@@ -148,7 +147,8 @@ def plan_capture(resolved, facts: KernelFacts, *, mode: str = "allocs", pid: int
                  comm: str | None = None, cache_table=None) -> Plan:
     """Plan a capture of ``resolved`` (a ``slabinfo.ResolvedCache``) on the kernel ``facts``.
 
-    ``cache_table`` is ``slabinfo.caches()`` of that kernel (name, kind, size_class): used to
+    ``cache_table`` is ``slabinfo.cache_records()`` (or the ``caches()`` DataFrame) of that
+    kernel (name, kind, size_class): used to
     see whether random kmalloc copies, kmalloc-cg caches or slab buckets share the size class.
     Raises :class:`TracerUnavailable` with what is missing when no exact or estimated
     attribution is possible.
@@ -159,10 +159,10 @@ def plan_capture(resolved, facts: KernelFacts, *, mode: str = "allocs", pid: int
     comm = check_comm(comm) if comm is not None else None
     name = check_cache_name(resolved.name)
     names: dict[str, tuple[str, int | None]] = {}
-    if cache_table is not None and len(cache_table):
-        for n, kind, size in zip(cache_table["name"], cache_table["kind"],
-                                 cache_table["size_class"]):
-            names[str(n)] = (str(kind), None if pd.isna(size) else int(size))
+    records = cache_table.to_dict("records") if hasattr(cache_table, "to_dict") \
+        else (cache_table or [])
+    for rec in records:
+        names[str(rec["name"])] = (str(rec["kind"]), optional_int(rec.get("size_class")))
     common = dict(cache=name, requested=resolved.requested, aliases=list(resolved.aliases),
                   mode=mode, pid=pid, comm=comm)
     notes: list[str] = []

@@ -17,6 +17,7 @@ from matplotlib.ticker import FuncFormatter, PercentFormatter
 
 from slabkit.analysis import pivots as analysis
 from slabkit.analysis.pivots import CaptureLike, _unpack
+from slabkit.analysis.waste import kmalloc_waste, kmalloc_waste_total
 from slabkit.errors import InvalidInput, expected_one_of
 
 _VALUE_LABEL = {"count": "allocations", "bytes": "bytes allocated"}
@@ -196,6 +197,44 @@ def plot_flame(cap: CaptureLike, *, ax: Axes | None = None, min_share: float = 0
     return ax
 
 
+def _size(nbytes: float) -> str:
+    """Bytes in binary units: 512 B, 31.2 KiB, 4.0 MiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(nbytes) >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes:g} B"
+
+
+def plot_kmalloc_waste(cap: CaptureLike, *, by: str = "callsite", n: int = 10,
+                       ax: Axes | None = None) -> Axes:
+    """Horizontal bars: the ``n`` call sites (``by="callsite"``) or processes (``by="comm"``,
+    or any key of :func:`slabkit.analysis.waste.kmalloc_waste`) that wasted most kmalloc
+    bytes (slot minus requested), each labelled with its fragmentation (waste / its slot
+    bytes); the title gives the total, its fragmentation and its share of the cache's memory.
+    Says so when the backend gave no ``bytes_req`` (waste unknown, not 0)."""
+    ax = _ax(ax)
+    df = kmalloc_waste(cap, by=by)
+    total = kmalloc_waste_total(cap)
+    what = {"callsite": "call site", "comm": "process", "module": "module"}.get(by, by)
+    title = f"kmalloc waste in {_cache(cap)} by {what}{_duration_note(cap)}"
+    if df.empty:
+        return _empty(ax, title)
+    if pd.isna(total["waste_bytes"]):
+        return _empty(ax, title, "waste unknown: the backend gave no bytes_req "
+                                 "(kmalloc caches only)")
+    title += f"\n{_size(total['waste_bytes'])} wasted"
+    if not pd.isna(total["fragmentation"]):
+        title += f", {total['fragmentation']:.1%} of the bytes allocated"
+    if not pd.isna(total["memory_share"]):
+        title += f", {total['memory_share']:.1%} of the cache's memory"
+    df = df.head(n)
+    data = pd.DataFrame({what: df.index.astype(str), "waste_bytes": df["waste_bytes"],
+                         "fragmentation": df["fragmentation"]})
+    return plot_bars(data, x="waste_bytes", y=what, share="fragmentation", title=title,
+                     xlabel="bytes wasted (slot - requested); label: waste / slot bytes",
+                     ylabel=what, color=sns.color_palette()[3], ax=ax)
+
+
 def plot_slab_growth(series: pd.DataFrame, *, names: Sequence[str] | None = None,
                      ax: Axes | None = None) -> Axes:
     """Lines of memory held by each cache's slabs (MiB) over the capture's time (s), one per
@@ -228,6 +267,7 @@ def plot_slab_growth(series: pd.DataFrame, *, names: Sequence[str] | None = None
 __all__ = [
     "plot_bars",
     "plot_flame",
+    "plot_kmalloc_waste",
     "plot_process_module_heatmap",
     "plot_slab_growth",
     "plot_top_callsites",

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from slabkit.samples import SAMPLES_DIR as SAMPLES  # noqa: F401  (the sample captures)
+
 REQUIRE_LIVE = os.environ.get("SLABKIT_REQUIRE_LIVE") == "1"
 TRACEFS = Path("/sys/kernel/tracing")
 HERE = Path(__file__).parent
 FIXTURES = HERE / "fixtures"
-DATA = HERE.parent / "data"
 
 
 def skip_or_fail(reason: str) -> None:
@@ -52,10 +53,10 @@ def _tracing_leftovers() -> list[str]:
     return left
 
 
-def _child_tracers() -> list[str]:
-    """Tracer processes (and their supervisors) below this test process (ours to worry about)."""
+def _child_tracers(before) -> list[str]:
+    """Tracer processes (and their supervisors) a test started below this process and left."""
     import procs
-    return [f"{p.comm} pid {p.pid}" for p in procs.descendants(os.getpid())
+    return [f"{p.comm} pid {p.pid}" for p in procs.started_below(os.getpid(), before)
             if p.comm in ("slabcount", "bpftrace", "perf", "stap", "staprun", "ssh", "sh", "cat",
                           "dd")]
 
@@ -77,10 +78,12 @@ def live():
         skip_or_fail("needs root to trace the kernel (run `sudo make test`)")
     if not (TRACEFS / "events").is_dir():
         skip_or_fail(f"tracefs is not mounted on {TRACEFS} (make system mounts it)")
+    import procs
     before = set(_tracing_leftovers())
+    running = procs.descendants(os.getpid())
     yield
     after = set(_tracing_leftovers()) - before
-    children = _child_tracers()
+    children = _child_tracers(running)
     assert not after, f"capture left tracing state behind: {sorted(after)}"
     assert not children, f"capture left tracer processes running: {children}"
 

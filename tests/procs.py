@@ -63,3 +63,10 @@ def running(p: Proc) -> bool:
     """Whether the process ``p`` (as read earlier) still runs: same pid and start, not a zombie."""
     now = read(p.pid)
     return now is not None and now.start == p.start and now.state != "Z"
+
+
+def started_below(pid: int, before: list[Proc]) -> list[Proc]:
+    """Processes running below ``pid`` now that were not in ``before`` (a snapshot taken with
+    :func:`descendants`): what a test started and left, not a fixture's long-lived guest."""
+    seen = {(p.pid, p.start) for p in before}
+    return [p for p in descendants(pid) if p.state != "Z" and (p.pid, p.start) not in seen]

@@ -388,10 +388,8 @@ def test_real_bpftrace_sample_on_6_18():
     alloc_empty_file, the one caller of kmem_cache_alloc for filp."""
     import json
 
-    from conftest import DATA
-    folder = DATA / "samples" / "bpftrace-filp"
-    if not (folder / "frames.parquet").is_file():
-        pytest.skip("sample capture data/samples/bpftrace-filp is not in this checkout")
+    from conftest import SAMPLES
+    folder = SAMPLES / "bpftrace-filp"
     cap = Capture(pd.read_parquet(folder / "allocs.parquet"),
                   pd.read_parquet(folder / "frames.parquet"),
                   json.loads((folder / "meta.json").read_text()))

@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "slabkit"
 #: (module prefix, layer): lowest first
 LAYERS = (
     ("slabkit._version", 0), ("slabkit.errors", 0), ("slabkit.validate", 0),
+    ("slabkit.samples", 0),
     ("slabkit.model", 1), ("slabkit.schema", 1),
     ("slabkit.host", 2),
     ("slabkit.plan", 3),

@@ -24,7 +24,8 @@ from bench.workload import Workload
 from bench.workload import binary as workload_binary
 from slabkit.backends import Options
 from slabkit.backends._common import tracefs_filter
-from slabkit.backends.ftrace import FtraceBackend, FtraceProgram, parse_output
+from slabkit.backends.ftrace import FtraceBackend, FtraceProgram
+from slabkit.backends.ftrace.parse import parse_output
 from slabkit.errors import ProbeFailed
 from slabkit.host import tracefs
 from slabkit.host.cleanup import cleanup_leftovers

@@ -224,6 +224,9 @@ def test_recorded_output_parses_to_the_known_workload(name):
     assert all(len(a) > 3 for a in stacks.values())
     # weights: 1 for each key's first stack, plus 32 for each later sample of that stack
     assert (sampled["samples"] % 32).isin([0, 1]).all() and (sampled["samples"] > 0).all()
+    # requested bytes: v1 did not write them (missing, never 0); a filp event has none (0)
+    assert sampled["bytes_req"].isna().all() if name.endswith("-v1") \
+        else (sampled["bytes_req"] == 0).all()
 
 
 @pytest.mark.parametrize("cut", ["no-end", "bad-line"])

@@ -41,9 +41,12 @@ def backend(request, live):
     return request.param
 
 
-def below_me() -> list[procs.Proc]:
-    """Processes still running below this test process (tracers and their supervisors)."""
-    return [p for p in procs.descendants(os.getpid()) if p.state != "Z"]
+@pytest.fixture
+def below_me():
+    """A function giving the processes a test started below this one and left running
+    (tracers and their supervisors; a fixture's long-lived QEMU guest is not the test's)."""
+    before = procs.descendants(os.getpid())
+    return lambda: procs.started_below(os.getpid(), before)
 
 
 def my_instances() -> list[str]:
@@ -95,7 +98,7 @@ class _CtrlC(RunControl):
         raise KeyboardInterrupt
 
 
-def test_an_error_mid_capture_stops_the_tracer(backend, tmp_path):
+def test_an_error_mid_capture_stops_the_tracer(backend, tmp_path, below_me):
     before = my_instances()
     prep = capturing.prepare("filp", backend=backend)
     with pytest.raises(RuntimeError, match="boom"):
@@ -103,7 +106,8 @@ def test_an_error_mid_capture_stops_the_tracer(backend, tmp_path):
     assert not below_me() and my_instances() == before
 
 
-def test_ctrl_c_mid_capture_keeps_the_data_and_stops_the_tracer(backend, tmp_path):
+def test_ctrl_c_mid_capture_keeps_the_data_and_stops_the_tracer(backend, tmp_path,
+                                                                 below_me):
     before = my_instances()
     prep = capturing.prepare("filp", backend=backend)
     res = prep.backend.run(prep.target, prep.program, tmp_path, _CtrlC(60, progress=False))

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from conftest import DATA, FIXTURES, tables
+from conftest import FIXTURES, SAMPLES, tables
 
 from slabkit.backends import stap
 from slabkit.errors import InvalidInput, ParseError, ProbeFailed
@@ -39,7 +39,7 @@ def classic():
 
 
 def test_sample_copy_is_the_fixture():
-    assert (DATA / "samples" / "stap-classic" / "raw.txt").read_bytes() == CLASSIC.read_bytes()
+    assert (SAMPLES / "stap-classic" / "raw.txt").read_bytes() == CLASSIC.read_bytes()
 
 
 def test_classic_totals_per_process_equal_the_first_section(classic):

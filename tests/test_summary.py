@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import DATA
+from conftest import SAMPLES
 
 import slabkit
 from slabkit.ui.cli import main
 from slabkit.ui.summary import summarize
 from slabkit.ui.widgets.runner import summary_html, tracer_html
 
-SAMPLES = DATA / "samples"
 SAMPLE_PATHS = sorted(p.parent for p in SAMPLES.glob("*/meta.json")) + [
     SAMPLES / "stap-classic" / "raw.txt"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA
+from conftest import SAMPLES
 
 import slabkit
 from slabkit.model import schema, vocabulary
@@ -26,7 +26,6 @@ from slabkit.model.vocabulary import (
 )
 
 SLABCOUNT_C = Path(slabkit.__file__).resolve().parent / "slabcount" / "slabcount.c"
-SAMPLES = DATA / "samples"
 
 # innermost frame first, as tracers print them
 STACKS = {

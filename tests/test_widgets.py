@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 
 import pandas as pd
 import pytest
-from conftest import DATA, FIXTURES, require_tool
+from conftest import FIXTURES, SAMPLES, require_tool
 from matplotlib.patches import Rectangle
 
 import slabkit
@@ -24,7 +24,6 @@ from slabkit.errors import PermissionNeeded, TracerUnavailable
 from slabkit.ui.widgets import CachePicker, CaptureRunner, PivotExplorer
 
 FAKE_ROOT = FIXTURES / "slabinfo"
-SAMPLES = DATA / "samples"
 
 
 def _poll(predicate, timeout: float, what: str) -> None:

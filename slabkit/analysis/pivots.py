@@ -36,7 +36,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
@@ -98,6 +97,7 @@ class _Stacks:
     starts: np.ndarray        # per stack: first row
     lengths: np.ndarray       # per stack: number of frames
     first_caller: np.ndarray  # per stack: pos of the first non-allocator frame (= length: none)
+    rows: np.ndarray          # per row: its row position in the frames table given
 
     @property
     def n(self) -> int:
@@ -129,12 +129,13 @@ def _prepare(frames: pd.DataFrame) -> _Stacks:
     func = frames["function"]
     mod = frames["module"]
     addr = frames["address"]
+    rows = np.arange(len(sid))
     if order is not None:
-        sid = sid[order]
+        sid, rows = sid[order], order
         func, mod, addr = func.iloc[order], mod.iloc[order], addr.iloc[order]
     keep = sid >= 0
     if not keep.all():
-        sid = sid[keep]
+        sid, rows = sid[keep], rows[keep]
         func, mod, addr = func[keep], mod[keep], addr[keep]
 
     fcode, labels = _codes(func)
@@ -165,7 +166,7 @@ def _prepare(frames: pd.DataFrame) -> _Stacks:
     pos = np.arange(len(sid)) - np.repeat(first_row, lengths)
     first_caller = leading_run_lengths(row_stack, allocator_mask(labels)[fcode])
     return _Stacks(stack_ids, row_stack, pos, fcode, labels, mcode, modules, first_row,
-                   lengths, first_caller)
+                   lengths, first_caller, rows)
 
 
 @dataclass
@@ -666,7 +667,7 @@ def diff(a: Capture, b: Capture, by: str = "comm") -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------------
-# folded stacks (FlameGraph input)
+# process names as frames (folded stacks, icicle)
 
 
 def _clean_comm(comm: object) -> str:
@@ -682,39 +683,6 @@ def _comm_codes(allocs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     cleaned = np.array([_clean_comm(c) for c in uniq], dtype=object)
     names, inverse = np.unique(cleaned.astype(str), return_inverse=True)
     return inverse[np.asarray(codes, np.int64)].astype(np.int64), names.astype(object)
-
-
-def to_folded(cap: CaptureLike) -> str:
-    """The capture as FlameGraph "folded" stacks: one line per (comm, stack),
-    ``comm;outermost;...;innermost count``, root first, sorted; the full stack including the
-    allocator frames. ``;`` and newlines in a comm become ``_`` and space; allocations without
-    a stack are a line ``comm count``.
-
-    >>> print(to_folded(cap))          # doctest: +SKIP
-    crond;syscall_call;sys_getdents;vfs_readdir;ext3_readdir;kmem_cache_alloc 2
-    """
-    allocs, frames, _ = _unpack(cap)
-    st = _prepare(frames)
-    w = _weights(allocs, st)
-    folded = np.append(_joined_stacks(st, ";", root_first=True), None)
-    ccode, cnames = _comm_codes(allocs)
-    key = ccode * (st.n + 1) + w.alloc_stack
-    count = allocs["count"].to_numpy(np.int64, na_value=0)
-    g = pd.Series(count).groupby(key, sort=False).sum()
-    g = g[g > 0]
-    keys = g.index.to_numpy(np.int64)
-    lines = [f"{c};{p} {n}" if p is not None else f"{c} {n}"
-             for c, p, n in zip(cnames[keys // (st.n + 1)], folded[keys % (st.n + 1)],
-                                g.to_numpy())]
-    lines.sort()
-    return "\n".join(lines) + ("\n" if lines else "")
-
-
-def write_folded(cap: CaptureLike, path: str | Path) -> Path:
-    """Write :func:`to_folded` to ``path`` (for ``flamegraph.pl`` or speedscope); returns it."""
-    p = Path(path)
-    p.write_text(to_folded(cap))
-    return p
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import pandas as pd
-
 from slabkit.errors import InvalidInput, TracerUnavailable, expected_one_of
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from slabkit.backends.control import RunControl
     from slabkit.host.facts import KernelFacts
     from slabkit.host.target import Target
@@ -60,13 +60,15 @@ class Program:
     """What will run on the target: argv, environment, and the program text to show.
 
     ``workarounds``: settings the backend made for a known problem of this tracer on this
-    kernel (setting -> why), recorded in the capture's meta and notes."""
+    kernel (setting -> why), recorded in the capture's meta. ``notes``: what the capture's
+    notes say about the backend's choices (:func:`capture_notes`, filled when prepared)."""
 
     backend: str
     argv: list[str]
     text: str = ""
     env: dict[str, str] = field(default_factory=dict)
     workarounds: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -30,8 +30,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
 from slabkit.backends import (
     Backend,
     Options,
@@ -40,11 +38,12 @@ from slabkit.backends import (
     RunResult,
     run_marked_tracer,
 )
-from slabkit.backends._common import finish_allocs, frames_from_addresses, spread_counts
 from slabkit.errors import ParseError, ProbeFailed, TracerUnavailable
 from slabkit.validate import check_cache_name, check_comm
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from slabkit.backends.control import RunControl
     from slabkit.host.facts import KernelFacts
     from slabkit.host.target import Target
@@ -207,6 +206,7 @@ def _comm(text: str) -> str:
 def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple[int, ...]],
                                      dict[str, int]]:
     """(exact counts, weighted samples, stacks by hash, stats) from a ``slabcount`` output."""
+    import pandas as pd  # the parser needs pandas; rendering and running do not
     path = Path(path)
     counts, samples, stacks, stats = [], [], {}, {}
     ended = False
@@ -221,7 +221,7 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
                 elif kind == "sample":   # (older outputs have no bytes_req column)
                     samples.append((int(parts[1]), int(parts[2]), int(parts[3]),
                                     _comm(parts[4]), int(parts[5], 16), int(parts[6]),
-                                    int(parts[7]) if len(parts) > 7 else 0))
+                                    int(parts[7]) if len(parts) > 7 else None))
                 elif kind == "stack":
                     stacks[int(parts[1], 16)] = tuple(int(a, 16) for a in parts[2:])
                 elif kind == "stat":
@@ -237,18 +237,25 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
     keys = ["pid", "tid", "cgroup_id", "comm"]
     exact = pd.DataFrame(counts, columns=keys + ["count", "bytes_req"])
     sampled = pd.DataFrame(samples, columns=keys + ["stack", "samples", "bytes_req"])
+    sampled["bytes_req"] = sampled["bytes_req"].astype("Int64")   # missing where not given
     return exact, sampled, stacks, stats
 
 
 def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     """Tables from a ``slabcount`` output (see the module doc)."""
+    from slabkit.backends._tables import (
+        finish_allocs,
+        frames_from_addresses,
+        spread_counts,
+    )
     exact, sampled, by_hash, stats = read_output(path)
     keys = ["pid", "tid", "cgroup_id", "comm"]
     # stack ids: one per distinct address tuple (hashes of frames cut to the same stack merge)
     ids: dict[tuple[int, ...], int] = {}
     hash_to_id = {h: ids.setdefault(addrs, len(ids)) for h, addrs in by_hash.items() if addrs}
     sampled["stack_id"] = sampled["stack"].map(hash_to_id).fillna(-1).astype("int64")
-    sampled = sampled.groupby(keys + ["stack_id"], as_index=False)[["samples", "bytes_req"]].sum()
+    sampled = sampled.groupby(keys + ["stack_id"], as_index=False)[
+        ["samples", "bytes_req"]].sum(min_count=1)      # bytes_req stays missing if not given
     every = int(meta.get("options", {}).get("stack_sample", 1) or 1)
     kmalloc = plan.strategy == "kmalloc-size-class"
     if every == 1 and exact.empty:

@@ -34,8 +34,6 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-import pandas as pd
-
 from slabkit.backends import (
     Backend,
     Options,
@@ -44,11 +42,12 @@ from slabkit.backends import (
     RunResult,
     run_marked_tracer,
 )
-from slabkit.backends._common import finish_allocs, frames_from_addresses, spread_counts
 from slabkit.errors import ParseError, ProbeFailed
 from slabkit.host.facts import BTF_PATH, kernel_btf_has_id
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from slabkit.backends.control import RunControl
     from slabkit.host.facts import KernelFacts
     from slabkit.host.target import Target
@@ -308,6 +307,13 @@ _FRAME_RE = re.compile(r"^\s*([0-9a-fA-F]+)\s+(\S.*)?$")
 
 def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     """Tables from a bpftrace ``-f json`` output written by :func:`render_program`."""
+    import pandas as pd  # the parser needs pandas; rendering and running do not
+
+    from slabkit.backends._tables import (
+        finish_allocs,
+        frames_from_addresses,
+        spread_counts,
+    )
     path = Path(path)
     maps, errors, printed = read_maps(path)
     keys = ["pid", "tid", "cgroup_id", "comm"]
@@ -392,6 +398,7 @@ def _bulk_rows(maps: dict, path: Path, stack_ids: dict[tuple[int, ...], int]
                ) -> tuple[pd.DataFrame, int]:
     """Rows (pid, tid, cgroup_id, comm, stack_id, count) of the objects bulk allocations
     returned (``@b``, keyed with the stack taken on entry), and the number of calls (``@bn``)."""
+    import pandas as pd
     keys = ["pid", "tid", "cgroup_id", "comm"]
     rows = []
     for key, n in maps.get("@b", {}).items():
@@ -443,6 +450,7 @@ def _split_helper_errors(errors: dict[str, int], program: str, plan: "Plan"
 def _outstanding(maps: dict, printed: list[str], path: Path, slot: int | None, meta: dict,
                  stack_ids: dict[tuple[int, ...], int]) -> pd.DataFrame:
     """Objects still live at the end, grouped by (process, stack), with their ages."""
+    import pandas as pd
     end_ns = None
     for line in printed:
         if line.startswith("slabkit-end "):

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slabkit.backends import Backend, Options, Parsed, Program, RunResult
-from slabkit.backends._common import build_tables, tracefs_filter
+from slabkit.backends._common import tracefs_filter
 from slabkit.errors import ParseError, ProbeFailed
 
 if TYPE_CHECKING:
@@ -355,6 +355,7 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         else:
             c[0] += n
             c[1] += req
+    from slabkit.backends._tables import build_tables  # pandas: only when parsing
     allocs, frames_df = build_tables(counts, stacks, plan, meta, scale=every)
     notes = ["perf script has no cgroup field here: cgroup is missing"]
     if every > 1:

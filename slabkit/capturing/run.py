@@ -6,42 +6,28 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
 import pandas as pd
 
 from slabkit._version import __version__
-from slabkit.backends import Backend, Options, Program, capture_notes, choose
-from slabkit.backends.control import RunControl, TermAsInterrupt
-from slabkit.capturing import store
-from slabkit.errors import InvalidInput, ProbeFailed, SlabkitError
-from slabkit.host.facts import KernelFacts, gather_facts
-from slabkit.host.target import Target, require_root
+from slabkit.backends import Options
+from slabkit.backends.control import TermAsInterrupt
+from slabkit.capturing import engine, store, via_helper
+from slabkit.capturing.engine import Prepared, Request
+from slabkit.capturing.folder import CaptureFolder
+from slabkit.errors import InvalidInput, PermissionNeeded, ProbeFailed, SlabkitError
+from slabkit.host.helper import Helper
+from slabkit.host.target import Target
 from slabkit.host.where import Where, as_target, legacy_target
 from slabkit.model import schema
 from slabkit.model.tables import Capture
 from slabkit.model.vocabulary import drop_tracer_glue
-from slabkit.plan import Plan, plan_capture
 from slabkit.validate import check_seconds
-
-
-@dataclass
-class Prepared:
-    """Everything decided before a capture runs."""
-
-    target: Target
-    facts: KernelFacts
-    plan: Plan
-    backend: Backend
-    program: Program
-    options: Options
-    not_used: dict[str, str] = field(default_factory=dict)
-    resolved: Any = None
-    cache_table: pd.DataFrame | None = None
-
 
 #: old keyword arguments of capture()/prepare() that now live in :class:`Options`
 _OPTION_KEYWORDS = ("stack_sample", "sample_every", "map_keys")
@@ -76,26 +62,26 @@ def prepare(cache: str, *, backend: str = "auto", mode: str = "allocs",
             options: Options | None = None, **deprecated) -> Prepared:
     """Resolve ``cache``, read the kernel's facts, plan, choose a backend and render its program.
 
-    Takes the arguments of :func:`capture` that decide what will run. Raises
+    Takes the arguments of :func:`capture` that decide what will run. As root the decisions are
+    made here; a user who may use slabkit's capture helper gets the helper's (it decides again
+    when it captures: it trusts nothing this side sends but the request's fields). Raises
     :class:`~slabkit.errors.SlabkitError` subclasses with what to do when something is missing
-    (root, tracefs, a tracer, a kernel feature).
+    (root or the helper, tracefs, a tracer, a kernel feature).
     """
-    from slabkit.host.slabinfo import caches as cache_table
-    from slabkit.host.slabinfo import resolve_cache
     target, targets, overrides = _legacy("prepare", target, deprecated)
     if targets is not None:
         raise InvalidInput("prepare() plans for one target: pass target=")
-    options = _options(options, overrides)
+    request = Request(cache=cache, backend=backend, mode=mode, pid=pid, comm=comm,
+                      options=_options(options, overrides))
     where = as_target(target)
-    require_root(where, "capturing slab allocations (reading /proc/slabinfo and tracing)")
-    table = cache_table(where)
-    resolved = resolve_cache(cache, where, table=table)
-    facts = gather_facts(where)
-    plan = plan_capture(resolved, facts, mode=mode, pid=pid, comm=comm, cache_table=table)
-    chosen, reasons = choose(backend, plan, where, facts)
-    program = chosen.render(plan, options, facts)
-    return Prepared(target=where, facts=facts, plan=plan, backend=chosen, program=program,
-                    options=options, not_used=reasons, resolved=resolved, cache_table=table)
+    if where.is_root():
+        return engine.prepare(request, where)
+    helper = Helper(where)
+    why = helper.unavailable()
+    if why:
+        raise PermissionNeeded(why)
+    return Prepared.from_description(helper.prepare(request.to_args()), where, request,
+                                     via=helper)
 
 
 def capture(cache: str, seconds: float = 10, *, backend: str = "auto", mode: str = "allocs",
@@ -214,14 +200,23 @@ def capture_targets(cache: str, seconds: float, hosts: list[Where], *, out=None,
 
 def run_prepared(prep: Prepared, seconds: float, *, out=None, base=None, progress=True,
                  stop_event: threading.Event | None = None) -> Capture:
-    """Run a :class:`Prepared` capture and save it."""
-    target, plan = prep.target, prep.plan
-    host = _host_label(target)
-    folder = store.new_folder(plan.cache, host, base=base, out=out)
-    meta: dict[str, Any] = {
+    """Run a :class:`Prepared` capture (here, or through the capture helper) and save it."""
+    seconds = check_seconds(seconds)
+    host = _host_label(prep.target)
+    folder = store.new_folder(prep.plan.cache, host, base=base, out=out)
+    try:
+        return _run_in(folder, prep, seconds, host, progress=progress, stop_event=stop_event)
+    finally:
+        folder.close()
+
+
+def _start_meta(prep: Prepared, seconds: float, host: str) -> dict[str, Any]:
+    plan = prep.plan
+    return {
         "format": 1, "slabkit_version": __version__,
         "cache": plan.cache, "requested": plan.requested, "aliases": plan.aliases,
-        "kind": plan.kind, "mode": plan.mode, "host": host, "target": target.name,
+        "kind": plan.kind, "mode": plan.mode, "host": host, "target": prep.target.name,
+        "via": "helper" if prep.via is not None else "direct",
         "kernel_release": prep.facts.release, "backend": prep.backend.name,
         "tracer_version": prep.facts.tracers.get(prep.backend.name),
         "backends_not_used": prep.not_used, "plan": plan.to_json(),
@@ -233,48 +228,79 @@ def run_prepared(prep: Prepared, seconds: float, *, out=None, base=None, progres
         "requested_seconds": seconds, "start": store.now_iso(), "status": "running",
         "exact": plan.exact, "pid_filter": plan.pid, "comm_filter": plan.comm,
     }
+
+
+def _run_in(folder: CaptureFolder, prep: Prepared, seconds: float, host: str, *, progress,
+            stop_event) -> Capture:
+    meta = _start_meta(prep, seconds, host)
     store.write_running(folder, meta)
-    series: list[dict] = []
-    sampler = _slabinfo_sampler(target, plan.cache, series)
-    control = RunControl(seconds, progress=progress, stop_event=stop_event,
-                         every_second=sampler, description=f"{plan.cache} ({prep.backend.name})")
     try:
-        with TermAsInterrupt():
-            result = prep.backend.run(target, prep.program, folder, control)
+        if prep.via is not None:
+            def on_hello(description: dict) -> None:
+                nonlocal prep
+                prep = Prepared.from_description(description, prep.target, prep.request,
+                                                 via=prep.via)
+                meta.update(_start_meta(prep, seconds, host), start=meta["start"])
+                store.write_running(folder, meta)
+            with TermAsInterrupt():
+                outcome = via_helper.run(prep, seconds, folder, progress=progress,
+                                         stop_event=stop_event, on_hello=on_hello)
+        else:
+            outcome = _run_here(prep, seconds, folder, progress=progress, stop_event=stop_event)
     except BaseException as e:
         meta.update(status="failed", error=str(e) or type(e).__name__, end=store.now_iso())
         store.write_running(folder, meta)
         if isinstance(e, ProbeFailed) and not e.raw_path:
-            e.raw_path = str(folder)
+            e.raw_path = str(folder.path)
         raise
-    sampler(control.duration_s)  # one last sample at the end
-    meta.update(end=store.now_iso(), duration_s=round(control.duration_s, 3),
+    result = outcome.result
+    plan = prep.plan
+    meta.update(end=store.now_iso(), duration_s=outcome.duration_s,
                 end_reason=result.end_reason, returncode=result.returncode,
                 tracer_stderr=result.stderr[-4000:],
                 status="complete" if result.end_reason == "duration" else "interrupted")
-    meta["cgroups"] = _cgroup_paths(target)
-    meta.update(_save_kallsyms(target, folder))
+    meta["cgroups"] = outcome.cgroups
+    meta.update(outcome.kallsyms)
     store.write_running(folder, meta)
-    parsed = prep.backend.parse(folder, plan, meta)
+    parsed = prep.backend.parse(folder.path, plan, meta)
     _trim_kallsyms(folder, meta, parsed.frames)   # before dropping glue: a reparse needs it
     parsed.allocs, parsed.frames, parsed.outstanding = drop_tracer_glue(
         parsed.allocs, parsed.frames, parsed.outstanding)
     meta.pop("cgroups", None)
     losses = {**result.losses, **parsed.losses}
     meta.update(losses=losses, lost_total=int(sum(losses.values())),
-                stack_losses=parsed.stack_losses,
-                estimated_stacks=parsed.estimated,
-                notes=(plan.notes + capture_notes(prep.backend, plan, prep.program, prep.facts)
-                       + parsed.notes + control.messages),
+                stack_losses=parsed.stack_losses, estimated_stacks=parsed.estimated,
+                notes=plan.notes + prep.program.notes + parsed.notes + outcome.messages,
                 total_allocs=int(parsed.allocs["count"].sum()) if len(parsed.allocs) else 0)
     if plan.mode == "outstanding":
         meta["notes"].append("objects allocated before the capture started are not seen")
     allocs = parsed.allocs.assign(host=host)
     outstanding = parsed.outstanding.assign(host=host) if parsed.outstanding is not None else None
+    series = outcome.series
     cap = Capture(allocs=allocs, frames=parsed.frames, meta=meta, outstanding=outstanding,
                   slabinfo=pd.DataFrame(series, columns=[c.name for c in schema.SLABINFO_SERIES])
                   if series else schema.empty("slabinfo"))
     return store.save(folder, cap)
+
+
+def _run_here(prep: Prepared, seconds: float, folder: CaptureFolder, *, progress,
+              stop_event) -> engine.Outcome:
+    """Run the engine in this process. Raw output goes straight into the capture folder when
+    the folder is ours; root writing into another user's tree works in a private folder and
+    moves the files in afterwards (no path there is ever opened by name while it runs)."""
+    if folder.owner is None:
+        return engine.run(prep, seconds, folder.path, progress=progress, stop_event=stop_event,
+                          wrap=TermAsInterrupt())
+    work = Path(tempfile.mkdtemp(prefix="slabkit-capture-"))
+    try:
+        outcome = engine.run(prep, seconds, work, progress=progress, stop_event=stop_event,
+                             wrap=TermAsInterrupt())
+        for name in outcome.files:
+            if (work / name).is_file():
+                folder.adopt(work / name, name)
+        return outcome
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _int_or_none(value) -> int | None:
@@ -291,64 +317,7 @@ def _host_label(target: Target) -> str:
         return target.name
 
 
-def _slabinfo_sampler(target: Target, cache: str, series: list[dict]) -> Callable[[float], None]:
-    """A callback that appends the cache's slabinfo line to ``series``; never raises."""
-    from slabkit.host.slabinfo import parse_slabinfo
-
-    def sample(elapsed: float) -> None:
-        try:
-            df = parse_slabinfo(target.read_text("/proc/slabinfo"))
-            row = df[df["name"] == cache]
-            if len(row):
-                r = row.iloc[0]
-                series.append({"time_s": round(elapsed, 3), "name": cache,
-                               "active_objs": int(r["active_objs"]),
-                               "num_objs": int(r["num_objs"]),
-                               "memory_bytes": int(r["memory_bytes"])})
-        except (OSError, SlabkitError):
-            pass
-    return sample
-
-
-def _cgroup_paths(target: Target) -> dict[int, str]:
-    """cgroup v2 id (the directory's inode number) -> path, for naming bpftrace's ``cgroup``."""
-    try:
-        mounts = target.read_text("/proc/mounts").splitlines()
-    except OSError:
-        return {}
-    roots = [m.split()[1] for m in mounts if len(m.split()) > 2 and m.split()[2] == "cgroup2"]
-    if not roots:
-        return {}  # no cgroup v2 hierarchy: bpftrace's cgroup id names nothing
-    try:
-        res = target.run(["find", roots[0], "-xdev", "-type", "d", "-printf", r"%i %P\n"],
-                         timeout=30)
-    except Exception:
-        return {}
-    out = {}
-    for line in res.stdout.splitlines():
-        ino, _, path = line.partition(" ")
-        if ino.isdigit():
-            out[int(ino)] = "/" + path
-    return out
-
-
-def _save_kallsyms(target: Target, folder: Path) -> dict[str, Any]:
-    """Keep the kernel's text symbols with the capture so stacks resolve on any machine."""
-    try:
-        text = target.read_text("/proc/kallsyms")
-    except OSError:
-        return {}
-    lines = [l for l in text.splitlines() if len(l) > 19 and l[17] in "tTwW"]
-    if not lines or lines[0].startswith("0000000000000000"):
-        return {"kallsyms_note": "kallsyms addresses are hidden (kptr_restrict): not root?"}
-    import gzip
-    path = folder / "kallsyms.txt.gz"
-    with gzip.open(path, "wt", compresslevel=3) as f:
-        f.write("\n".join(lines) + "\n")
-    return {"kallsyms_path": path.name}
-
-
-def _trim_kallsyms(folder: Path, meta: dict, frames: pd.DataFrame) -> None:
+def _trim_kallsyms(folder: CaptureFolder, meta: dict, frames: pd.DataFrame) -> None:
     """Keep only the symbols the stacks need (each frame's symbol and the one after it, which
     bounds it), so a capture stays small yet re-resolves anywhere."""
     import bisect
@@ -356,8 +325,7 @@ def _trim_kallsyms(folder: Path, meta: dict, frames: pd.DataFrame) -> None:
     name = meta.get("kallsyms_path")
     if not name or not len(frames) or frames["address"].isna().all():
         return
-    path = folder / name
-    with gzip.open(path, "rt") as f:
+    with gzip.open(folder.path / name, "rt") as f:
         lines = f.read().splitlines()
     addrs = [int(l[:16], 16) for l in lines]
     order = sorted(range(len(lines)), key=addrs.__getitem__)
@@ -367,6 +335,9 @@ def _trim_kallsyms(folder: Path, meta: dict, frames: pd.DataFrame) -> None:
         k = bisect.bisect_right(sorted_addrs, int(a)) - 1
         if k >= 0:
             keep.update(order[j] for j in (k, k + 1) if j < len(order))
-    with gzip.open(path, "wt") as f:
+    tmp = f".{name}.tmp"
+    folder.remove(tmp)
+    with folder.create(tmp) as raw, gzip.open(raw, "wt") as f:
         f.write("\n".join(lines[i] for i in sorted(keep)) + "\n")
+    folder.rename(tmp, name)
     meta["kallsyms_trimmed"] = True

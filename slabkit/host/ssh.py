@@ -582,6 +582,12 @@ class SSHTarget(Target):
                                            out.decode(errors="replace"),
                                            err.decode(errors="replace"))
 
+    def command(self, argv: list[str]) -> list[str]:
+        """The local ``ssh`` command line that runs ``argv`` there directly (quoted, as
+        positional parameters of a fixed script), stdin and stdout passed through."""
+        supervisor_args(argv)  # checks argv
+        return self._command_argv(_sh(_EXEC, *argv))
+
     def start(self, argv: list[str], *, stdout: IO, stderr: IO, env: dict | None = None,
               teardown: str | None = None) -> Supervised:
         """Start a long-running program there (a tracer): see :meth:`Target.start`.

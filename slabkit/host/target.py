@@ -80,6 +80,11 @@ class Target:
         ``teardown`` names a tracefs instance folder to disable and remove when it ends."""
         raise NotImplementedError
 
+    def command(self, argv: list[str]) -> list[str]:
+        """The local command line that runs ``argv`` there directly, its stdin, stdout and
+        stderr connected to the local process's (slabkit's capture helper talks this way)."""
+        raise NotImplementedError
+
     @property
     def runs_here(self) -> bool:
         """Whether commands run on this machine (a local target, fake root or not)."""
@@ -166,6 +171,10 @@ class LocalTarget(Target):
                    *supervisor_args(argv, env, str(self.path(teardown)) if teardown else None)]
         return start_supervised(command, list(argv), stdout=stdout, stderr=stderr,
                                 record=self.is_this_machine)
+
+    def command(self, argv: list[str]) -> list[str]:
+        supervisor_args(argv)  # checks argv
+        return list(argv)
 
     @property
     def runs_here(self) -> bool:

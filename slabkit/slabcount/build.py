@@ -23,6 +23,9 @@ from slabkit.errors import TracerUnavailable
 SOURCES = ("slabcount.bpf.c", "slabcount.c")
 HERE = Path(__file__).resolve().parent
 PACKAGES = "clang bpftool libbpf-dev libelf-dev zlib1g-dev gcc"
+#: a build of other sources is removed once it is this old (another checkout or process may
+#: still be using a younger one)
+STALE_BUILD_S = 7 * 86400
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,6 +47,13 @@ def cache_dir() -> Path:
 def binary_path() -> Path:
     """Where the build for the current sources is (or will be)."""
     return cache_dir() / f"slabcount-{source_hash()}" / "slabcount"
+
+
+def prebuilt_path() -> Path:
+    """Where a binary built for these very sources may lie beside them: the capture helper's
+    root-owned copy of slabkit has one (``slabkit helper install`` builds it), so the helper
+    never compiles nor runs anything from a user's cache."""
+    return HERE / "prebuilt" / source_hash() / "slabcount"   # its comm: slabcount
 
 
 def missing_tools() -> str | None:
@@ -76,6 +86,9 @@ def _step(argv: list[str], cwd: Path, stdout=None) -> None:
 
 def build(force: bool = False) -> Path:
     """The path of a ``slabcount`` built from the current sources (building it if needed)."""
+    prebuilt = prebuilt_path()
+    if prebuilt.is_file() and not force:
+        return prebuilt
     out = binary_path()
     if out.exists() and not force:
         return out
@@ -95,8 +108,13 @@ def build(force: bool = False) -> Path:
         _step(["cc", "-O2", "-Wall", "-I.", "-o", "slabcount", "slabcount.c", "-static",
                "-lbpf", "-lelf", "-lz"], work)
         os.replace(work / "slabcount", out)   # atomic: a half-built binary is never used
-    for old in out.parent.parent.glob("slabcount-*"):    # builds of older sources
-        if old != out.parent and old.is_dir():
+    import time
+    for old in out.parent.parent.glob("slabcount-*"):    # builds of older sources, once idle
+        try:
+            idle = time.time() - old.stat().st_mtime > STALE_BUILD_S
+        except OSError:
+            continue
+        if old != out.parent and old.is_dir() and idle:
             shutil.rmtree(old, ignore_errors=True)
     return out
 

@@ -93,6 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-code", action="store_true", help="keep the code cells in the page")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("helper", help="slabkit's capture helper for normal users: install "
+                                      "(root), uninstall (root), status",
+                       add_help=False)
+    p.add_argument("helper_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_helper)
+
+    p = sub.add_parser("export", help="a capture in other tools' formats: pprof "
+                                      "(go tool pprof, Pyroscope, Parca), folded stacks")
+    p.add_argument("capture", nargs="+", help="capture folder(s), glob, or raw tracer output")
+    p.add_argument("--pprof", default=None, metavar="OUT.pb.gz",
+                   help="write a gzip-compressed pprof profile (profile.proto)")
+    p.add_argument("--folded", default=None, metavar="OUT.folded",
+                   help="write FlameGraph folded stacks (flamegraph.pl, speedscope)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("demo", help="the README's demo: caches, then a capture and a report")
     p.add_argument("-d", "--duration", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--cache", default=None, help="capture this cache (default: the busiest)")
@@ -153,9 +168,27 @@ def _print_summary(cap, *, top: int) -> None:
     print(summarize(cap, top=top).to_text())
 
 
+def cmd_helper(args) -> int:
+    from slabkit.helper.install import main as helper_main
+    return helper_main(args.helper_args or ["status"])
+
+
 def cmd_cleanup(args) -> int:
+    import os
+
     from slabkit.host.cleanup import cleanup_leftovers
-    done = cleanup_leftovers()
+    if os.geteuid() == 0:
+        done = cleanup_leftovers()
+    else:
+        from slabkit.host.helper import Helper
+        from slabkit.host.target import LocalTarget
+        helper = Helper(LocalTarget())
+        why = helper.unavailable()
+        if why:
+            from slabkit.errors import PermissionNeeded
+            raise PermissionNeeded(f"slabkit cleanup ends root's tracers: run it with sudo "
+                                   f"(or {why})")
+        done = helper.cleanup()
     print("\n".join(done) if done else "nothing left behind")
     return 0
 
@@ -166,6 +199,19 @@ def cmd_report(args) -> int:
     from slabkit.ui.report import write_report
     out = args.output or f"{Path(args.capture).resolve().name}.html"
     print(f"report: {write_report(args.capture, out, show_code=args.show_code)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from slabkit.analysis.export import to_pprof, write_folded
+    from slabkit.capturing.load import load
+    if not (args.pprof or args.folded):
+        raise SlabkitError_("say what to write: --pprof OUT.pb.gz and/or --folded OUT.folded")
+    cap = load(args.capture if len(args.capture) > 1 else args.capture[0])
+    if args.pprof:
+        print(f"pprof: {to_pprof(cap, args.pprof)}")
+    if args.folded:
+        print(f"folded: {write_folded(cap, args.folded)}")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 As root: the cache table, the busiest cache right now, a capture of it for ``duration``
 seconds, its summary, and a shareable HTML report. Without root: says why, then shows what
-works without root: a sample capture from ``data/samples`` and its report.
+works without root: a sample capture shipped with slabkit (:mod:`slabkit.samples`) and its
+report.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 from slabkit.errors import PermissionNeeded, SlabkitError
 from slabkit.ui.summary import summarize
 
-SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
+#: the sample capture shown without root
+DEMO_SAMPLE = "bpftrace-filp"
 
 
 def _say(text: str = "") -> None:
@@ -60,11 +62,8 @@ def run_demo(duration: float = 10.0, cache: str | None = None,
 
 def _demo_from_sample(report_dir) -> int:
     from slabkit.capturing.load import load
-    samples = sorted(p for p in SAMPLES.glob("*/meta.json"))
-    if not samples:
-        _say(f"no sample captures in {SAMPLES}")
-        return 2
-    cap = load(samples[0].parent)
+    from slabkit.samples import sample_path
+    cap = load(sample_path(DEMO_SAMPLE))
     _say(summarize(cap).to_text())
     _write_report(cap.path, report_dir)
     return 0

@@ -144,9 +144,9 @@ def summarize(cap: Capture, *, top: int = 10, stacks: int | None = None) -> Summ
     """The :class:`Summary` of a capture: its ``top`` processes and call sites and its
     ``stacks`` (default ``min(top, 5)``) biggest stacks, with its headline facts from ``meta``.
 
-    >>> print(summarize(slabkit.load("data/samples/perf-filp"), top=3).to_text())
+    >>> print(summarize(slabkit.load(slabkit.sample_path("perf-filp")), top=3).to_text())
     ... # doctest: +SKIP
-    filp: 1887 allocations in 0.2 s via perf (interrupted); saved in data/samples/perf-filp
+    filp: 1887 allocations in 0.2 s via perf (interrupted); saved in .../samples/perf-filp
     ...
     """
     m = cap.meta

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 from slabkit.backends import Backend, Options, Parsed, Program, RunResult
 from slabkit.backends._common import tracefs_filter
-from slabkit.backends.ftrace.parse import parse_output
 from slabkit.backends.ftrace.program import (
     DRAIN_TIMEOUT_S,
     INSTANCE_OPTIONS,
@@ -138,5 +137,8 @@ class FtraceBackend(Backend):
         time.sleep(0.2)  # let dd write out what it read last
 
     def parse(self, folder: Path, plan: "Plan", meta: dict) -> Parsed:
+        from slabkit.backends.ftrace.parse import (
+            parse_output,  # pandas: only when parsing
+        )
         return parse_output(folder / RAW, plan, meta)
 

@@ -6,12 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import numpy as np
-
 from slabkit.backends.base import Parsed
 from slabkit.errors import ParseError
-from slabkit.model import schema
-from slabkit.model.stacks import frames_table
 
 # --------------------------------------------------------------------------------------------
 # the classic slab.stp output
@@ -125,10 +121,12 @@ def parse_classic(text: str, *, object_size: int | None = None, path: str | None
             sids.append(-1)
             counts.append(rest)
     n = len(comms)
-    counts_a = np.array(counts, dtype=np.int64)
+    from slabkit.model import schema   # pandas: only when parsing
+    from slabkit.model.stacks import frames_table
+    counts_a = list(counts)
     allocs = schema.table("allocs", {
         "comm": comms, "stack_id": sids, "count": counts_a,
-        **({"bytes": counts_a * int(object_size)} if object_size else {})})
+        **({"bytes": [c * int(object_size) for c in counts_a]} if object_size else {})})
     frames = frames_table({sid: list(fr) for fr, sid in stack_ids.items()})
     return Parsed(allocs=schema.validate(allocs, "allocs", source=path),
                   frames=schema.validate(frames, "frames", source=path))

@@ -7,13 +7,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from slabkit.backends.base import Parsed
 from slabkit.backends.stap.program import BUILD_INFO, STDERR_FILE
 from slabkit.errors import ParseError
-from slabkit.model import schema
-from slabkit.model.stacks import frames_table
 
 if TYPE_CHECKING:
     from slabkit.plan import Plan
@@ -103,11 +99,13 @@ def parse_text(text: str, *, object_size: int | None = None, path: str | None = 
     rows_sid = []
     for count, pid, tid, comm, frames in blocks:
         rows_sid.append(stack_ids.setdefault(frames, len(stack_ids)) if frames else -1)
-    counts = np.array([b[0] for b in blocks], dtype=np.int64)
+    from slabkit.model import schema   # pandas: only when parsing
+    from slabkit.model.stacks import frames_table
+    counts = [b[0] for b in blocks]
     allocs = schema.table("allocs", {
         "pid": [b[1] for b in blocks], "tid": [b[2] for b in blocks],
         "comm": [b[3] for b in blocks], "stack_id": rows_sid, "count": counts,
-        **({"bytes": counts * int(object_size)} if object_size else {})})
+        **({"bytes": [c * int(object_size) for c in counts]} if object_size else {})})
     frames = frames_table({sid: list(fr) for fr, sid in stack_ids.items()})
     return Parsed(allocs=schema.validate(allocs, "allocs", source=path),
                   frames=schema.validate(frames, "frames", source=path))
