@@ -23,6 +23,12 @@
  *                            (prctl), N more, then forks a child that makes N more and exits:
  *                            3N filp allocations across a rename and a fork; the report line
  *                            is "done 3N child <pid>" (tests of comm/tgid attribution)
+ *   slabwork threads N PATH  the main thread allocates nothing: a worker thread started before
+ *                            "go" makes N x open(PATH), then one started after "go" makes N
+ *                            more; the report line is "done 2N tids <tid1> <tid2>" (pid filters
+ *                            must match the process, not the thread)
+ *   slabwork socket N        N x socket(AF_UNIX, SOCK_DGRAM)+close: N objects from the UNIX
+ *                            cache (merged with others on some kernels: alias tests)
  *
  * Protocol (so a test can start its probe after the process exists): prints "pid <pid>",
  * waits for a line on stdin ("go"), does the work, prints "done <count>", then waits for
@@ -30,6 +36,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +52,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -96,6 +104,52 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* --- threads mode: allocations made by worker threads only ----------------------------- */
+struct threads_job { const char *path; long n; int gate; pid_t tid; int failed; };
+
+static void *threads_worker(void *arg) {
+    struct threads_job *job = arg;
+    char c;
+    job->tid = (pid_t)syscall(SYS_gettid);
+    if (job->gate >= 0 && read(job->gate, &c, 1) != 1) { job->failed = 1; return NULL; }
+    job->failed = open_close(job->path, job->n) < 0;
+    return NULL;
+}
+
+static int threads_mode(long n, const char *path, int nowait) {
+    int gate[2];
+    pthread_t early, late;
+    if (pipe(gate) < 0) { perror("pipe"); return 1; }
+    struct threads_job first = { path, n, gate[0], 0, 0 }, second = { path, n, -1, 0, 0 };
+    if (pthread_create(&early, NULL, threads_worker, &first)) { fprintf(stderr, "pthread_create\n"); return 1; }
+    printf("pid %d\n", getpid());
+    if (!nowait && wait_line() < 0) return 1;
+    if (write(gate[1], "g", 1) != 1) { perror("write"); return 1; }
+    pthread_join(early, NULL);
+    if (pthread_create(&late, NULL, threads_worker, &second)) { fprintf(stderr, "pthread_create\n"); return 1; }
+    pthread_join(late, NULL);
+    if (first.failed || second.failed) return 1;
+    printf("done %ld tids %d %d\n", 2 * n, (int)first.tid, (int)second.tid);
+    if (!nowait) while (wait_line() >= 0) {}
+    return 0;
+}
+/* --- end of threads mode ----------------------------------------------------------------- */
+
+/* --- socket mode: N AF_UNIX sockets, one UNIX cache object each ------------------------- */
+static int socket_mode(long n, int nowait) {
+    printf("pid %d\n", getpid());
+    if (!nowait && wait_line() < 0) return 1;
+    for (long i = 0; i < n; i++) {
+        int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+        if (fd < 0) { perror("socket"); return 1; }
+        close(fd);
+    }
+    printf("done %ld\n", n);
+    if (!nowait) while (wait_line() >= 0) {}
+    return 0;
+}
+/* --- end of socket mode ------------------------------------------------------------------ */
+
 int main(int argc, char **argv) {
     int nowait = 0;
     if (argc > 1 && strcmp(argv[1], "-n") == 0) { nowait = 1; argv++; argc--; }
@@ -107,6 +161,8 @@ int main(int argc, char **argv) {
     long n = strtol(argv[2], NULL, 10);
     const char *path = argc > 3 ? argv[3] : "/dev/null";
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (strcmp(mode, "threads") == 0) return threads_mode(n, path, nowait);
+    if (strcmp(mode, "socket") == 0) return socket_mode(n, nowait);
     printf("pid %d\n", getpid());
     if (!nowait && wait_line() < 0) return 1;
     long done = 0;

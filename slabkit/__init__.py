@@ -45,7 +45,7 @@ _EXPORTS = {
     "kmalloc_waste": "analysis", "kmalloc_waste_total": "analysis",
     "SlabkitError": "errors", "InvalidInput": "errors", "UnknownCache": "errors",
     "PermissionNeeded": "errors", "TracerUnavailable": "errors", "ProbeFailed": "errors",
-    "ParseError": "errors", "CaptureNotFound": "errors",
+    "ParseError": "errors", "CaptureNotFound": "errors", "DiskFull": "errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -142,6 +142,7 @@ class ParseError(SlabkitError, ValueError):
 
     def __init__(self, message: str, *, path: str | None = None, lineno: int | None = None,
                  line: str | None = None):
+        self.message = message
         self.path = path
         self.lineno = lineno
         self.line = line
@@ -157,6 +158,12 @@ class ParseError(SlabkitError, ValueError):
         if line is not None:
             text += f": {line[:200]!r}"
         super().__init__(text)
+
+
+class DiskFull(SlabkitError):
+    """The disk holding a capture folder is full: what could be written is kept, and the
+    message says where and what to run once space is freed. Deliberately not an OSError, so
+    code that tolerates a missing file cannot hide it."""
 
 
 class TargetUnreachable(SlabkitError):
@@ -176,7 +183,16 @@ class CaptureNotFound(SlabkitError, FileNotFoundError):
     """A path that holds no complete capture."""
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters with the full length
+    said, so a megabyte of typed text makes one readable line."""
+    if isinstance(value, (str, bytes)) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit + 20 else text[:limit] + "..."
+
+
 def expected_one_of(what: str, value: object, choices: Iterable[str]) -> str:
     """Format the one 'expected one of ...' message every option check uses."""
     opts = ", ".join(repr(c) for c in choices)
-    return f"{what} must be one of {opts}, not {value!r}"
+    return f"{what} must be one of {opts}, not {shown(value)}"

@@ -71,6 +71,18 @@ def require_bpf() -> Path:
     return build()
 
 
+#: the backends that capture on this machine's kernel (stap needs kprobes and modules)
+LIVE_BACKENDS = ("bpf", "bpftrace", "ftrace", "perf")
+
+
+def require_backend(name: str) -> None:
+    """What backend ``name`` needs here (its tool, or slabcount's build), or skip/fail."""
+    if name == "bpf":
+        require_bpf()
+    elif name != "ftrace":
+        require_tool(name)
+
+
 @pytest.fixture
 def live():
     """Root, tracefs mounted: the live kernel can be traced. Checks nothing is left behind."""

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import procs
 import pytest
+from conftest import skip_or_fail
 
 SSHD = "/usr/sbin/sshd"  # sshd insists on being started by its absolute path
 PRIVSEP_DIR = Path("/run/sshd")  # sshd (as root) refuses to start without it
@@ -168,10 +169,7 @@ def sshd_server(tmp_path_factory):
     ``SLABKIT_REQUIRE_LIVE=1``) when OpenSSH is not installed."""
     missing = missing_tools()
     if missing:
-        reason = f"needs {', '.join(missing)}; `make system` installs them"
-        if os.environ.get("SLABKIT_REQUIRE_LIVE") == "1":
-            pytest.fail(f"ssh test cannot run (SLABKIT_REQUIRE_LIVE=1): {reason}")
-        pytest.skip(reason)
+        skip_or_fail(f"ssh tests need {', '.join(missing)}; `make system` installs them")
     server = SSHServer(tmp_path_factory.mktemp("sshd"))
     copy = _bpf_copy_on_this_machine()
     had_copy = copy.exists()

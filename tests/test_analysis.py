@@ -217,6 +217,34 @@ def test_hand_callers_and_callees(hand):
         "[innermost]": 19, "bpf_prog_abc": 2, "___slab_alloc": 1}
 
 
+def test_callers_and_callees_by_bytes():
+    """Bytes not proportional to counts (a different slot per row): the bytes share is of the
+    bytes of the stacks through the function. Through d_alloc: stack 10 (5 x 100 + 3 x 200 =
+    1100 bytes), 11 (2 x 300 = 600), 14 (7 x 700 = 4900): 6600 bytes."""
+    rows = ROWS
+    allocs = _allocs(rows)
+    allocs["bytes"] = pd.array([c * slot for (_, _, _, c), slot in
+                                zip(rows, (100, 200, 300, 400, 500, 600, 700))], dtype="Int64")
+    cap = Capture(allocs, frames_table(STACKS), {"cache": "kmalloc-x", "duration_s": 2.0})
+    up = A.callers(cap, "d_alloc", value="bytes")
+    assert up["bytes"].to_dict() == {"d_alloc": 4900, "do_sys": 4900, "ovl_lookup": 1100,
+                                     "lookup_slow": 600}
+    assert up["count"].to_dict() == {"d_alloc": 7, "do_sys": 7, "ovl_lookup": 8,
+                                     "lookup_slow": 2}
+    assert up["share"].to_dict() == pytest.approx({"d_alloc": 4900 / 6600,
+                                                   "do_sys": 4900 / 6600,
+                                                   "ovl_lookup": 1100 / 6600,
+                                                   "lookup_slow": 600 / 6600})
+    assert up.loc["ovl_lookup", "per_s"] == pytest.approx(1100 / 2)
+    down = A.callees(cap, "d_alloc", value="bytes")
+    assert down["bytes"].to_dict() == {"kmem_cache_alloc_noprof": 6600, "d_alloc": 4900}
+    assert down["share"].to_dict() == pytest.approx({"kmem_cache_alloc_noprof": 1.0,
+                                                     "d_alloc": 4900 / 6600})
+    by_count = A.callees(cap, "d_alloc")
+    assert by_count["share"].to_dict() == pytest.approx({"kmem_cache_alloc_noprof": 1.0,
+                                                         "d_alloc": 7 / 17})
+
+
 def test_callers_of_unknown_function_suggests_names(hand):
     with pytest.raises(InvalidInput, match="'d_alloc'"):
         A.callers(hand, "d_aloc")
@@ -390,6 +418,8 @@ def test_real_bpftrace_sample_on_6_18():
 
     from conftest import SAMPLES
     folder = SAMPLES / "bpftrace-filp"
+    # committed sample data: missing is a failure, not a skip
+    assert (folder / "frames.parquet").is_file(), f"{folder} is not in this checkout"
     cap = Capture(pd.read_parquet(folder / "allocs.parquet"),
                   pd.read_parquet(folder / "frames.parquet"),
                   json.loads((folder / "meta.json").read_text()))

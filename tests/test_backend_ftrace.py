@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, TRACEFS
-from live_capture import assert_count, capture_around, pid_rows
+from live_capture import assert_count, capture_around, kernel_struct_size, pid_rows
 from sshd import sshd_server  # noqa: F401  (fixture)
 
 import slabkit
@@ -112,8 +112,9 @@ def test_render_describes_the_instance_writes():
                                   facts)
     assert isinstance(prog, FtraceProgram)
     assert prog.events == ["kmem/kmem_cache_alloc"] and prog.buffer_kb == 4096
-    assert prog.filter == ('bytes_alloc == 192 && name == "filp" && common_pid == 7 '
-                           '&& comm == "slabwork"')
+    # no common_pid (a thread id): the instance follows process 7's threads instead
+    assert prog.filter == 'bytes_alloc == 192 && name == "filp" && comm == "slabwork"'
+    assert prog.pid == 7
     assert prog.argv == ["dd", "bs=65536", "status=none",
                          "if=/sys/kernel/tracing/instances/{instance}/trace_pipe"]
     text = prog.text
@@ -123,8 +124,12 @@ def test_render_describes_the_instance_writes():
                  "echo 1 > INSTANCE/events/kmem/kmem_cache_alloc/enable",
                  "echo 1 > INSTANCE/events/task/task_newtask/enable",
                  "echo 1 > INSTANCE/events/task/task_rename/enable",
+                 "echo 1 > INSTANCE/options/event-fork",
+                 "echo $(ls /proc/7/task) > INSTANCE/set_event_pid",
                  "dd if=INSTANCE/trace_pipe", "rmdir INSTANCE"):
         assert part in text, part
+    everyone = FtraceBackend().render(plan_filp(), Options(), facts)
+    assert everyone.pid is None and "set_event_pid" not in everyone.text
 
 
 def test_kernel_filter_adds_the_comm():
@@ -426,6 +431,10 @@ def test_kmalloc_size_class_count_is_exact_for_eventfd(live, tmp_path):
     rows = pid_rows(cap, w.pid)
     assert_count(cap, w.pid, N)
     assert 0 < int(rows["bytes_req"].sum()) <= N * 64
+    # eventfd's kmalloc(sizeof(*ctx)): the struct's size from the kernel's BTF, for each
+    # event counted (N of them unless the tracer reported losses: assert_count)
+    assert int(rows["bytes_req"].sum()) == int(rows["count"].sum()) * kernel_struct_size(
+        "eventfd_ctx")
     assert "do_eventfd" in functions_of(cap.frames, rows["stack_id"])
 
 

@@ -6,15 +6,18 @@ lines, frame lines), never typed in. ``tests/fixtures/perf/record.py`` re-record
 """
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, require_tool
-from live_capture import assert_count, capture_around, pid_rows
+from live_capture import assert_count, capture_around, kernel_struct_size, pid_rows
 from sshd import sshd_server  # noqa: F401  (fixture)
 
+import bench.workload as workload
 import slabkit
 import slabkit.capturing.run as capturing
 from bench.workload import Workload
@@ -71,8 +74,8 @@ def test_render_filters_in_the_kernel_and_samples_1_in_n_with_no_period():
                                                                     buffer_kb=1000), "6.1.192")
     i = argv.index("--filter")
     assert argv[i - 2:i] == ["-e", "kmem:kmem_cache_alloc"]
-    assert argv[i + 1] == ('bytes_alloc == 192 && name == "filp" && common_pid == 42 '
-                           '&& comm == "slab work"')
+    # no common_pid: that is a thread id; the parser keeps the process's events instead
+    assert argv[i + 1] == 'bytes_alloc == 192 && name == "filp" && comm == "slab work"'
     assert argv[argv.index("-c") + 1] == "10" and "--no-period" in argv
     assert argv[argv.index("-m") + 1] == "256"          # 1000 KB -> 250 pages -> 2^8
     assert argv[-2:] == ["-o", "{folder}/perf.data"]
@@ -228,6 +231,10 @@ def test_kmalloc_size_class_count_is_exact_for_eventfd(perf, tmp_path):
     assert_count(cap, w.pid, N)
     assert cap.meta["plan"]["strategy"] == "kmalloc-size-class"
     assert 0 < int(rows["bytes_req"].sum()) <= N * 64
+    # eventfd's kmalloc(sizeof(*ctx)): the struct's size from the kernel's BTF, for each
+    # event counted (N of them unless the tracer reported losses: assert_count)
+    assert int(rows["bytes_req"].sum()) == int(rows["count"].sum()) * kernel_struct_size(
+        "eventfd_ctx")
     assert "do_eventfd" in functions_of(cap.frames, rows["stack_id"])
 
 
@@ -245,11 +252,28 @@ def test_pid_and_comm_filters_are_applied_in_the_kernel(perf, tmp_path):
     assert_count(cap, w.pid, N)
 
 
-def test_sampling_scales_counts_back_and_marks_them_estimated(perf, tmp_path):
+def test_sampling_scales_counts_back_and_marks_them_estimated(perf, tmp_path, monkeypatch):
+    """``-c 10 --no-period`` records every 10th event that passes the filter, as each CPU's
+    counter sees them. The workload runs under a name of its own (a copy of slabwork: the comm
+    filter matches nothing else on the machine) pinned to one CPU, so its 5N events go through
+    one counter: exactly 5N/10 samples, scaled back to exactly 5N (each lost sample, if the
+    tracer reports any, stands for 10 events)."""
+    name = f"swsamp{os.getpid()}"[:15]
+    copy = tmp_path / name
+    shutil.copy(workload.binary(), copy)
+    monkeypatch.setattr(workload, "binary", lambda: copy)
     with Workload("open", N * 5, "/etc/hostname") as w:
-        cap = capture_around("filp", w.go, backend="perf", base=tmp_path, options=Options(sample_every=10))
-    got = int(pid_rows(cap, w.pid)["count"].sum())
+        os.sched_setaffinity(w.pid, {min(os.sched_getaffinity(0))})
+        cap = capture_around("filp", w.go, backend="perf", base=tmp_path, comm=name,
+                             options=Options(sample_every=10))
+    rows = pid_rows(cap, w.pid)
+    got = int(rows["count"].sum())
+    assert set(rows["comm"]) == {name}
     assert got % 10 == 0 and abs(got - N * 5) <= N * 5 // 10, got
+    lost = int(cap.meta["lost_total"])
+    assert N * 5 - 10 * lost <= got <= N * 5, (got, cap.meta["losses"])
+    if lost == 0:
+        assert got == N * 5
     assert cap.meta["estimated_stacks"] is True
     assert "--no-period" in cap.meta["argv"]
 

@@ -9,15 +9,22 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import procs
 import pytest
 from conftest import FIXTURES, require_bpf, skip_or_fail
-from live_capture import capture_around, pid_rows
+from live_capture import (
+    assert_losses_match_the_raw_output,
+    capture_around,
+    kernel_struct_size,
+    pid_rows,
+)
 
 import slabkit
 from bench.workload import Workload
 from slabkit.backends import Options, get_backend
-from slabkit.backends.bpf import probe_kernel, read_output, render_argv
+from slabkit.backends._tables import spread_counts
+from slabkit.backends.bpf import parse_output, probe_kernel, read_output, render_argv
 from slabkit.errors import InvalidInput, ParseError
 from slabkit.host.facts import KernelFacts
 from slabkit.host.target import LocalTarget
@@ -86,6 +93,7 @@ def test_kmalloc_size_class_is_exact_with_requested_bytes(bpf, tmp_path, stack_s
     assert int(rows["count"].sum()) == N
     req = int(rows["bytes_req"].sum())
     assert N * 33 <= req <= N * 64               # eventfd_ctx is requested at 33..64 bytes
+    assert req == N * kernel_struct_size("eventfd_ctx")   # kmalloc(sizeof(*ctx)), from BTF
     assert "do_eventfd" in functions_of(cap, rows["stack_id"])
     # full stacks come from the regular tracepoint where BTF describes its record
     record = probe_kernel(LocalTarget(), str(bpf))["kmalloc_record"] == 1
@@ -125,8 +133,16 @@ def test_a_full_counts_map_is_reported_not_hidden(bpf, tmp_path, stack_sample):
                          options=Options(map_keys=16, stack_sample=stack_sample))
     assert cap.meta["losses"].get("count_map_full", 0) > 0
     assert cap.meta["lost_total"] >= cap.meta["losses"]["count_map_full"]
-    assert any("counts map was full" in n for n in cap.meta["notes"])
+    assert_losses_match_the_raw_output(cap)         # by value: the raw output's stat lines
+    assert any(f"{cap.meta['losses']['count_map_full']} events were not counted" in n
+               for n in cap.meta["notes"])
     assert len(cap.allocs.groupby(["pid", "tid", "comm"])) <= 16
+    raw = (Path(cap.path) / "slabcount.tsv").read_text().splitlines()
+    # the map that was full holds 16 keys: (process, thread, cgroup, comm), or with full
+    # stacks (the same and the stack)
+    kind = "count\t" if stack_sample > 1 else "sample\t"
+    assert sum(line.startswith(kind) for line in raw) == 16
+    assert cap.meta["total_allocs"] == int(cap.allocs["count"].sum())
 
 
 def test_the_program_is_gone_when_the_capture_ends(bpf, tmp_path):
@@ -227,6 +243,67 @@ def test_recorded_output_parses_to_the_known_workload(name):
     # requested bytes: v1 did not write them (missing, never 0); a filp event has none (0)
     assert sampled["bytes_req"].isna().all() if name.endswith("-v1") \
         else (sampled["bytes_req"] == 0).all()
+
+
+#: the recorded fixtures' stacks, named by the address at depth 4 (hashes whose frames are the
+#: same merge into one stack): open() of a path, the 10-frame path and the 8-frame other path
+OPEN, TEN, OTHER = 0xffffffff816b749e, 0xffffffff816c610d, 0xffffffff816ca5fd
+#: per (comm, pid): (stack, count), worked out by hand from the .tsv: every key's samples fall
+#: on one stack (after the merge), so each key's exact count goes to it whole
+PER_STACK = {
+    "filp-6.18": {("bash", 10121): (OTHER, 4), ("bash", 10113): (OTHER, 2),
+                  ("python", 10121): (OPEN, 118), ("slabwork", 10122): (OPEN, 2000),
+                  ("cat", 10123): (OPEN, 31), ("bash", 10123): (TEN, 2),
+                  ("python", 10122): (TEN, 1)},
+    "filp-6.18-v1": {("bash", 28920): (OTHER, 4), ("bash", 28872): (OTHER, 2),
+                     ("python", 28920): (OPEN, 118), ("slabwork", 28921): (OPEN, 2000),
+                     ("cat", 28922): (OPEN, 31), ("bash", 28922): (TEN, 2),
+                     ("python", 28921): (TEN, 1)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PER_STACK))
+def test_recorded_output_per_stack(name):
+    parsed = parse_output(FIXTURES / "bpf" / f"{name}.tsv", _plan(),
+                          {"options": {"stack_sample": 32}, "slab_size": 192})
+    frames = parsed.frames
+    label = {int(sid): int(a) for sid, a in
+             frames.loc[frames["depth"] == 4, ["stack_id", "address"]].itertuples(index=False)}
+    assert sorted(label.values()) == sorted((OPEN, TEN, OTHER))
+    assert frames.groupby("stack_id").size().to_dict() == {
+        sid: 10 if a == TEN else 8 for sid, a in label.items()}
+    got = {(r.comm, int(r.pid)): (label[r.stack_id], int(r.count))
+           for r in parsed.allocs.itertuples()}
+    assert got == PER_STACK[name]
+    assert parsed.allocs["bytes"].tolist() == (parsed.allocs["count"] * 192).tolist()
+    assert parsed.estimated and not parsed.losses
+
+
+def test_spread_counts_follows_the_sample_weights():
+    """Each key's exact count is spread over its stacks in proportion to their (weighted)
+    samples, by largest remainders; worked out by hand."""
+    keys = ["pid", "tid", "comm"]
+    exact = pd.DataFrame({"pid": [1, 2, 5, 5, 7], "tid": [1, 2, 5, 5, 7],
+                          "comm": ["a", "b", "python", "slabwork", "x"],
+                          "count": [1000, 100, 10, 90, 5]})
+    sampled = pd.DataFrame({"pid": [1, 1, 2, 2, 2, 5, 5], "tid": [1, 1, 2, 2, 2, 5, 5],
+                            "comm": ["a", "a", "b", "b", "b", "slabwork", "slabwork"],
+                            "stack_id": [0, 1, 0, 1, 2, 0, 1],
+                            "samples": [1, 999, 1, 32, 65, 1, 4]})
+    out = spread_counts(exact, sampled, keys)
+    got = {(r.comm, r.stack_id): r.count for r in out.itertuples()}
+    assert got == {
+        ("a", 0): 1, ("a", 1): 999,                   # 1000 x 1/1000, x 999/1000
+        # 100 x (1, 32, 65)/98 = 1.02, 32.65, 66.33: 1 + 32 + 66 = 99, the largest
+        # remainder (.65) takes the one left
+        ("b", 0): 1, ("b", 1): 33, ("b", 2): 66,
+        ("slabwork", 0): 18, ("slabwork", 1): 72,     # 90 x 1/5, x 4/5
+        # no stack of its own (comm changed at exec): its thread's stacks, 10 x 1/5, x 4/5
+        ("python", 0): 2, ("python", 1): 8,
+        ("x", -1): 5,                                 # no stack at all: kept, stack -1
+    }
+    assert out.groupby("comm")["count"].sum().to_dict() == dict(zip(exact["comm"],
+                                                                     exact["count"]))
 
 
 @pytest.mark.parametrize("cut", ["no-end", "bad-line"])

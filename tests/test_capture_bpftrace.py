@@ -6,8 +6,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
-from live_capture import capture_around, pid_rows
+from conftest import require_tool, skip_or_fail
+from live_capture import (
+    assert_losses_match_the_raw_output,
+    capture_around,
+    kernel_struct_size,
+    pid_rows,
+)
 
 import slabkit
 from bench.workload import Workload
@@ -68,25 +73,41 @@ def test_kmalloc_size_class_count_is_exact_for_eventfd(bpftrace, tmp_path):
     assert int(rows["count"].sum()) == N
     assert cap.meta["plan"]["strategy"] == "kmalloc-size-class"
     assert int(rows["bytes_req"].sum()) > 0 and int(rows["bytes_req"].sum()) <= N * 64
+    # eventfd's kmalloc(sizeof(*ctx)): the struct's size from the kernel's BTF, each time
+    assert int(rows["bytes_req"].sum()) == N * kernel_struct_size("eventfd_ctx")
     assert "do_eventfd" in functions_of(cap, rows["stack_id"])
 
 
+#: caches a slabwork mode allocates exactly one object from per operation: mode, its path
+DRIVEN = {"UNIX": ("socket", None), "filp": ("open", "/etc/hostname"), "dentry": ("stat", "")}
+
+
+def merged_cache_slabwork_drives() -> tuple[str, str, str | None]:
+    """(cache, slabwork mode, path) of a cache slabwork allocates from that is merged on the
+    running kernel: its /sys/kernel/slab entry is a symlink to a shared ``:flags-size``
+    folder (here UNIX shares one with UNIX-STREAM and signal_cache; filp is merged with
+    io_kiocb on 5.10)."""
+    for cache, (mode, path) in DRIVEN.items():
+        if (Path("/sys/kernel/slab") / cache).is_symlink():
+            return cache, mode, path
+    skip_or_fail(f"none of the caches slabwork allocates from ({', '.join(DRIVEN)}) is merged "
+                 "on this kernel")
+    raise AssertionError("unreachable")
+
+
 def test_a_merged_cache_is_captured_through_its_alias(bpftrace, tmp_path):
-    table = slabkit.caches()
-    merged = table[table["aliases"].map(len) > 0]
-    row = merged[merged["name"] == "filp"] if "filp" in set(merged["name"]) else merged.head(0)
-    if row.empty:
-        # filp is not merged on this kernel: use any alias of a merged cache that the open
-        # path allocates from? Not guaranteed; fall back to checking resolution + plan only.
-        alias = merged.iloc[0]["aliases"][0]
-        prep = slabkit.prepare(alias, backend="bpftrace")
-        assert prep.plan.cache == merged.iloc[0]["name"] and prep.plan.requested == alias
-        assert f'"{prep.plan.cache}"' in prep.program.text
-        return
-    alias = row.iloc[0]["aliases"][0]
-    with Workload("open", N, "/etc/hostname") as w:
-        cap = capture_around(alias, w.go, backend="bpftrace", base=tmp_path)
-    assert cap.meta["cache"] == "filp" and cap.meta["requested"] == alias
+    cache, mode, path = merged_cache_slabwork_drives()
+    resolved = slabkit.resolve_cache(cache)
+    assert resolved.aliases, f"{cache} is merged but has no aliases"
+    # ask for a name the kernel does not report allocations under
+    alias = cache if resolved.name != cache else resolved.aliases[0]
+    prep = slabkit.prepare(alias, backend="bpftrace")
+    assert prep.plan.cache == resolved.name and prep.plan.requested == alias
+    assert f'"{prep.plan.cache}"' in prep.program.text
+    with Workload(mode, N, str(tmp_path) if path == "" else path) as w:
+        cap = capture_around(alias, w.go, backend="bpftrace", base=tmp_path / "caps")
+    assert cap.meta["cache"] == resolved.name and cap.meta["requested"] == alias
+    assert any("merged into" in n for n in cap.meta["notes"])
     assert int(pid_rows(cap, w.pid)["count"].sum()) == N
 
 
@@ -138,6 +159,16 @@ def test_full_maps_on_the_live_kernel_are_reported_by_kind(bpftrace, tmp_path):
     assert cap.meta["stack_losses"].get("stack_map_updates_failed", 0) > 0
     assert any("events were not counted" in n for n in cap.meta["notes"])
     assert any("stack map was full" in n for n in cap.meta["notes"])
+    # by value: the helper errors bpftrace printed, split by the program line that failed
+    assert_losses_match_the_raw_output(cap)
+    at_c = next(i for i, line in enumerate(cap.meta["program"].splitlines(), 1) if "@c[" in line)
+    errors = [json.loads(line) for line in (Path(cap.path) / "bpftrace.jsonl").read_text()
+              .splitlines() if '"helper_error"' in line]
+    on_c = sum(1 for e in errors if e.get("line") == at_c)
+    assert cap.meta["losses"] == {"map_updates_failed": on_c}
+    assert cap.meta["stack_losses"] == {"stack_map_updates_failed": len(errors) - on_c}
+    assert any(f"({on_c} failed updates): events were not counted" in n
+               for n in cap.meta["notes"])
 
 
 def test_a_probe_that_cannot_attach_fails_with_bpftraces_message(bpftrace, tmp_path):

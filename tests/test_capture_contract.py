@@ -17,7 +17,7 @@ from pathlib import Path
 
 import procs
 import pytest
-from conftest import TRACEFS, require_bpf, require_tool
+from conftest import LIVE_BACKENDS, TRACEFS, require_backend
 from live_capture import capture_around, pid_rows
 
 import slabkit
@@ -32,12 +32,9 @@ RAW = {"bpf": ["slabcount.tsv"], "bpftrace": ["bpftrace.jsonl"],
        "perf": ["perf.data", "perf.script.txt"], "ftrace": ["ftrace.txt"]}
 
 
-@pytest.fixture(params=sorted(RAW))
+@pytest.fixture(params=LIVE_BACKENDS)
 def backend(request, live):
-    if request.param == "bpf":
-        require_bpf()
-    elif request.param != "ftrace":
-        require_tool(request.param)
+    require_backend(request.param)
     return request.param
 
 

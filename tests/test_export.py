@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import SAMPLES, require_tool
+from conftest import SAMPLES, require_tool, skip_or_fail
 
 import slabkit
 from slabkit.analysis import export
@@ -299,7 +299,10 @@ def test_cli_export_writes_pprof_and_folded(tmp_path, capsys):
 # the generated module is protoc's output for the vendored profile.proto
 
 def test_generated_module_matches_the_vendored_proto(tmp_path):
-    pytest.importorskip("grpc_tools", reason="grpcio-tools (slabkit[test]) regenerates it")
+    try:
+        import grpc_tools  # noqa: F401
+    except ImportError:
+        skip_or_fail("grpcio-tools (slabkit[test]) regenerates it: pip install -e '.[test]'")
     rel = "slabkit/analysis/pprof/profile.proto"
     (tmp_path / rel).parent.mkdir(parents=True)
     (tmp_path / rel).write_bytes((PPROF_DIR / "profile.proto").read_bytes())

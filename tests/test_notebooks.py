@@ -16,7 +16,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import SAMPLES, require_tool
+from conftest import SAMPLES, require_tool, skip_or_fail
+from report_tables import assert_frame_in_report, html_tables, page_text
 
 import slabkit
 from slabkit.errors import CaptureNotFound, SlabkitError
@@ -195,7 +196,7 @@ def test_03_compares_two_captures(tmp_path):
 def _as_nobody(cmd: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
     setpriv = shutil.which("setpriv")
     if not setpriv:
-        pytest.skip("setpriv (util-linux) is needed to run a notebook as nobody")
+        skip_or_fail("setpriv (util-linux) is needed to run a notebook as nobody")
     return subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *cmd],
                           env=env, capture_output=True, text=True, check=False, **kw)
 
@@ -215,7 +216,7 @@ def _python_for_nobody(env: dict) -> str:
         probe = _as_nobody([exe, "-c", check], env, timeout=120)
         if probe.returncode == 0:
             return exe
-    pytest.skip(f"no Python {version} with slabkit's packages that the user nobody can run")
+    skip_or_fail(f"no Python {version} with slabkit's packages that the user nobody can run")
 
 
 def _run_as_nobody(name: str, params: dict, shared: Path) -> subprocess.CompletedProcess:
@@ -304,6 +305,31 @@ def test_report_is_one_self_contained_page(sample, show_code, tmp_path):
     assert ('class="highlight hl-ipython3"' in html) == show_code   # code only if asked
     assert "the interactive explorer appears when this notebook runs" in html
     assert WIDGET_VIEW not in html
+
+
+@pytest.mark.parametrize("sample", ["bpftrace-filp-outstanding", "perf-filp", "ftrace-filp"])
+def test_report_shows_the_captures_numbers_and_notes(sample, tmp_path, monkeypatch):
+    """Every number the report shows, not just the top process: the capture's facts, each row
+    of the process, module, call-site and inclusive tables, the top stacks, every warning and
+    note, and the folded stacks."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))        # the kernel imports this checkout
+    path = (SAMPLES / sample).resolve()
+    page = report.write_report(path, tmp_path / "r.html").read_text()
+    tables, text = html_tables(page), page_text(page)
+    cap = slabkit.load(path)
+    summary = slabkit.summarize(cap, top=10)
+    assert_frame_in_report(summary.to_frame(), tables)
+    for table in (slabkit.by_process(cap), slabkit.by_module(cap), slabkit.by_frame(cap),
+                  slabkit.by_frame(cap, "inclusive")):
+        assert_frame_in_report(table.head(10), tables)
+    stacks = slabkit.top_stacks(cap, 5)[["count", "share", "callsite", "module", "comms", "stack"]]
+    assert_frame_in_report(stacks, tables, formats={"share": "{:.1%}"})
+    assert summary.messages()
+    for line in summary.messages():
+        assert line in text, line
+    folded = slabkit.to_folded(cap).splitlines()
+    assert f"{len(folded)} lines; the first ones:" in text
+    assert all(line[:200] in text for line in folded[:5])
 
 
 def test_report_of_a_missing_capture_fails_before_starting_a_kernel(tmp_path):

@@ -11,7 +11,7 @@ from slabkit.errors import InvalidInput, TracerUnavailable
 from slabkit.host import slabinfo
 from slabkit.host.facts import gather_facts, gfp_bits, parse_format
 from slabkit.host.target import LocalTarget
-from slabkit.plan import plan_capture
+from slabkit.plan import kmalloc_max_cache_size, plan_capture
 
 
 def kernel(tmp_path, release_prefix: str):
@@ -101,6 +101,22 @@ def test_kmalloc_plans_by_size_class_and_gfp_type(tmp_path, release):
         assert plan.match_bytes_alloc == 64
         assert (plan.gfp_require, plan.gfp_forbid) == (require, forbid), name
         assert "kmem:kmalloc" in plan.alloc_events
+
+
+@pytest.mark.parametrize("release", ["6.1.", "6.12", "6.18"])
+def test_the_largest_kmalloc_slab_is_planned_and_nothing_bigger(tmp_path, release):
+    """kmalloc-8k (2 pages of 4 KiB) is the largest kmalloc slab: it is planned; on a kernel
+    whose pages were 2 KiB it would be page-allocator memory, refused."""
+    assert kmalloc_max_cache_size(4096) == 8192
+    root, facts, table = kernel(tmp_path, release)
+    r = slabinfo.resolve_cache("kmalloc-8k", root, table=table)
+    plan = plan_capture(r, facts, cache_table=table)
+    assert plan.strategy == "kmalloc-size-class" and plan.match_bytes_alloc == 8192
+    facts.page_size = 2048
+    with pytest.raises(InvalidInput, match="bigger than the largest kmalloc slab"):
+        plan_capture(r, facts, cache_table=table)
+    four = slabinfo.resolve_cache("kmalloc-4k", root, table=table)
+    assert plan_capture(four, facts, cache_table=table).match_bytes_alloc == 4096
 
 
 def test_kmalloc_is_an_estimate_where_buckets_share_the_size(tmp_path):

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import skip_or_fail
 from sshd import sshd_server  # noqa: F401  (a pytest fixture)
 
 from slabkit.errors import InvalidInput
@@ -186,7 +187,7 @@ def test_read_many_matches_local(remote, tree):
 def test_listdir_and_readlinks_of_sys_kernel_slab_match_local(remote):
     slab = "/sys/kernel/slab"
     if not os.path.isdir(slab):
-        pytest.skip(f"{slab} is missing on this kernel")
+        skip_or_fail(f"{slab} is missing on this kernel")
     local = LocalTarget()
     assert remote.listdir(slab) == local.listdir(slab)
     links = remote.readlinks(slab)
@@ -443,7 +444,8 @@ class BusyboxShell(SSHTarget):
 def busybox(tmp_path):
     exe = shutil.which("busybox")
     if not exe:
-        pytest.skip("busybox is not installed (optional portability check)")
+        skip_or_fail("busybox is not installed (apt-get install busybox-static; make system "
+                     "installs it)")
     applets = tmp_path / "bin"
     applets.mkdir()
     for name in subprocess.run([exe, "--list"], check=True, capture_output=True,

@@ -69,6 +69,10 @@ def test_two_targets_at_once_merge_with_a_host_column(remote, tmp_path):
     assert cap.meta["failed_hosts"] == {}
     pivot = slabkit.by_process(cap, by=("host", "comm"))
     assert pivot.loc[(remote.name, "slabwork"), "count"] >= N
+    # exactly N per host for this process (other slabworks may run on the machine)
+    by_pid = slabkit.by_process(cap, by=("host", "pid", "comm"))
+    for h in hosts:
+        assert by_pid.loc[(h, w.pid, "slabwork"), "count"] == N, h
 
 
 def test_an_unreachable_host_fails_clearly_and_the_other_result_is_kept(remote, tmp_path):

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from conftest import FIXTURES, SAMPLES, tables
+from conftest import FIXTURES, SAMPLES, require_tool, skip_or_fail, tables
 
 from slabkit.backends import stap
 from slabkit.errors import InvalidInput, ParseError, ProbeFailed
@@ -334,9 +334,7 @@ def _fake_kernel_tree(root: Path) -> Path:
 
 @pytest.mark.parametrize("seconds, timer", [(10, True), (None, False)])
 def test_stap_parses_the_rendered_script(tmp_path, seconds, timer):
-    exe = shutil.which("stap")
-    if not exe:
-        pytest.skip("systemtap is not installed (apt-get install systemtap)")
+    require_tool("stap")
     script = tmp_path / "slabkit.stp"
     script.write_text(stap.render("dentry", seconds, function_names=FUNCS, param="s"))
     cmd = stap.argv(script, "dentry", seconds, pid=42, last_pass=1)
@@ -352,9 +350,7 @@ def test_stap_parses_the_rendered_script(tmp_path, seconds, timer):
 
 def test_stap_rejects_a_broken_script(tmp_path):
     """The check above can fail: a syntax error is caught by the same pass."""
-    exe = shutil.which("stap")
-    if not exe:
-        pytest.skip("systemtap is not installed (apt-get install systemtap)")
+    require_tool("stap")
     script = tmp_path / "broken.stp"
     script.write_text(stap.render("dentry", 1, function_names=FUNCS, param="s")
                       .replace("probe end {", "probe end {{"))
@@ -434,8 +430,9 @@ def test_compile_settings_from_env(tmp_path):
         stap=("no-such-stap-here",), configured=True).problem()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a stap root is used chrooted: root only")
 def test_compile_settings_root_needs_stap_inside(tmp_path):
+    if os.geteuid() != 0:
+        skip_or_fail("a stap root is used chrooted: root only (run `sudo make test`)")
     s = stap.CompileSettings(root=str(tmp_path), configured=True)
     assert "not installed in SLABKIT_STAP_ROOT" in s.problem()
     (tmp_path / "usr" / "bin").mkdir(parents=True)
@@ -520,13 +517,15 @@ def test_build_module_here_and_its_failure(tmp_path, monkeypatch):
     assert not list(Path(tempfile.gettempdir()).glob("slabkit-stap-*/slabkit.stp"))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
 def test_build_module_in_a_root(tmp_path):
     """The command runs chrooted, in a fresh directory under the root's /tmp (static busybox
     stands in for the root's userland)."""
+    if os.geteuid() != 0:
+        skip_or_fail("chroot needs root (run `sudo make test`)")
     busybox = Path("/bin/busybox")
     if not busybox.exists() or b"ld-linux" in busybox.read_bytes()[:4096]:
-        pytest.skip("needs a static /bin/busybox (busybox-static)")
+        skip_or_fail("needs a static /bin/busybox (apt-get install busybox-static; "
+                     "make system installs it)")
     root = tmp_path / "root"
     (root / "bin").mkdir(parents=True)
     shutil.copy(busybox, root / "bin" / "busybox")

@@ -199,6 +199,43 @@ def test_glue_with_a_compiler_suffix_is_dropped_as_slabcount_drops_it():
     assert f.loc[f["stack_id"] == 0, "function"].tolist() == ["kmem_cache_alloc", "f"]
 
 
+#: a BPF program on the raw tracepoint while another probe shares it, innermost first
+DEEP_GLUE = ["bpf_prog_6deef7357e7b4530_count+0x1f2/0x2c8", "bpf_trace_run2+0x76/0x110",
+             "__bpf_trace_kmem_cache_alloc+0x11/0x20", "__traceiter_kmem_cache_alloc+0x2d/0x50"]
+FILP_PATH = ["kmem_cache_alloc_noprof+0x227/0x570", "alloc_empty_file+0x3c/0x110",
+             "path_openat+0x2d/0x1130"]
+
+
+@pytest.mark.parametrize("glue", [DEEP_GLUE, DEEP_GLUE + DEEP_GLUE],
+                         ids=["4 deep", "8 deep"])
+def test_every_glue_frame_at_the_inner_end_is_dropped(glue):
+    """Several glue frames in a row (bpf_prog -> bpf_trace_run2 -> __bpf_trace_* ->
+    __traceiter_*): all of them go, up to 8 deep, and the stack then equals the same path
+    taken with no glue (the two merge, their counts summed)."""
+    fr = frames_table({0: glue + FILP_PATH, 1: FILP_PATH, 2: glue[:1] + ["g+0x1/0x2"]})
+    allocs = pd.DataFrame({"pid": [1, 1, 2], "tid": [1, 1, 2], "comm": ["a", "a", "b"],
+                           "cgroup": ["/"] * 3, "stack_id": pd.array([0, 1, 2], dtype="Int64"),
+                           "count": [5, 7, 1], "bytes": pd.array([10, 14, 2], dtype="Int64")})
+    a, f, _ = drop_tracer_glue(allocs, fr)
+    assert a.sort_values("stack_id")[["stack_id", "count", "bytes"]].values.tolist() == [
+        [0, 12, 24], [2, 1, 2]]
+    s0 = f[f["stack_id"] == 0].sort_values("depth")
+    assert s0["function"].tolist() == ["kmem_cache_alloc_noprof", "alloc_empty_file",
+                                       "path_openat"]
+    assert s0["depth"].tolist() == [0, 1, 2]
+    assert f.loc[f["stack_id"] == 2, "function"].tolist() == ["g"]
+
+
+def test_glue_deeper_than_a_real_frame_stays():
+    """Only the leading run is glue: a glue-named frame after a real one is kept."""
+    fr = frames_table({0: ["kmem_cache_alloc_noprof+0x1/0x2", "bpf_trace_run2+0x1/0x2",
+                           "f+0x1/0x2"]})
+    allocs = pd.DataFrame({"pid": [1], "tid": [1], "comm": ["a"], "cgroup": ["/"],
+                           "stack_id": pd.array([0], dtype="Int64"), "count": [3]})
+    a, f, _ = drop_tracer_glue(allocs, fr)
+    assert f["function"].tolist() == ["kmem_cache_alloc_noprof", "bpf_trace_run2", "f"]
+
+
 @pytest.mark.parametrize("name", ["is_allocator", "ALLOCATOR_FUNCTIONS"])
 def test_analysis_re_exports_the_vocabulary(name):
     from slabkit import analysis

@@ -6,7 +6,6 @@ kernel's BTF."""
 from __future__ import annotations
 
 import re
-import subprocess
 from collections import defaultdict
 
 import matplotlib
@@ -165,25 +164,17 @@ def test_plot_says_waste_is_unknown_without_bytes_req(ax):
 # --------------------------------------------------------------------------------------------
 # live: kmalloc-64 from eventfd(), whose requested size is sizeof(struct eventfd_ctx)
 
-def eventfd_ctx_size() -> int:
-    """sizeof(struct eventfd_ctx) from the running kernel's BTF (do_eventfd kmallocs one)."""
-    bpftool = require_tool("bpftool")
-    text = subprocess.run([bpftool, "btf", "dump", "file", "/sys/kernel/btf/vmlinux",
-                           "format", "raw"], capture_output=True, text=True, check=True).stdout
-    return int(re.search(r"STRUCT 'eventfd_ctx' size=(\d+) ", text).group(1))
-
-
 @pytest.mark.live
 @pytest.mark.parametrize("backend", ["bpf", "bpftrace", "perf", "ftrace"])
 def test_live_eventfd_waste_is_known_exactly(live, backend, tmp_path, ax):
-    from live_capture import capture_around
+    from live_capture import capture_around, kernel_struct_size
 
     from bench.workload import Workload
     if backend == "bpf":
         require_bpf()
     elif backend in ("bpftrace", "perf"):
         require_tool(backend)
-    size, n = eventfd_ctx_size(), 2000
+    size, n = kernel_struct_size("eventfd_ctx"), 2000   # do_eventfd kmallocs one
     assert 32 < size <= 64                               # so it is served from kmalloc-64
     with Workload("eventfd", n) as w:
         cap = capture_around("kmalloc-64", w.go, base=tmp_path, backend=backend, pid=w.pid)

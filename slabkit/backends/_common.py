@@ -17,16 +17,23 @@ if TYPE_CHECKING:
 
 def tracefs_filter(plan: "Plan") -> str:
     """The plan's filter (:meth:`Plan.predicate`) in the syntax of tracefs event filters and
-    ``perf record --filter``, evaluated in the kernel.
+    ``perf record --filter``, evaluated in the kernel, without its process term.
 
-    ``comm`` is a special field every event filter accepts (checked here with ftrace and perf);
-    ``common_pid`` is the *thread* id. A kprobe plan's cache name is out of reach of a filter.
+    ``comm`` is a special field every event filter accepts (checked here with ftrace and perf).
+    The process (``pid``, a thread group) is left out: the only id a filter can test,
+    ``common_pid``, is the *thread* id, so a process whose worker threads allocate would count 0.
+    The ftrace instance follows the process's threads instead (``set_event_pid``), and both
+    streaming parsers keep only the process's events
+    (:func:`slabkit.backends._tables.keep_process`). A kprobe plan's
+    cache name is out of reach of a filter.
     """
     parts = []
     for term in plan.predicate():
         f, op, v = term.field, term.op, term.value
-        if f in ("bytes_alloc", "pid") and op == "==":
-            parts.append(f"{'common_pid' if f == 'pid' else f} == {int(v)}")
+        if f == "pid" and op == "==":
+            continue
+        if f == "bytes_alloc" and op == "==":
+            parts.append(f"{f} == {int(v)}")
         elif f in ("name", "comm") and op == "==":
             parts.append(f'{f} == "{v}"')
         elif f == "gfp_flags" and op == "any":

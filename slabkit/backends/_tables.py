@@ -1,7 +1,7 @@
 """What the backends share when they parse: builders that turn aggregated events into
-``allocs`` and ``frames`` tables (streaming tracers: :func:`build_tables`; in-kernel
-aggregation with sampled stacks: :func:`spread_counts`, :func:`finish_allocs`,
-:func:`frames_from_addresses`)."""
+``allocs`` and ``frames`` tables (streaming tracers: :func:`keep_process`,
+:func:`build_tables`; in-kernel aggregation with sampled stacks: :func:`spread_counts`,
+:func:`finish_allocs`, :func:`frames_from_addresses`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,6 +15,23 @@ from slabkit.model.stacks import frames_table
 
 if TYPE_CHECKING:
     from slabkit.plan import Plan
+
+
+def keep_process(counts: dict[tuple, list[int]], plan: "Plan"
+                 ) -> tuple[dict[tuple, list[int]], int]:
+    """The rows of the plan's process (``plan.pid``, matched against the thread group id that
+    keys each row first), and how many events were dropped because their process was unknown.
+
+    ``counts`` is keyed ``(pid, tid, comm, stack_id)`` as :func:`build_tables` takes it. The
+    streaming tracers record more than the process (perf records every process's events, an
+    ftrace instance following a process also follows the children it forks): this keeps the
+    events of the process itself, as the bpf and bpftrace programs count them.
+    """
+    if plan.pid is None:
+        return counts, 0
+    pid = int(plan.pid)
+    unknown = sum(c[0] for k, c in counts.items() if k[0] is None)
+    return {k: c for k, c in counts.items() if k[0] == pid}, unknown
 
 
 def build_tables(counts: dict[tuple, list[int]], stacks: dict[tuple[str, ...], int],
@@ -43,6 +60,8 @@ def build_tables(counts: dict[tuple, list[int]], stacks: dict[tuple[str, ...], i
     allocs = allocs.sort_values("count", ascending=False, ignore_index=True, kind="stable")
     by_id = frame_lines if frame_lines is not None else {sid: list(t) for t, sid in
                                                          stacks.items()}
+    used = {k[3] for k in keys}
+    by_id = {sid: lines for sid, lines in by_id.items() if sid in used}
     frames = frames_table(by_id) if by_id else schema.empty("frames")
     return allocs, frames
 

@@ -96,6 +96,10 @@ class Parsed:
     estimated: bool = False              # counts per stack are estimates (sampling)
     #: stack samples that could not be recorded (counts per process are not affected)
     stack_losses: dict[str, int] = field(default_factory=dict)
+    #: the probe ran at least once (any event it saw, before any test); None: cannot tell
+    fired: bool | None = None
+    #: events of the cache the pid/comm filter turned away; None: no filter, or cannot tell
+    filtered_out: int | None = None
 
 
 class Backend:

@@ -18,12 +18,13 @@ built here (:mod:`slabkit.slabcount.build`) and copied to remote targets, which 
 Output of ``slabcount`` (tab-separated, printed after detaching)::
 
     slabkit-attached  kmem_cache_alloc
-    stat    count_map_full   0            # also stack_failed, stack_map_full, ...
+    stat    count_map_full   0            # also stack_failed, stack_map_full, ...,
+                                          # filtered_out, probe_fired (0/1: ran at all)
     count   <pid> <tid> <cgroup> <comm hex> <count> <bytes_req>
     sample  <pid> <tid> <cgroup> <comm hex> <stack hash> <weight> <bytes_req>
                                           # full stacks (stack_sample=1): these are the counts
     stack   <stack hash> <hex address>...  # allocator first; tracing frames cut
-    end
+    end                                    # the last line: anything after it is refused
 """
 from __future__ import annotations
 
@@ -212,6 +213,13 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
     ended = False
     with open(path, errors="replace") as f:
         for lineno, line in enumerate(f, 1):
+            if ended:                 # slabcount prints nothing after 'end'
+                if not line.strip():
+                    continue
+                raise ParseError("slabcount output goes on after its final 'end' line: the "
+                                 "file was appended to or forged; its counts are not "
+                                 "trusted", path=str(path), lineno=lineno,
+                                 line=line.rstrip("\n"))
             parts = line.rstrip("\n").split("\t")
             kind = parts[0]
             try:
@@ -291,4 +299,7 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         notes.append(f"stacks sampled 1 in {every}: counts per process are exact, counts per "
                      "stack are estimates")
     return Parsed(allocs=allocs, frames=frames, losses=losses, notes=notes,
-                  estimated=every > 1, stack_losses=stack_losses)
+                  estimated=every > 1, stack_losses=stack_losses,
+                  fired=bool(stats["probe_fired"]) if "probe_fired" in stats else None,
+                  filtered_out=stats.get("filtered_out") if plan.pid is not None
+                  or plan.comm is not None else None)

@@ -22,6 +22,10 @@ thread's first event so that no thread is left without a stack; each thread's ex
 then spread over its stacks in proportion to their weight (1 for ``@s``, N for ``@w``; see
 :func:`spread_counts`). ``stack_sample=1`` is the full-stack mode (only ``@s``).
 
+With a pid or comm filter, the filter is tested inside the program, after the cache's terms,
+and the cache's events it turns away are counted in ``@f`` (so a capture that counted nothing
+can say whether the cache was busy with other processes).
+
 Output (``-f json``): one JSON document per line; maps printed at exit as
 ``{"type": "map", "data": {"@c": {"<pid>,<tid>,<cgroup>,<comm>": N}}}``; the stack key
 ends with ``,\\n\\t<hexaddr> <sym>+<off>\\n...``. Failed map updates (a full map) arrive as
@@ -76,6 +80,11 @@ def btf_workaround(version: str | None, btf_has_id: bool | None) -> dict[str, st
     return {}
 
 
+#: the fields of a pid/comm filter (tested inside the program, so it can count what they turn
+#: away); the other terms pick the cache
+FILTER_FIELDS = ("pid", "comm")
+
+
 def render_predicate(plan: "Plan", *, args: str = "args->", terms: "list[Term] | None" = None
                      ) -> str:
     """The plan's filter (:meth:`Plan.predicate`, or ``terms``) as a bpftrace predicate, in
@@ -84,7 +93,7 @@ def render_predicate(plan: "Plan", *, args: str = "args->", terms: "list[Term] |
     ``pid`` is bpftrace's process id (the thread group); a string compare reads only the
     name's length plus 2 bytes, not the 64-byte default."""
     parts = []
-    for term in plan.predicate() if terms is None else terms:
+    for term in (plan.predicate() if terms is None else terms):
         f, op, v = term.field, term.op, term.value
         if f == "bytes_alloc" and op == "==":
             parts.append(f"{args}bytes_alloc == {int(v)}")
@@ -145,7 +154,10 @@ def render_program(plan: "Plan", options: Options, *, bulk: bool = True) -> str:
         probes = ", ".join(f"kprobe:{f}" for f in plan.functions)
     else:
         probes = ", ".join(f"tracepoint:{e}" for e in plan.alloc_events)
-    pred = render_predicate(plan)
+    terms = plan.predicate()
+    who = [t for t in terms if t.field in FILTER_FIELDS]
+    pred = render_predicate(plan, terms=[t for t in terms if t.field not in FILTER_FIELDS]
+                            if who else terms)
     key = "pid, tid, cgroup, comm"
     n = max(1, int(options.stack_sample))
     body = [f"  @c[{key}] = count();"]
@@ -164,6 +176,9 @@ def render_program(plan: "Plan", options: Options, *, bulk: bool = True) -> str:
                  f"  }} else if (rand % {n} == 0) {{",
                  f"    @w[{key}, kstack(perf)] = count();",
                  "  }"]
+    if who:   # the cache's events the pid/comm filter turns away are counted in @f
+        body = [f"  if (!({render_predicate(plan, terms=who)})) {{ @f = count(); }} else {{",
+                *("  " + line for line in body), "  }"]
     lines = ['BEGIN { printf("slabkit-attached\\n"); }', "", probes, f"/{pred}/", "{",
              *body, "}"]
     end = ["clear(@first);"] if n > 1 else []
@@ -271,10 +286,21 @@ def read_maps(path: Path) -> BpftraceOutput:
 
     Helper errors are counted by helper (``map_update_elem_failed``) and also by the program
     line they happened on (``map_update_elem_failed@7``), so the parser can tell a full
-    counts map (events lost) from a full stack map (counts intact)."""
+    counts map (events lost) from a full stack map (counts intact).
+
+    bpftrace has no end marker; its output has a shape instead: ``attached_probes`` once at
+    the start, and the maps once each at exit, after everything else. A second run's lines, a
+    map printed twice, or anything after the maps (a file appended to, twice over, or forged)
+    is refused rather than counted."""
     maps: dict[str, dict] = {}
     errors: dict[str, int] = {}
     printed: list[str] = []
+    runs = 0
+
+    def refuse(why: str, lineno: int, line: str) -> ParseError:
+        return ParseError(f"{why}: the file was appended to or forged; its counts are not "
+                          "trusted", path=str(path), lineno=lineno, line=line)
+
     with open(path, errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
@@ -285,9 +311,26 @@ def read_maps(path: Path) -> BpftraceOutput:
             except json.JSONDecodeError:
                 raise ParseError("not a bpftrace JSON line (was it cut off?)", path=str(path),
                                  lineno=lineno, line=line) from None
-            kind = doc.get("type")
+            kind = doc.get("type") if isinstance(doc, dict) else None
+            if kind is None:
+                raise ParseError("not a bpftrace JSON document", path=str(path),
+                                 lineno=lineno, line=line)
+            if maps and kind != "map":
+                raise refuse("bpftrace output goes on after its maps (printed once, at exit)",
+                             lineno, line)
             if kind == "map":
-                maps.update(doc["data"])
+                data = doc.get("data")
+                if not isinstance(data, dict):
+                    raise ParseError("bpftrace map line without its data", path=str(path),
+                                     lineno=lineno, line=line)
+                for name in data:
+                    if name in maps:
+                        raise refuse(f"bpftrace map {name} printed twice", lineno, line)
+                maps.update(data)
+            elif kind == "attached_probes":
+                runs += 1
+                if runs > 1:
+                    raise refuse("a second bpftrace run in one output", lineno, line)
             elif kind == "helper_error":
                 h = f"{doc.get('helper', '?')}_failed"
                 errors[h] = errors.get(h, 0) + 1
@@ -390,8 +433,14 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         notes.append(f"{int(bulk['count'].sum())} objects came from {bulk_calls} bulk "
                      f"allocations ({', '.join(plan.bulk_functions) or 'kmem_cache_alloc_bulk'}, "
                      "counted at its return, every one with its stack)")
+    filtered_out = None
+    if plan.pid is not None or plan.comm is not None:
+        f = maps.get("@f", 0)
+        filtered_out = int(f) if isinstance(f, int) else 0
     return Parsed(allocs=allocs, frames=frames, outstanding=outstanding, losses=losses,
-                  notes=notes, estimated=every > 1, stack_losses=stack_losses)
+                  notes=notes, estimated=every > 1, stack_losses=stack_losses,
+                  fired=True if len(exact) or len(bulk) or filtered_out else None,
+                  filtered_out=filtered_out)
 
 
 def _bulk_rows(maps: dict, path: Path, stack_ids: dict[tuple[int, ...], int]

@@ -214,12 +214,45 @@ def run(prep: Prepared, seconds: float, folder: Path, *,
     control = RunControl(seconds, progress=progress, stop_event=stop_event,
                          every_second=sampler,
                          description=f"{prep.plan.cache} ({prep.backend.name})")
+    watch = PidWatch(prep.target, prep.plan.pid) if prep.plan.pid is not None else None
     with (wrap or contextlib.nullcontext()):
         result = prep.backend.run(prep.target, prep.program, folder, control)
     sampler(control.duration_s)  # one last sample at the end
+    messages = list(control.messages)
+    if watch is not None and (gone := watch.message()):
+        messages.insert(0, gone)
     return Outcome(result=result, duration_s=round(control.duration_s, 3), series=series,
                    cgroups=cgroup_paths(prep.target), kallsyms=save_kallsyms(prep.target, folder),
-                   messages=list(control.messages))
+                   messages=messages)
+
+
+class PidWatch:
+    """Tells when the process a pid filter names is gone by the end of the capture (its
+    ``/proc/PID/stat`` start time is read when the capture starts and again at its end, so a
+    pid reused by a new process counts as gone)."""
+
+    def __init__(self, target: Target, pid: int):
+        self.target = target
+        self.pid = int(pid)
+        self.started = self._start_time()
+
+    def _start_time(self) -> str | None:
+        try:
+            text = self.target.read_text(f"/proc/{self.pid}/stat")
+        except (OSError, SlabkitError):
+            return None
+        fields = text.rpartition(")")[2].split()
+        return fields[19] if len(fields) > 19 else None     # field 22: starttime
+
+    def message(self) -> str | None:
+        """A note when the process was gone before the capture started or exited during it."""
+        if self.started is None:
+            return (f"process {self.pid} had exited before the capture started: nothing of it "
+                    "could be counted")
+        if self._start_time() != self.started:
+            return (f"process {self.pid} exited during the capture: its allocations are counted "
+                    "up to its exit, and nothing after")
+        return None
 
 
 def slabinfo_sampler(target: Target, cache: str, series: list[dict],
@@ -276,6 +309,13 @@ def save_kallsyms(target: Target, folder: Path) -> dict[str, Any]:
     lines = [ln for ln in text.splitlines() if len(ln) > 19 and ln[17] in "tTwW"]
     if not lines or lines[0].startswith("0000000000000000"):
         return {"kallsyms_note": "kallsyms addresses are hidden (kptr_restrict): not root?"}
-    with gzip.open(folder / KALLSYMS, "wt", compresslevel=3) as f:
-        f.write("\n".join(lines) + "\n")
+    try:
+        with gzip.open(folder / KALLSYMS, "wt", compresslevel=3) as f:
+            f.write("\n".join(lines) + "\n")
+    except OSError:       # a full disk: no half-written file that a rebuild would trip on
+        try:
+            (folder / KALLSYMS).unlink()
+        except OSError:
+            pass
+        raise
     return {"kallsyms_path": KALLSYMS}

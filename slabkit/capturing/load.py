@@ -16,7 +16,9 @@ from typing import Iterable, Union
 import pandas as pd
 
 from slabkit.capturing import store
-from slabkit.errors import CaptureNotFound, InvalidInput, ParseError
+from slabkit.capturing.folder import CaptureFolder, user_name
+from slabkit.errors import CaptureNotFound, InvalidInput, ParseError, PermissionNeeded
+from slabkit.model.schema import SAVED_STATUSES
 from slabkit.model.tables import Capture
 from slabkit.model.vocabulary import drop_tracer_glue
 
@@ -96,30 +98,104 @@ def merge(caps: list[Capture]) -> Capture:
 
 
 def reparse_folder(folder: Path) -> Capture:
-    """Rebuild a capture folder's tables from its raw tracer output and save them."""
-    import json
+    """Rebuild a capture folder's tables from its raw tracer output and save them.
 
+    Refused, in one line each: a folder of another user when run as root (parsing needs no
+    privilege, and root reading files another user controls could leak what their symlinks
+    point to: that user rebuilds it), a damaged ``meta.json``, missing raw output, and a raw
+    file whose sha256 differs from the one recorded when the capture was saved
+    (``meta["raw_sha256"]``): the rebuilt tables would not be what the tracer wrote, so the
+    saved ones are kept.
+    """
     from slabkit.backends import get_backend
     from slabkit.plan import Plan
-    meta_path = folder / store.META if (folder / store.META).is_file() else folder / store.RUNNING
-    if not meta_path.is_file():
-        raise CaptureNotFound(f"{folder} has no meta.json or meta.running.json to reparse from")
-    meta = json.loads(meta_path.read_text())
-    plan = Plan.from_json(meta["plan"])
-    parsed = get_backend(meta["backend"]).parse(folder, plan, meta)
-    parsed.allocs, parsed.frames, parsed.outstanding = drop_tracer_glue(
-        parsed.allocs, parsed.frames, parsed.outstanding)
-    host = meta.get("host") or "unknown"
-    if meta.get("status") in (None, "running", "failed"):
-        meta["status"] = "interrupted"
-        meta.setdefault("notes", []).append("rebuilt from raw output after an unfinished run")
-    meta["total_allocs"] = int(parsed.allocs["count"].sum()) if len(parsed.allocs) else 0
-    series = folder / "slabinfo.parquet"
-    cap = Capture(allocs=parsed.allocs.assign(host=host), frames=parsed.frames, meta=meta,
-                  outstanding=parsed.outstanding.assign(host=host)
-                  if parsed.outstanding is not None else None,
-                  slabinfo=pd.read_parquet(series) if series.is_file() else None)
-    return store.save(folder, cap)
+    with CaptureFolder.open(folder) as cf:
+        if cf.owner is not None:
+            raise PermissionNeeded(
+                f"{cf.path} belongs to user {user_name(cf.owner[0])}: rebuild it as that user "
+                f"(`slabkit show --reparse {cf.path}` needs no root); as root, slabkit does not "
+                "parse files another user controls")
+        saved = cf.exists(store.META)
+        if not saved and not cf.exists(store.RUNNING):
+            raise CaptureNotFound(f"{cf.path} has no meta.json or meta.running.json to "
+                                  "reparse from")
+        meta = store.read_json(cf, store.META if saved else store.RUNNING, saved=saved)
+        try:
+            plan = Plan.from_json(meta["plan"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ParseError(f"the capture's plan is damaged ({type(e).__name__}: {e}); "
+                             "restore meta.json from a copy",
+                             path=str(cf.path / store.META)) from None
+        backend = get_backend(meta["backend"])
+        notes = check_raw_files(cf, meta)
+        try:
+            parsed = backend.parse(cf.read_path, plan, meta)
+        except FileNotFoundError as e:
+            missing = Path(e.filename or "raw output").name
+            raise CaptureNotFound(f"{cf.path / missing} is missing: the tables cannot be rebuilt "
+                                  f"from the raw tracer output (`slabkit show {cf.path}` loads "
+                                  "the saved ones, if any)") from None
+        except ParseError as e:
+            raise cf.own_errors(e) from None
+        parsed.allocs, parsed.frames, parsed.outstanding = drop_tracer_glue(
+            parsed.allocs, parsed.frames, parsed.outstanding)
+        host = meta.get("host") or "unknown"
+        meta["notes"] = list(meta.get("notes") or [])
+        if not saved:          # the run ended before its record was finished: finish it here
+            losses = dict(meta.get("losses") or {}, **parsed.losses)
+            meta.update(losses=losses, lost_total=int(sum(losses.values())),
+                        stack_losses=parsed.stack_losses, estimated_stacks=parsed.estimated)
+            meta["notes"] += [n for n in parsed.notes if n not in meta["notes"]]
+        if meta.get("status") not in SAVED_STATUSES:
+            meta["status"] = "interrupted"
+            meta["notes"].append("rebuilt from raw output after an unfinished run")
+        if not saved:
+            if "duration_s" not in meta:
+                meta["duration_s"] = _seconds_between(meta.get("start"), meta.get("end"))
+                meta["notes"].append("the run did not record how long its probe was live: "
+                                     "the duration is the time from its start to its end "
+                                     "record, an upper bound")
+        meta["notes"] += [n for n in notes if n not in meta["notes"]]
+        meta["total_allocs"] = int(parsed.allocs["count"].sum()) if len(parsed.allocs) else 0
+        meta.setdefault("format", 1)
+        cap = Capture(allocs=parsed.allocs.assign(host=host), frames=parsed.frames, meta=meta,
+                      outstanding=parsed.outstanding.assign(host=host)
+                      if parsed.outstanding is not None else None,
+                      slabinfo=store.read_table(cf, "slabinfo"))
+        return store.save(cf, cap)
+
+
+def _seconds_between(start: object, end: object) -> float:
+    from datetime import datetime
+    try:
+        return max(0.0, (datetime.fromisoformat(str(end))
+                         - datetime.fromisoformat(str(start))).total_seconds())
+    except ValueError:
+        return 0.0
+
+
+def check_raw_files(cf: CaptureFolder, meta: dict) -> list[str]:
+    """Compare each raw file with the sha256 recorded when the capture was saved; raises
+    :class:`~slabkit.errors.ParseError` for a file that changed or went missing. Returns
+    notes (none recorded: the files cannot be checked)."""
+    recorded = meta.get("raw_sha256") or {}
+    if not recorded:
+        return ["the raw output has no recorded checksums (a capture that did not finish, or "
+                "from an older slabkit): it could not be checked for changes"]
+    for name, digest in recorded.items():
+        try:
+            now = cf.sha256(name)
+        except FileNotFoundError:
+            raise CaptureNotFound(f"{cf.path / name} is missing: the tables cannot be rebuilt "
+                                  f"from the raw tracer output (`slabkit show {cf.path}` loads "
+                                  "the saved ones)") from None
+        if now != digest:
+            raise ParseError(
+                f"changed since the capture (sha256 {str(digest)[:16]}... when saved, now "
+                f"{now[:16]}...): tables rebuilt from it would not be what the tracer wrote, so "
+                f"the saved ones are kept (`slabkit show {cf.path}` loads them); restore the "
+                "file to rebuild", path=str(cf.path / name))
+    return []
 
 
 def sniff(path: Path) -> str:
@@ -157,7 +233,7 @@ def load_raw(path: Path) -> Capture:
     else:
         raise InvalidInput(f"{path} looks like {kind} output: load the capture folder it came "
                            "from (it holds the plan needed to read it), or use "
-                           "`slabkit load --reparse FOLDER`")
+                           "`slabkit show --reparse FOLDER`")
     allocs, frames = parsed.allocs, parsed.frames
     text_meta.setdefault("cache", text_meta.get("cache") or "?")
     text_meta["total_allocs"] = int(allocs["count"].sum()) if len(allocs) else 0

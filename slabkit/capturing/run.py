@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -20,7 +21,15 @@ from slabkit.backends.control import TermAsInterrupt
 from slabkit.capturing import engine, store, via_helper
 from slabkit.capturing.engine import Prepared, Request
 from slabkit.capturing.folder import CaptureFolder
-from slabkit.errors import InvalidInput, PermissionNeeded, ProbeFailed, SlabkitError
+from slabkit.capturing.zeros import zero_notes
+from slabkit.errors import (
+    DiskFull,
+    InvalidInput,
+    ParseError,
+    PermissionNeeded,
+    ProbeFailed,
+    SlabkitError,
+)
 from slabkit.host.helper import Helper
 from slabkit.host.target import Target
 from slabkit.host.where import Where, as_target, legacy_target
@@ -233,8 +242,8 @@ def _start_meta(prep: Prepared, seconds: float, host: str) -> dict[str, Any]:
 def _run_in(folder: CaptureFolder, prep: Prepared, seconds: float, host: str, *, progress,
             stop_event) -> Capture:
     meta = _start_meta(prep, seconds, host)
-    store.write_running(folder, meta)
     try:
+        store.write_running(folder, meta)
         if prep.via is not None:
             def on_hello(description: dict) -> None:
                 nonlocal prep
@@ -247,12 +256,14 @@ def _run_in(folder: CaptureFolder, prep: Prepared, seconds: float, host: str, *,
                                          stop_event=stop_event, on_hello=on_hello)
         else:
             outcome = _run_here(prep, seconds, folder, progress=progress, stop_event=stop_event)
+        return _save(folder, prep, meta, outcome, host)
     except BaseException as e:
-        meta.update(status="failed", error=str(e) or type(e).__name__, end=store.now_iso())
-        store.write_running(folder, meta)
-        if isinstance(e, ProbeFailed) and not e.raw_path:
-            e.raw_path = str(folder.path)
-        raise
+        raise _failed(folder, meta, e) from None
+
+
+def _save(folder: CaptureFolder, prep: Prepared, meta: dict[str, Any],
+          outcome: engine.Outcome, host: str) -> Capture:
+    """Parse the raw output the run left in ``folder`` and save the tables."""
     result = outcome.result
     plan = prep.plan
     meta.update(end=store.now_iso(), duration_s=outcome.duration_s,
@@ -261,17 +272,27 @@ def _run_in(folder: CaptureFolder, prep: Prepared, seconds: float, host: str, *,
                 status="complete" if result.end_reason == "duration" else "interrupted")
     meta["cgroups"] = outcome.cgroups
     meta.update(outcome.kallsyms)
+    meta["raw_sha256"] = {name: folder.sha256(name) for name in result.raw_files
+                          if folder.exists(name)}
     store.write_running(folder, meta)
-    parsed = prep.backend.parse(folder.path, plan, meta)
+    try:
+        parsed = prep.backend.parse(folder.read_path, plan, meta)
+    except ParseError as e:
+        raise folder.own_errors(e) from None
     _trim_kallsyms(folder, meta, parsed.frames)   # before dropping glue: a reparse needs it
+    if meta.get("kallsyms_path") and folder.exists(meta["kallsyms_path"]):
+        meta["raw_sha256"][meta["kallsyms_path"]] = folder.sha256(meta["kallsyms_path"])
     parsed.allocs, parsed.frames, parsed.outstanding = drop_tracer_glue(
         parsed.allocs, parsed.frames, parsed.outstanding)
     meta.pop("cgroups", None)
     losses = {**result.losses, **parsed.losses}
+    total = int(parsed.allocs["count"].sum()) if len(parsed.allocs) else 0
     meta.update(losses=losses, lost_total=int(sum(losses.values())),
                 stack_losses=parsed.stack_losses, estimated_stacks=parsed.estimated,
-                notes=plan.notes + prep.program.notes + parsed.notes + outcome.messages,
-                total_allocs=int(parsed.allocs["count"].sum()) if len(parsed.allocs) else 0)
+                probe_fired=parsed.fired, filtered_out=parsed.filtered_out,
+                total_allocs=total)
+    meta["notes"] = (outcome.messages + zero_notes(meta, outcome.series) + plan.notes
+                     + prep.program.notes + parsed.notes)
     if plan.mode == "outstanding":
         meta["notes"].append("objects allocated before the capture started are not seen")
     allocs = parsed.allocs.assign(host=host)
@@ -283,12 +304,51 @@ def _run_in(folder: CaptureFolder, prep: Prepared, seconds: float, host: str, *,
     return store.save(folder, cap)
 
 
+def _failed(folder: CaptureFolder, meta: dict[str, Any], err: BaseException) -> BaseException:
+    """Mark the capture failed in ``meta.running.json`` (its raw output stays: a rebuild may
+    recover it) and return the error to raise: on a full disk, :class:`DiskFull` saying so."""
+    full = _disk_full(folder, err)
+    if full:
+        folder.remove_temporaries()     # space for the small record below
+    meta.update(status="failed", error=("disk full: " if full else "") + (str(err) or
+                                                                          type(err).__name__),
+                end=store.now_iso())
+    meta.pop("cgroups", None)
+    try:
+        store.write_running(folder, meta)
+    except SlabkitError:
+        pass                            # the disk is full: the earlier record stays
+    if full:
+        return DiskFull(f"the disk holding {folder.path} is full: the capture stopped while "
+                        "saving; what the tracer wrote is kept there, marked unfinished "
+                        f"(meta.running.json); free space, then run `slabkit show --reparse "
+                        f"{folder.path}`")
+    if isinstance(err, ProbeFailed) and not err.raw_path:
+        err.raw_path = str(folder.path)
+    return err
+
+
+def _disk_full(folder: CaptureFolder, err: BaseException) -> bool:
+    """Did ``err`` come from a full disk? (A tracer whose writes failed for lack of space
+    leaves output cut short: then the folder's filesystem has next to nothing left.)"""
+    if isinstance(err, DiskFull) or (isinstance(err, OSError)
+                                     and err.errno in (errno.ENOSPC, errno.EDQUOT)):
+        return True
+    if not isinstance(err, (SlabkitError, OSError)):
+        return False                    # Ctrl-C, a bug: not the disk's doing
+    try:
+        return folder.free_bytes() < 64 * 1024
+    except OSError:
+        return False
+
+
 def _run_here(prep: Prepared, seconds: float, folder: CaptureFolder, *, progress,
               stop_event) -> engine.Outcome:
     """Run the engine in this process. Raw output goes straight into the capture folder when
-    the folder is ours; root writing into another user's tree works in a private folder and
-    moves the files in afterwards (no path there is ever opened by name while it runs)."""
-    if folder.owner is None:
+    the folder and the way to it are ours; where another user controls a folder on the way
+    (root writing into their tree), the tracers write into a private folder and the files are
+    moved in afterwards (no path there is ever opened by name while it runs)."""
+    if folder.owner is None and not folder.exposed:
         return engine.run(prep, seconds, folder.path, progress=progress, stop_event=stop_event,
                           wrap=TermAsInterrupt())
     work = Path(tempfile.mkdtemp(prefix="slabkit-capture-"))
@@ -325,7 +385,7 @@ def _trim_kallsyms(folder: CaptureFolder, meta: dict, frames: pd.DataFrame) -> N
     name = meta.get("kallsyms_path")
     if not name or not len(frames) or frames["address"].isna().all():
         return
-    with gzip.open(folder.path / name, "rt") as f:
+    with folder.open_file(name) as raw, gzip.open(raw, "rt") as f:
         lines = f.read().splitlines()
     addrs = [int(l[:16], 16) for l in lines]
     order = sorted(range(len(lines)), key=addrs.__getitem__)

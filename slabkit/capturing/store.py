@@ -23,8 +23,8 @@ from typing import Any, Iterable, Union
 
 import pandas as pd
 
-from slabkit.capturing.folder import CaptureFolder
-from slabkit.errors import CaptureNotFound, InvalidInput
+from slabkit.capturing.folder import CaptureFolder, FolderExists
+from slabkit.errors import CaptureNotFound, InvalidInput, ParseError
 from slabkit.model import schema
 from slabkit.model.tables import Capture
 
@@ -55,9 +55,8 @@ def new_folder(cache: str, host: str, base: Union[str, os.PathLike, None] = None
     for i in range(1000):
         try:
             return CaptureFolder.make(root / (stem if i == 0 else f"{stem}-{i}"))
-        except InvalidInput:
-            if not (root / (stem if i == 0 else f"{stem}-{i}")).exists():
-                raise
+        except FolderExists:
+            continue          # the name is taken (even by a symlink): the next one
     raise InvalidInput(f"could not make a new capture folder under {root}")
 
 
@@ -82,6 +81,7 @@ def save(folder: Union[CaptureFolder, str, os.PathLike], cap: Capture) -> Captur
     """Write the tables, then ``meta.json`` last, then hand the folder to its owner (root
     writing into a user's tree); returns the capture with ``path`` set."""
     cap = cap.validate()
+    schema.validate_meta(cap.meta, source="the capture's meta")
     cf, close = _folder(folder)
     try:
         for name in TABLES:
@@ -104,36 +104,69 @@ def save(folder: Union[CaptureFolder, str, os.PathLike], cap: Capture) -> Captur
     return cap
 
 
-def read_meta(folder: Union[str, os.PathLike]) -> dict[str, Any]:
-    folder = Path(folder)
-    meta_path = folder / META
-    if not meta_path.is_file():
-        if (folder / RUNNING).is_file():
-            raise CaptureNotFound(
-                f"{folder} holds a capture that did not finish saving (it is still running, "
-                "or was killed): its raw tracer output is kept there; "
-                f"`slabkit load --reparse {folder}` rebuilds the tables from it")
-        raise CaptureNotFound(f"{folder} is not a slabkit capture (no {META})")
+def read_json(cf: CaptureFolder, name: str, *, saved: bool) -> dict[str, Any]:
+    """``name`` (meta.json or meta.running.json) of an open folder, read without following a
+    symlink and checked against the meta schema (:func:`slabkit.model.schema.validate_meta`)."""
+    path = cf.path / name
     try:
-        return json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CaptureNotFound(f"{meta_path} is not valid JSON ({e})") from None
+        with cf.open_file(name) as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise CaptureNotFound(f"{cf.path} is not a slabkit capture (no {name})") from None
+    try:
+        meta = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ParseError(f"not valid JSON ({e}): the capture's record is damaged; restore "
+                         "it from a copy", path=str(path)) from None
+    return schema.validate_meta(meta, source=str(path), saved=saved)
+
+
+def read_meta(folder: Union[str, os.PathLike, CaptureFolder]) -> dict[str, Any]:
+    """A saved capture's ``meta.json``, checked against the meta schema."""
+    cf, close = _folder(folder)
+    try:
+        if not cf.exists(META):
+            if cf.exists(RUNNING):
+                raise CaptureNotFound(
+                    f"{cf.path} holds a capture that did not finish saving (it is still "
+                    "running, or was killed): its raw tracer output is kept there; "
+                    f"`slabkit show --reparse {cf.path}` rebuilds the tables from it")
+            raise CaptureNotFound(f"{cf.path} is not a slabkit capture (no {META})")
+        return read_json(cf, META, saved=True)
+    finally:
+        if close:
+            cf.close()
+
+
+def read_table(cf: CaptureFolder, name: str) -> pd.DataFrame | None:
+    """Table ``name`` of an open capture folder (None where it has none), checked against the
+    schema; a damaged file is a :class:`~slabkit.errors.ParseError` saying what to run."""
+    import pyarrow as pa
+    path = cf.path / f"{name}.parquet"
+    try:
+        with cf.open_file(f"{name}.parquet") as f:
+            df = pd.read_parquet(f)
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowException, OSError, ValueError) as e:
+        why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise ParseError(f"not a readable parquet table ({why}): `slabkit show --reparse "
+                         f"{cf.path}` rebuilds it from the raw tracer output",
+                         path=str(path)) from None
+    return schema.validate(df, name, source=str(path))
 
 
 def load_folder(folder: Union[str, os.PathLike]) -> Capture:
-    """Load one saved capture folder and check its tables against the schema."""
-    folder = Path(folder)
-    meta = read_meta(folder)
-    tables: dict[str, pd.DataFrame | None] = {}
-    for name in TABLES:
-        p = folder / f"{name}.parquet"
-        tables[name] = schema.validate(pd.read_parquet(p), name, source=str(p)) \
-            if p.is_file() else None
-    if tables["allocs"] is None or tables["frames"] is None:
-        raise CaptureNotFound(f"{folder} lacks allocs.parquet or frames.parquet; "
-                              f"`slabkit load --reparse {folder}` rebuilds them")
+    """Load one saved capture folder and check its meta and tables against the schema."""
+    with CaptureFolder.open(Path(folder)) as cf:
+        meta = read_meta(cf)
+        tables = {name: read_table(cf, name) for name in TABLES}
+        if tables["allocs"] is None or tables["frames"] is None:
+            raise CaptureNotFound(f"{cf.path} lacks allocs.parquet or frames.parquet; "
+                                  f"`slabkit show --reparse {cf.path}` rebuilds them")
     return Capture(allocs=tables["allocs"], frames=tables["frames"], meta=meta,
-                   outstanding=tables["outstanding"], slabinfo=tables["slabinfo"], path=folder)
+                   outstanding=tables["outstanding"], slabinfo=tables["slabinfo"],
+                   path=Path(folder))
 
 
 def find_captures(where: Union[str, os.PathLike, Iterable, None] = None) -> list[Path]:
@@ -163,6 +196,9 @@ def list_captures(where: Union[str, os.PathLike, Iterable, None] = None) -> pd.D
             meta = read_meta(p)
         except CaptureNotFound:
             rows.append({"path": str(p), "status": "unsaved"})
+            continue
+        except (ParseError, InvalidInput):
+            rows.append({"path": str(p), "status": "damaged"})
             continue
         rows.append({"path": str(p), "cache": meta.get("cache"), "host": meta.get("host"),
                      "backend": meta.get("backend"), "mode": meta.get("mode"),

@@ -79,17 +79,17 @@ _LINE_FORMAT = ("'<name> <active_objs> <num_objs> <objsize> <objperslab> <pagesp
                 "<num_slabs> <sharedavail>'")
 _VERSION_RE = re.compile(r"^slabinfo - version: 2\.1\b")  # SLUB and SLAB since 2.6.10
 
-# kmalloc cache names, newest first. Sizes are N, Nk or NM bytes.
+# kmalloc cache names, newest first. Sizes are N, Nk or NM bytes. Used with fullmatch.
 _KMALLOC_NAMES = (
-    (re.compile(r"^kmalloc-(\d+[kM]?)$"), "normal"),
-    (re.compile(r"^kmalloc-cg-(\d+[kM]?)$"), "cg"),            # 5.14+, __GFP_ACCOUNT
-    (re.compile(r"^kmalloc-rcl-(\d+[kM]?)$"), "rcl"),          # 4.20+, __GFP_RECLAIMABLE
-    (re.compile(r"^dma-kmalloc-(\d+[kM]?)$"), "dma"),          # __GFP_DMA
-    (re.compile(r"^kmalloc-rnd-\d+-(\d+[kM]?)$"), "rnd"),      # 6.6+, RANDOM_KMALLOC_CACHES
-    (re.compile(r"^size-(\d+)$"), "normal"),                   # SLAB up to 3.9
-    (re.compile(r"^size-(\d+)\(DMA\)$"), "dma"),
+    (re.compile(r"kmalloc-(\d+[kM]?)"), "normal"),
+    (re.compile(r"kmalloc-cg-(\d+[kM]?)"), "cg"),            # 5.14+, __GFP_ACCOUNT
+    (re.compile(r"kmalloc-rcl-(\d+[kM]?)"), "rcl"),          # 4.20+, __GFP_RECLAIMABLE
+    (re.compile(r"dma-kmalloc-(\d+[kM]?)"), "dma"),          # __GFP_DMA
+    (re.compile(r"kmalloc-rnd-\d+-(\d+[kM]?)"), "rnd"),      # 6.6+, RANDOM_KMALLOC_CACHES
+    (re.compile(r"size-(\d+)"), "normal"),                   # SLAB up to 3.9
+    (re.compile(r"size-(\d+)\(DMA\)"), "dma"),
 )
-_SIZED_NAME_RE = re.compile(r"^(?P<base>.+)-(?P<size>\d+[kM]?)$")
+_SIZED_NAME_RE = re.compile(r"(?P<base>.+)-(?P<size>\d+[kM]?)")
 
 
 def _size_bytes(text: str) -> int:
@@ -105,7 +105,7 @@ def kmalloc_class(name: str) -> tuple[str, int] | None:
     (('cg', 1024), ('rnd', 64), None)
     """
     for regex, kind in _KMALLOC_NAMES:
-        m = regex.match(name)
+        m = regex.fullmatch(name)
         if m:
             return kind, _size_bytes(m.group(1))
     return None
@@ -271,7 +271,7 @@ def bucket_caches(object_sizes: dict[str, int | None]) -> set[str]:
     kmalloc_sizes = {k[1] for k in map(kmalloc_class, object_sizes) if k}
     families: dict[str, list[str]] = {}
     for name, object_size in object_sizes.items():
-        m = _SIZED_NAME_RE.match(name)
+        m = _SIZED_NAME_RE.fullmatch(name)
         if m and kmalloc_class(name) is None:
             size = _size_bytes(m.group("size"))
             if size in kmalloc_sizes and object_size == size:
@@ -321,7 +321,8 @@ def records_from(rows: list[dict], page_size: int, entries: dict[str, str | None
         if km:
             kind, size = "kmalloc", km[1]
         elif rec["name"] in buckets:
-            kind, size = "bucket", _size_bytes(_SIZED_NAME_RE.match(rec["name"]).group("size"))
+            sized = _SIZED_NAME_RE.fullmatch(rec["name"])
+            kind, size = "bucket", _size_bytes(sized.group("size"))  # type: ignore[union-attr]
         else:
             kind, size = "dedicated", None
         rec.update(kind=kind, kmalloc_type=km[0] if km else None, size_class=size)

@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from slabkit.errors import InvalidInput, TargetUnreachable
+from slabkit.errors import InvalidInput, TargetUnreachable, shown
 from slabkit.host.procs import (
     SUPERVISE,
     Supervised,
@@ -118,10 +118,10 @@ def parse_destination(spec: object) -> SSHDestination:
     SSHDestination(host='lab-3', user='root', port=2222)
     """
     if not isinstance(spec, str) or not spec:
-        raise InvalidInput(f"SSH destination {spec!r} is not usable: {_ACCEPTED}")
+        raise InvalidInput(f"SSH destination {shown(spec)} is not usable: {_ACCEPTED}")
 
     def bad(why: str) -> InvalidInput:
-        return InvalidInput(f"SSH destination {spec[:100]!r} {why}: {_ACCEPTED}")
+        return InvalidInput(f"SSH destination {shown(spec, 100)} {why}: {_ACCEPTED}")
 
     rest = spec[len("ssh://"):] if spec.lower().startswith("ssh://") else spec
     if rest.endswith("/") and spec.lower().startswith("ssh://"):

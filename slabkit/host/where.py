@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Union
 
-from slabkit.errors import InvalidInput
+from slabkit.errors import InvalidInput, shown
 from slabkit.host.ssh import SSHTarget
 from slabkit.host.target import LocalTarget, Target
 
@@ -46,7 +46,7 @@ def as_target(where: Where = None) -> Target:
     if text.startswith("ssh://") or ("@" in text and not text.startswith("/")):
         return SSHTarget(text)
     if not os.path.isdir(text):
-        raise InvalidInput(f"root folder {text!r} does not exist; pass '/' for this machine")
+        raise InvalidInput(f"root folder {shown(text)} does not exist; pass '/' for this machine")
     return LocalTarget(text)
 
 

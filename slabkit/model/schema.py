@@ -15,6 +15,9 @@ Tables
     ``mode="outstanding"`` captures only: objects still allocated at the end, by (process, stack).
 ``slabinfo``
     The captured cache's ``/proc/slabinfo`` line sampled about once a second during the capture.
+
+And the capture's ``meta.json`` (:data:`META`, :func:`validate_meta`): the keys a saved capture
+must have, and the JSON type of every key slabkit writes; checked on every load, like the tables.
 """
 from __future__ import annotations
 
@@ -147,6 +150,138 @@ def validate(df: pd.DataFrame, table: str, *, source: str | None = None) -> pd.D
 
 
 def describe(table: str) -> pd.DataFrame:
-    """The schema of one table as a DataFrame (column, dtype, meaning) for docs and notebooks."""
+    """The schema of one table as a DataFrame (column, dtype, meaning) for docs and notebooks;
+    ``describe("meta")``: the keys of ``meta.json`` (key, JSON types, required, meaning)."""
+    if table == "meta":
+        return pd.DataFrame([(k.name, " or ".join(k.types), k.required, k.meaning)
+                             for k in META], columns=["key", "type", "required", "meaning"])
     return pd.DataFrame([(c.name, c.dtype, c.meaning) for c in TABLES[table]],
                         columns=["column", "dtype", "meaning"])
+
+
+# --------------------------------------------------------------------------------------------
+# meta.json
+
+@dataclass(frozen=True)
+class MetaKey:
+    """One key of a capture's ``meta.json``: its JSON types, and whether a saved capture must
+    have it (``required``) or even one still running must (``running``: what a rebuild from the
+    raw output, ``--reparse``, needs)."""
+
+    name: str
+    types: tuple[str, ...]
+    meaning: str
+    required: bool = False
+    running: bool = False
+
+
+#: statuses of a saved capture (``meta.json``); one still running or killed has ``running`` or
+#: ``failed`` in ``meta.running.json``
+SAVED_STATUSES = ("complete", "interrupted")
+
+META = (
+    MetaKey("format", ("integer",), "version of this layout (1)", required=True),
+    MetaKey("cache", ("string",), "the slabinfo cache captured (an alias resolved to it)",
+            required=True, running=True),
+    MetaKey("backend", ("string",), "the tracer backend that ran: bpf, bpftrace, perf, ftrace, "
+            "stap", required=True, running=True),
+    MetaKey("mode", ("string",), "allocs or outstanding", required=True),
+    MetaKey("host", ("string",), "host the capture ran on", required=True),
+    MetaKey("start", ("string",), "start time, ISO 8601 (UTC)", required=True),
+    MetaKey("status", ("string",), "complete (ran its full duration) or interrupted (stopped "
+            "early, what was captured is kept)", required=True),
+    MetaKey("duration_s", ("number",), "seconds the probe was live", required=True),
+    MetaKey("total_allocs", ("integer",), "sum of allocs.count", required=True),
+    MetaKey("plan", ("object",), "what was probed and why (slabkit.plan.Plan.to_json)",
+            required=True, running=True),
+    MetaKey("slabkit_version", ("string",), "slabkit that captured"),
+    MetaKey("requested", ("string",), "the cache name as asked for"),
+    MetaKey("aliases", ("array",), "caches merged into this one"),
+    MetaKey("kind", ("string",), "dedicated or a kmalloc kind"),
+    MetaKey("target", ("string",), "where it ran, as given (local, an SSH destination)"),
+    MetaKey("via", ("string",), "direct, or helper (slabkit's capture helper)"),
+    MetaKey("kernel_release", ("string", "null"), "uname -r of the traced kernel"),
+    MetaKey("tracer_version", ("string", "null"), "the tracer's version"),
+    MetaKey("backends_not_used", ("object",), "backend -> why it was not used"),
+    MetaKey("options", ("object",), "tracer knobs (slabkit.Options): name -> whole number"),
+    MetaKey("program", ("string",), "the program text that ran"),
+    MetaKey("argv", ("array",), "the tracer's command line"),
+    MetaKey("env", ("object",), "environment given to the tracer"),
+    MetaKey("slab_size", ("integer", "null"), "the cache's object slot, bytes"),
+    MetaKey("object_size", ("integer", "null"), "the cache's object size, bytes"),
+    MetaKey("requested_seconds", ("number",), "duration asked for"),
+    MetaKey("exact", ("boolean",), "the plan tells this cache's allocations apart exactly"),
+    MetaKey("pid_filter", ("integer", "null"), "only this process id"),
+    MetaKey("comm_filter", ("string", "null"), "only processes of this name"),
+    MetaKey("end", ("string",), "end time, ISO 8601 (UTC)"),
+    MetaKey("end_reason", ("string",), "duration, stopped, interrupted or tracer-exited"),
+    MetaKey("returncode", ("integer", "null"), "the tracer's exit status"),
+    MetaKey("tracer_stderr", ("string",), "the tail of what the tracer printed on stderr"),
+    MetaKey("error", ("string",), "why an unfinished capture failed (meta.running.json)"),
+    MetaKey("kallsyms_path", ("string",), "the saved kernel symbols (kallsyms.txt.gz)"),
+    MetaKey("kallsyms_note", ("string",), "why no kernel symbols were saved"),
+    MetaKey("kallsyms_trimmed", ("boolean",), "only the symbols the stacks need were kept"),
+    MetaKey("losses", ("object",), "events the tracer reported it did not count, by kind"),
+    MetaKey("lost_total", ("integer",), "the sum of losses"),
+    MetaKey("stack_losses", ("object",), "stack samples not recorded, by kind"),
+    MetaKey("estimated_stacks", ("boolean",), "counts per stack are estimates (sampling)"),
+    MetaKey("notes", ("array",), "what the reader should know, one sentence each"),
+    MetaKey("raw_sha256", ("object",), "raw file -> its sha256 (hex) when the capture was "
+            "saved: a rebuild (--reparse) refuses a raw file that changed since"),
+    MetaKey("probe_fired", ("boolean", "null"), "the probe ran at least once during the "
+            "capture (null: the tracer cannot tell)"),
+    MetaKey("filtered_out", ("integer", "null"), "events of the cache the pid/comm filter "
+            "turned away (null: not filtered, or the tracer cannot tell)"),
+)
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
+    "object": (dict,), "array": (list,), "null": (type(None),),
+}
+#: keys whose object values must all be whole numbers (or null)
+_COUNTS = ("options", "losses", "stack_losses")
+
+
+def _json_type(value: object) -> str:
+    for name, types in _JSON_TYPES.items():
+        if isinstance(value, types) and not (isinstance(value, bool) and name != "boolean"):
+            return name
+    return type(value).__name__
+
+
+def _is(value: object, json_type: str) -> bool:
+    """``value`` is of the JSON type (a bool is not a number; an integer is a number)."""
+    if isinstance(value, bool):
+        return json_type == "boolean"
+    return isinstance(value, _JSON_TYPES[json_type])
+
+
+def validate_meta(meta: object, *, source: str | None = None, saved: bool = True) -> dict:
+    """Check a capture's meta against :data:`META` and return it.
+
+    ``saved``: a saved capture's ``meta.json`` (every required key, status ``complete`` or
+    ``interrupted``); False: the ``meta.running.json`` of a capture that did not finish (only
+    what a rebuild needs). Keys slabkit does not know are kept (a newer slabkit may add some).
+    Raises :class:`~slabkit.errors.ParseError` naming the first problem.
+    """
+    if not isinstance(meta, dict):
+        raise ParseError(f"capture meta must be a JSON object, not {_json_type(meta)}",
+                         path=source)
+    for key in META:
+        if key.name not in meta:
+            if key.running or (saved and key.required):
+                raise ParseError(f"capture meta lacks {key.name!r} ({key.meaning})", path=source)
+            continue
+        value = meta[key.name]
+        if not any(_is(value, t) for t in key.types):
+            raise ParseError(f"capture meta {key.name!r} must be {' or '.join(key.types)}, not "
+                             f"{_json_type(value)} {str(value)[:40]!r}", path=source)
+    for name in _COUNTS:
+        for k, v in (meta.get(name) or {}).items():
+            if not (_is(v, "integer") or v is None):
+                raise ParseError(f"capture meta {name}[{k!r}] must be a whole number, not "
+                                 f"{_json_type(v)}", path=source)
+    if saved and meta["status"] not in SAVED_STATUSES:
+        raise ParseError(f"capture meta status must be one of {', '.join(SAVED_STATUSES)}, not "
+                         f"{str(meta['status'])[:40]!r}", path=source)
+    return meta

@@ -49,6 +49,9 @@ const volatile __u32 stack_every = 32;   /* 1: a stack for every event */
 
 /* The matching cache once seen (one name may belong to several caches: each is checked). */
 __u64 known_cache = 0;
+/* The program ran at least once (any cache's event): a capture that counted nothing can say
+ * whether its probe fired at all. Read before it is written, so the line stays shared. */
+__u64 fired = 0;
 
 struct key {
 	__u32 pid;
@@ -79,6 +82,7 @@ enum stat {
 	STAT_STACK_FULL,        /* stacks map full */
 	STAT_SAMPLE_FULL,       /* samples map full: the sample was dropped */
 	STAT_CACHES_FULL,       /* verdict map full: names compared again */
+	STAT_FILTERED_OUT,      /* the cache's events the pid/comm filter turned away */
 	STAT_N,
 };
 
@@ -241,16 +245,25 @@ static __always_inline int count(void *ctx, __u64 bytes_req)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct key k = {};
 	k.pid = pid_tgid >> 32;
-	if (filter_pid && k.pid != filter_pid)
+	if (filter_pid && k.pid != filter_pid) {
+		bump(STAT_FILTERED_OUT);
 		return 0;
+	}
 	k.tid = (__u32)pid_tgid;
 	bpf_get_current_comm(k.comm, sizeof(k.comm));
 	if (filter_comm) {
+		int differs = 0;
 		for (int i = 0; i < COMM_LEN; i++) {
-			if (k.comm[i] != comm_value[i])
-				return 0;
+			if (k.comm[i] != comm_value[i]) {
+				differs = 1;
+				break;
+			}
 			if (!k.comm[i])
 				break;
+		}
+		if (differs) {
+			bump(STAT_FILTERED_OUT);
+			return 0;
 		}
 	}
 	k.cgroup = bpf_get_current_cgroup_id();
@@ -303,6 +316,8 @@ int on_cache_alloc(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u64 a2 = ctx->args[2], a3 = ctx->args[3];
 	__u64 s = cache_arg == 3 ? a3 : a2;
+	if (!fired)
+		fired = 1;
 	if (!is_target(s))
 		return 0;
 	return count(ctx, 0);
@@ -326,6 +341,8 @@ int on_kmalloc(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u64 a0 = ctx->args[0], a1 = ctx->args[1], a2 = ctx->args[2], a3 = ctx->args[3],
 	      a4 = ctx->args[4];
+	if (!fired)
+		fired = 1;
 	return kmalloc_event(ctx, pick(size_arg, a0, a1, a2, a3, a4),
 			     pick(gfp_arg, a0, a1, a2, a3, a4), pick(req_arg, a0, a1, a2, a3, a4));
 }
@@ -345,6 +362,8 @@ struct trace_event_raw_kmalloc {
 SEC("tp/kmem/kmalloc")
 int on_kmalloc_record(struct trace_event_raw_kmalloc *ctx)
 {
+	if (!fired)
+		fired = 1;
 	return kmalloc_event(ctx, ctx->bytes_alloc, ctx->gfp_flags, ctx->bytes_req);
 }
 

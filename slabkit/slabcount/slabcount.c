@@ -38,7 +38,8 @@ struct value { __u64 count, bytes_req; };
 struct stack_key { struct key who; __u64 stack; };
 struct stack { __u32 depth, pad; __u64 ip[MAX_DEPTH]; };
 static const char *stat_names[] = { "count_map_full", "stack_failed",
-				    "stack_map_full", "sample_map_full", "cache_map_full" };
+				    "stack_map_full", "sample_map_full", "cache_map_full",
+				    "filtered_out" };
 
 static void die(int code, const char *fmt, ...)
 {
@@ -249,6 +250,7 @@ static void dump(struct slabcount_bpf *skel)
 				tot += stat[c];
 		printf("stat\t%s\t%llu\n", stat_names[i], (unsigned long long)tot);
 	}
+	printf("stat\tprobe_fired\t%d\n", skel->bss->fired ? 1 : 0);
 	printf("known_cache\t%s\n", skel->bss->known_cache ? "yes" : "no");
 
 	fd = bpf_map__fd(skel->maps.counts);

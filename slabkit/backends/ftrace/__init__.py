@@ -16,6 +16,13 @@ What runs (``slabkit capture filp --backend ftrace --print-program``)::
     dd if=INSTANCE/trace_pipe bs=65536 status=none > ftrace.txt  # until the capture ends
     echo 0 > INSTANCE/events/kmem/kmem_cache_alloc/enable # then drain, read losses, rmdir
 
+With a pid filter (a process), the instance records only that process's threads: their ids
+go to ``INSTANCE/set_event_pid`` and ``options/event-fork`` adds every task they create, so
+worker threads started during the capture are followed (an event filter on ``common_pid``
+would test one *thread* id, and a process whose worker thread allocates would count 0). Child
+processes it forks are followed too, and dropped by the parser: it keeps events whose tgid is
+the process's.
+
 Why ``options/stacktrace`` and not a ``stacktrace if <filter>`` trigger: a trigger keeps the
 tracepoint live in "soft disabled" mode (``enable`` reads ``0*``) and fires whether or not the
 event is enabled. Checked here on 6.18: with the trigger set, a window with the event enabled

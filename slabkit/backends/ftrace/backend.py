@@ -10,6 +10,7 @@ from slabkit.backends import Backend, Options, Parsed, Program, RunResult
 from slabkit.backends._common import tracefs_filter
 from slabkit.backends.ftrace.program import (
     DRAIN_TIMEOUT_S,
+    EVENT_FORK,
     INSTANCE_OPTIONS,
     RAW,
     READER,
@@ -63,12 +64,13 @@ class FtraceBackend(Backend):
         expr = tracefs_filter(plan)
         task_events = list(TASK_EVENTS)
         text = render_text(tracefs, events, expr, options.buffer_kb, INSTANCE_OPTIONS,
-                           task_events)
+                           task_events, plan.pid)
         return FtraceProgram(backend=self.name,
                              argv=list(READER) + [f"if={tracefs}/instances/{{instance}}/"
                                                   "trace_pipe"],
                              text=text, tracefs=tracefs, events=events, filter=expr,
-                             buffer_kb=int(options.buffer_kb), task_events=task_events)
+                             buffer_kb=int(options.buffer_kb), task_events=task_events,
+                             pid=plan.pid)
 
     def run(self, target: "Target", program: Program, folder: Path,
             control: "RunControl") -> RunResult:
@@ -123,7 +125,37 @@ class FtraceBackend(Backend):
                 raise ProbeFailed(f"this kernel has no {ev} event in tracefs")
             if program.filter:
                 inst.write(f"events/{ev}/filter", program.filter)
+        if program.pid is not None:
+            FtraceBackend._follow_process(inst, int(program.pid))
         return [ev for ev in program.task_events if f"events/{ev}/enable" in have]
+
+    @staticmethod
+    def _follow_process(inst: Instance, pid: int) -> None:
+        """Record only process ``pid``: its threads go to the instance's ``set_event_pid``
+        (which holds *thread* ids), and ``event-fork`` adds every task they create from then
+        on, so threads started during the capture are followed too (checked here: a thread
+        started after the list was written was recorded; exited ones leave the list).
+        ``event-fork`` is set first; the list is written again until ``/proc/PID/task`` stops
+        changing, so no thread created while it was read escapes. Children that are processes
+        of their own are followed too and dropped by the parser (their tgid differs)."""
+        if not inst.present([f"options/{EVENT_FORK}", "set_event_pid"]) >= {
+                f"options/{EVENT_FORK}", "set_event_pid"}:
+            raise ProbeFailed(f"this kernel's tracefs instances lack set_event_pid or "
+                              f"options/{EVENT_FORK}: ftrace cannot follow the threads of "
+                              f"process {pid}; use the bpf or bpftrace backend for --pid")
+        inst.write(f"options/{EVENT_FORK}", "1")
+        written: list[str] = []
+        for _ in range(10):
+            try:
+                tids = sorted(inst.target.listdir(f"/proc/{pid}/task"), key=int)
+            except OSError:
+                tids = [str(pid)]          # not running (yet): its id is all there is
+            if tids == written:
+                return
+            inst.write("set_event_pid", " ".join(tids))
+            written = tids
+        raise ProbeFailed(f"process {pid} kept creating threads while its thread list was "
+                          "read: cannot follow it with ftrace; use the bpf or bpftrace backend")
 
     @staticmethod
     def _drain(inst: Instance, reader) -> None:

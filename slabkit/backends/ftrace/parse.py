@@ -1,4 +1,10 @@
 """Parse a ``trace_pipe`` text written by the ftrace backend.
+
+trace_pipe has no end marker; the kernel's own count is the check instead: the ``read
+events`` of the instance's per-CPU stats, saved at the end of the capture (``ftrace.stats.txt``),
+is the number of entries it passed through ``trace_pipe``. A file holding more entries than
+that (appended to, twice over, or forged) is refused; fewer is noted. Lines that are not
+trace entries are counted and noted.
 """
 from __future__ import annotations
 
@@ -7,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from slabkit.backends import Parsed
-from slabkit.backends._tables import build_tables
-from slabkit.backends.ftrace.program import TASKS
+from slabkit.backends._tables import build_tables, keep_process
+from slabkit.backends.ftrace.program import STATS, TASKS
 from slabkit.backends.ftrace.tasks import read_tasks
 from slabkit.errors import ParseError
 
@@ -192,6 +198,18 @@ def _resolve_tasks(counts: dict[tuple, list[int]], timeline: _Timeline,
     return out, filled, corrected
 
 
+def read_events(stats: Path) -> int | None:
+    """The entries the kernel passed through ``trace_pipe`` (the ``read events`` of every
+    CPU in the instance's stats, saved at the end of the capture); None without that file."""
+    try:
+        text = stats.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    counts = [int(v) for k, _, v in (line.partition(":") for line in text.splitlines())
+              if k.strip() == "read events" and v.strip().isdigit()]
+    return sum(counts) if counts else None
+
+
 def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     """Tables from a ``trace_pipe`` text written by :class:`FtraceBackend` (see module doc).
 
@@ -216,6 +234,7 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     stack_keys: dict[str, int] = {}       # frames text -> stack_id
     lost_lines = 0
     unknown = 0
+    entries = 0           # ring buffer entries: events (allocations, task events) and stacks
 
     def add(task: tuple, sid: int, req: int, ep: int) -> None:
         key = (task[0], task[1], task[2], sid, ep)
@@ -229,6 +248,7 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     for entry in iter_entries(path):
         head, _, frames = entry.partition("\n")
         if head.endswith(_STACK_HEAD):
+            entries += 1
             cpu, task = _split_prefix(head[:-len(_STACK_HEAD)], tasks)
             stack = pending.get(cpu)
             if stack and stack[-1][0][1] == task[1]:
@@ -252,12 +272,14 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
             elif (marker := _NEWTASK if _NEWTASK in head else
                   _RENAME if _RENAME in head else None):
                 i = head.find(marker)
+                entries += 1
                 cpu, task = _split_prefix(head[:i], tasks)
                 timeline.event(head[i + len(marker):], task, marker)
                 pending.setdefault(cpu, []).append((task, None, 0))
             elif head.strip() and not head.lstrip().startswith("#"):
                 unknown += 1
             continue
+        entries += 1
         cpu, task = _split_prefix(head[:i], tasks)
         req = 0
         if kmalloc:
@@ -268,6 +290,11 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         if task[2] is not None:
             last[task[1]] = task[2]
         pending.setdefault(cpu, []).append((task, req, epoch.get(task[1], 0)))
+    read = read_events(path.parent / STATS)
+    if read is not None and entries > read:
+        raise ParseError(f"the file holds {entries} trace entries, but the kernel passed {read} "
+                         f"through trace_pipe ({STATS}): the file was appended to or forged; "
+                         "its counts are not trusted", path=str(path))
     for stack in pending.values():     # events whose stack never came
         for task, req, ep in stack:
             if req is not None:
@@ -275,6 +302,7 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     timeline.close()
 
     counts, filled, corrected = _resolve_tasks(counts, timeline, read_tasks(path.parent / TASKS))
+    counts, unknown_process = keep_process(counts, plan)
     lines_by_id = {sid: [_frame_line(l) for l in text.split("\n") if l.strip()]
                    for text, sid in stack_keys.items()}
     allocs, frames = build_tables(counts, {}, plan, meta, frame_lines=lines_by_id)
@@ -290,6 +318,13 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         notes.append(f"{corrected} events printed a comm or tgid left by an earlier task of the "
                      "same pid, or one from after a rename: attributed by the task events "
                      f"(task_newtask, task_rename) or the end-of-capture lookup ({TASKS})")
+    if read is not None and entries < read:
+        notes.append(f"{read - entries} trace entries the kernel passed through trace_pipe are "
+                     "not in the file (was it cut short?): counts may be short")
     if unknown:
-        notes.append(f"{unknown} lines of the ftrace output were not events and were skipped")
+        notes.append(f"WARNING: {unknown} lines of the ftrace output were not trace entries and "
+                     "were skipped: the file may be damaged or edited")
+    if unknown_process:
+        notes.append(f"{unknown_process} events of threads whose process could not be told "
+                     f"were left out of the pid filter (process {plan.pid})")
     return Parsed(allocs=allocs, frames=frames, losses={}, notes=notes, estimated=False)

@@ -29,6 +29,8 @@ TASK_EVENTS = ("task/task_newtask", "task/task_rename")
 #: connection: seen on Debian's 6.1 and 6.12 under busybox (each tracefs write over the same
 #: connection took 10-100 s), not with dd.
 READER = ("dd", "bs=65536", "status=none")
+#: the instance option that adds the tasks a followed task creates to ``set_event_pid``
+EVENT_FORK = "event-fork"
 #: how long to wait for trace_pipe to drain after the event is disabled
 DRAIN_TIMEOUT_S = 10.0
 
@@ -46,11 +48,13 @@ class FtraceProgram(Program):
     buffer_kb: int = 8192
     options: dict[str, str] = field(default_factory=lambda: dict(INSTANCE_OPTIONS))
     task_events: list[str] = field(default_factory=lambda: list(TASK_EVENTS))
+    #: the process whose threads the instance follows (``set_event_pid``), or None for all
+    pid: int | None = None
 
 
 def render_text(tracefs: str, events: list[str], expr: str, buffer_kb: int,
-                options: dict[str, str], task_events: tuple[str, ...] | list[str] = ()
-                ) -> str:
+                options: dict[str, str], task_events: tuple[str, ...] | list[str] = (),
+                pid: int | None = None) -> str:
     """The shell-like description of what :meth:`FtraceBackend.run` writes."""
     q = shlex.quote
     lines = ["# ftrace: a private tracefs instance; INSTANCE = slabkit-<pid>-<start>-<n>",
@@ -60,6 +64,12 @@ def render_text(tracefs: str, events: list[str], expr: str, buffer_kb: int,
     for ev in events:
         if expr:
             lines.append(f"echo {q(expr)} > INSTANCE/events/{ev}/filter")
+    if pid is not None:
+        lines += [f"# only process {int(pid)}: its threads now, and the tasks they create "
+                  "(event-fork);",
+                  "# events of child processes are dropped when parsing (their tgid differs)",
+                  f"echo 1 > INSTANCE/options/{EVENT_FORK}",
+                  f"echo $(ls /proc/{int(pid)}/task) > INSTANCE/set_event_pid"]
     lines.append("dd if=INSTANCE/trace_pipe bs=65536 status=none > ftrace.txt &   # until the "
                  "capture ends")
     if task_events:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slabkit.backends.stap.program import SCRIPT_FILE, argv
-from slabkit.errors import InvalidInput, ProbeFailed
+from slabkit.errors import InvalidInput, ProbeFailed, shown
 from slabkit.host.procs import die_with_parent
 
 # --------------------------------------------------------------------------------------------
@@ -27,15 +27,16 @@ ENV_ROOT = "SLABKIT_STAP_ROOT"
 #: seconds a compile may take (a cold stap cache on a busy machine: minutes)
 COMPILE_TIMEOUT_S = 1800
 # `uname -r` strings: 6.1.0-57-amd64, 6.12.117+deb12-amd64, 5.14.0-427.el9.x86_64, 6.8.0-1012-aws
-RELEASE_RE = re.compile(r"^[0-9][A-Za-z0-9._+~-]{0,127}$")
-_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,54}$")  # MODULE_NAME_LEN is 56 with its NUL
+#: (both used with fullmatch: a trailing newline is refused)
+RELEASE_RE = re.compile(r"[0-9][A-Za-z0-9._+~-]{0,127}")
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,54}")  # MODULE_NAME_LEN is 56 with its NUL
 _ROOT_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
 def check_release(release: object) -> str:
     """Return a kernel release string (``uname -r``) if it is safe on a command line."""
     if not isinstance(release, str) or not RELEASE_RE.fullmatch(release):
-        raise InvalidInput(f"kernel release {release!r} is not a `uname -r` string (a digit, "
+        raise InvalidInput(f"kernel release {shown(release)} is not a `uname -r` string (a digit, "
                            "then letters, digits and . _ + ~ -, 128 characters at most)")
     return release
 
@@ -105,7 +106,7 @@ def compile_argv(script: str, cache: str, seconds: float | None, pid: int | None
     """
     check_release(release)
     if not isinstance(module, str) or not _MODULE_RE.fullmatch(module):
-        raise InvalidInput(f"module name {module!r} is not usable (letters, digits, _)")
+        raise InvalidInput(f"module name {shown(module)} is not usable (letters, digits, _)")
     stap = list(stap)
     if not stap or not all(isinstance(a, str) and a and "\0" not in a for a in stap):
         raise InvalidInput(f"the stap command {stap!r} is empty or not a list of strings")

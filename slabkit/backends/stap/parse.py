@@ -1,4 +1,9 @@
 """Parse the output of slabkit's own SystemTap script, and stap's stderr.
+
+The script's output ends with a ``slabkit-stap done`` line giving the number of stacks and
+allocations it listed: anything after it (but stap's own diagnostics), a second ``begin``, or
+a listing whose totals differ from that line is refused. Output cut before ``done`` is read
+as truncated (noted, counts kept).
 """
 from __future__ import annotations
 
@@ -42,9 +47,15 @@ def _read_own(text: str, path: str | None) -> tuple[list[_Block], dict[str, Any]
     info: dict[str, Any] = {}
     i = 0
     n = len(lines)
+    def refuse(why: str, lineno: int, line: str) -> ParseError:
+        return ParseError(f"{why}: the file was appended to or forged; its counts are not "
+                          "trusted", path=path, lineno=lineno, line=line)
+
     while i < n:
         line = lines[i]
         i += 1
+        if "how" in info and line.strip() and not line.startswith(_STAP_DIAG):
+            raise refuse("slabkit stap output goes on after its final 'done' line", i, line)
         m = _STACK.match(line)
         if m:
             want = int(m.group("len"))
@@ -68,6 +79,8 @@ def _read_own(text: str, path: str | None) -> tuple[list[_Block], dict[str, Any]
                            comm, tuple(frames)))
             continue
         if (m := _BEGIN.match(line)) is not None:
+            if "format" in info:
+                raise refuse("a second 'begin' line: two runs in one output", i, line)
             info.update(format=int(m.group("format")), pid_filter=int(m.group("pid")),
                         ms=int(m.group("ms")), cache=m.group("cache"))
             continue
@@ -81,6 +94,12 @@ def _read_own(text: str, path: str | None) -> tuple[list[_Block], dict[str, Any]
         if not line.strip() or line.startswith(_STAP_DIAG):
             continue
         raise ParseError("unexpected line in slabkit stap output", path=path, lineno=i, line=line)
+    if "entries" in info and (len(blocks), sum(b[0] for b in blocks)) != (info["entries"],
+                                                                          info["allocs"]):
+        raise ParseError(f"the listing holds {len(blocks)} stacks and "
+                         f"{sum(b[0] for b in blocks)} allocations, but its 'done' line says "
+                         f"{info['entries']} and {info['allocs']}: the file was edited or "
+                         "damaged; its counts are not trusted", path=path)
     return blocks, info
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from slabkit.errors import InvalidInput
+from slabkit.errors import InvalidInput, shown
 from slabkit.validate import check_cache_name, check_pid, check_seconds
 
 SCRIPT_NAME = "slabkit.stp"
@@ -19,7 +19,7 @@ BUILD_LOG = "stap.build.log"
 BUILD_INFO = "stap.build.json"
 #: distinct (pid, tid, comm, stack) keys the script's table holds (stap preallocates them)
 DEFAULT_MAX_STACKS = 20000
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,511}")  # fullmatch; KSYM_NAME_LEN is 512
 #: stap stops a session after 100 skipped probes (MAXSKIPPED) by default; slabkit counts
 #: skipped probes as losses (:func:`parse_stderr`) instead of throwing the capture away.
 #: The overload guard (a probe using too much CPU) stays on. Every probe may run at most
@@ -55,8 +55,8 @@ def render(cache: str, seconds: float | None, *, function_names: Sequence[str], 
     if not names:
         raise InvalidInput("no kernel allocation function to probe (function_names is empty)")
     for name in [*names, param]:
-        if not isinstance(name, str) or not _IDENT.match(name):
-            raise InvalidInput(f"{name!r} is not a kernel identifier (letters, digits, _)")
+        if not isinstance(name, str) or not _IDENT.fullmatch(name):
+            raise InvalidInput(f"{shown(name)} is not a kernel identifier (letters, digits, _)")
     if isinstance(max_stacks, bool) or not isinstance(max_stacks, int) \
             or not 1 <= max_stacks <= 1_000_000:
         raise InvalidInput(f"max_stacks must be an integer in 1..1000000, not {max_stacks!r}")
