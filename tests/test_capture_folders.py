@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES, require_bpf, require_tool
+from conftest import skip_or_fail, SAMPLES, require_bpf, require_tool
 from users import as_user, home, throwaway_user
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ WRITTEN = ["meta.running.json", ".meta.running.json.tmp", "meta.json", ".meta.js
 @pytest.fixture
 def user(live):
     if os.geteuid() != 0:
-        pytest.skip("needs root")
+        skip_or_fail("needs root: to create a throwaway user and capture")
     for tool in ("useradd", "runuser"):
         require_tool(tool)
     require_bpf()

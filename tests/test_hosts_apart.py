@@ -34,10 +34,10 @@ def _stap_61_folder(folder: Path) -> Path:
     plan = Plan(cache="filp", requested="filp", kind="dedicated", strategy="kprobe-cachep",
                 exact=True, reason="6.1: no name field; kprobes on kmem_cache_alloc*",
                 functions=["kmem_cache_alloc", "kmem_cache_alloc_lru"], match_name="filp")
-    meta = {"cache": "filp", "host": "deb61", "backend": "stap", "mode": "allocs",
+    meta = {"format": 1, "cache": "filp", "host": "deb61", "backend": "stap", "mode": "allocs",
             "kernel_release": "6.1.0-57-amd64", "plan": plan.to_json(), "slab_size": 256,
-            "status": "complete", "duration_s": 10.0, "losses": {}, "lost_total": 0,
-            "notes": []}
+            "start": "2026-11-30T12:00:00+00:00", "status": "complete", "duration_s": 10.0,
+            "total_allocs": 0, "losses": {}, "lost_total": 0, "notes": []}
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
 
