@@ -14,6 +14,11 @@
  *                                5 pipe (10 filps: 5 pseudo + 5 clone), 4 socket(AF_UNIX),
  *                                3 epoll_create1, 2 signalfd, 1 memfd_create; prints ops
  *                                (filps) and "mix open=.. eventfd=.. ..." (bench accuracy)
+ *   slabwork iouring N       N x (io_uring_setup, one IORING_OP_NOP submitted and waited for
+ *                            with io_uring_enter, close): N io_uring requests (io_kiocb), each
+ *                            from a fresh ring, whose empty request cache the kernel refills
+ *                            with kmem_cache_alloc_bulk (a batch of 8 since the 5.15 io_uring,
+ *                            which Debian's 5.10 has too); also N ring files (filp)
  *   slabwork lifecycle N PATH  N x open(PATH) as "slabwork", renames itself "slabwork-b"
  *                            (prctl), N more, then forks a child that makes N more and exits:
  *                            3N filp allocations across a rename and a fork; the report line
@@ -37,7 +42,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <linux/io_uring.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -61,6 +68,34 @@ static int open_close(const char *path, long n) {
         close(fd);
     }
     return 0;
+}
+
+/* One io_uring with one NOP request, submitted and completed: raw syscalls, no liburing. */
+static int uring_nop(void) {
+    struct io_uring_params params;
+    memset(&params, 0, sizeof params);
+    int fd = (int)syscall(__NR_io_uring_setup, 1, &params);
+    if (fd < 0) { perror("io_uring_setup"); return -1; }
+    size_t sq_len = params.sq_off.array + params.sq_entries * sizeof(unsigned);
+    size_t sqes_len = params.sq_entries * sizeof(struct io_uring_sqe);
+    char *sq = mmap(NULL, sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                    IORING_OFF_SQ_RING);
+    struct io_uring_sqe *sqes = mmap(NULL, sqes_len, PROT_READ | PROT_WRITE,
+                                     MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
+    if (sq == MAP_FAILED || sqes == MAP_FAILED) { perror("mmap io_uring"); close(fd); return -1; }
+    unsigned *tail = (unsigned *)(sq + params.sq_off.tail);
+    unsigned mask = *(unsigned *)(sq + params.sq_off.ring_mask);
+    unsigned *array = (unsigned *)(sq + params.sq_off.array);
+    memset(&sqes[0], 0, sizeof sqes[0]);
+    sqes[0].opcode = IORING_OP_NOP;
+    array[*tail & mask] = 0;
+    __atomic_store_n(tail, *tail + 1, __ATOMIC_RELEASE);
+    int ret = (int)syscall(__NR_io_uring_enter, fd, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0);
+    if (ret != 1) { fprintf(stderr, "io_uring_enter: %d (%s)\n", ret, strerror(errno)); }
+    munmap(sqes, sqes_len);
+    munmap(sq, sq_len);
+    close(fd);
+    return ret == 1 ? 0 : -1;
 }
 
 static double now(void) {
@@ -119,7 +154,7 @@ int main(int argc, char **argv) {
     int nowait = 0;
     if (argc > 1 && strcmp(argv[1], "-n") == 0) { nowait = 1; argv++; argc--; }
     if (argc < 3) {
-        fprintf(stderr, "usage: slabwork [-n] open|stat|eventfd|pipe|sleep|hold|loop|eventfdloop|mixloop|lifecycle N [PATH]\n");
+        fprintf(stderr, "usage: slabwork [-n] open|stat|eventfd|pipe|iouring|sleep|hold|loop|eventfdloop|mixloop|lifecycle N [PATH]\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -169,6 +204,11 @@ int main(int argc, char **argv) {
             if (pipe(p) < 0) { perror("pipe"); return 1; }
             close(p[0]);
             close(p[1]);
+            done++;
+        }
+    } else if (strcmp(mode, "iouring") == 0) {
+        for (long i = 0; i < n; i++) {
+            if (uring_nop() < 0) return 1;
             done++;
         }
     } else if (strcmp(mode, "sleep") == 0) {

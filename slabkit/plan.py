@@ -15,6 +15,12 @@ The cases (see ``shared/KERNEL-NOTES.md``):
 * the kmalloc family: ``kmem:kmalloc`` (and ``kmalloc_node`` where it exists) with
   ``bytes_alloc`` equal to the size class and the gfp bits that select the cache type.
   Exact unless random kmalloc copies or slab buckets share the size class.
+* bulk allocations of a dedicated cache: ``kmem_cache_alloc_bulk`` fires no tracepoint on
+  any kernel (io_uring's requests, socket buffers, maple tree nodes are allocated that way).
+  Where the kernel has kprobes or fentry, the plan lists it in ``bulk_functions``: a return
+  probe counts the objects it returned, comparing the cache on entry. Where it has neither, the
+  plan's notes say those allocations are not seen. (kmalloc() has no bulk form: callers of
+  ``kmem_cache_alloc_bulk`` pass a cache they created.)
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from slabkit.errors import InvalidInput, TracerUnavailable, expected_one_of
-from slabkit.host.facts import KernelFacts, gfp_bits
+from slabkit.host.facts import BULK_FUNCTIONS, KernelFacts, gfp_bits
 from slabkit.host.slabinfo import optional_int
 from slabkit.validate import check_cache_name, check_comm, check_pid
 
@@ -50,6 +56,9 @@ class Plan:
     reason: str
     alloc_events: list[str] = field(default_factory=list)   # "kmem:kmem_cache_alloc"
     functions: list[str] = field(default_factory=list)      # kprobe/fentry targets
+    #: kmem_cache_alloc_bulk (its name on this kernel): a return probe adds the objects it
+    #: returned for this cache; empty where the kernel allows no such probe (see notes)
+    bulk_functions: list[str] = field(default_factory=list)
     match_name: str | None = None   # compare against the event's / cachep's name
     match_bytes_alloc: int | None = None
     gfp_type: str | None = None     # normal | cg | rcl | dma for kmalloc plans
@@ -93,6 +102,15 @@ class Plan:
             terms.append(Term("gfp_flags", "any", int(self.gfp_require)))
         if self.gfp_forbid:
             terms.append(Term("gfp_flags", "none", int(self.gfp_forbid)))
+        return terms + self._task_terms()
+
+    def bulk_predicate(self) -> list[Term]:
+        """The filter of the bulk allocation probe (:attr:`bulk_functions`): the cache's name
+        through the function's first argument, then the process filters."""
+        return [Term("cache_name", "==", check_cache_name(self.cache))] + self._task_terms()
+
+    def _task_terms(self) -> list[Term]:
+        terms = []
         if self.pid is not None:
             terms.append(Term("pid", "==", check_pid(self.pid)))
         if self.comm is not None:
@@ -188,10 +206,28 @@ def _free_events(facts: KernelFacts, mode: str) -> list[str]:
     return [e.replace("/", ":") for e in events]
 
 
+def _bulk_functions(resolved, facts: KernelFacts, notes: list[str], mode: str) -> list[str]:
+    """The bulk allocation function to probe on return, or a note that its objects are not
+    seen (no kprobes or fentry, no such function in kallsyms, or outstanding mode: their
+    frees, ``kmem_cache_free_bulk``, fire no tracepoint either)."""
+    bulk = [f for f in BULK_FUNCTIONS if f in facts.functions]
+    if bulk and (facts.kprobes or facts.fentry) and mode == "allocs":
+        return bulk
+    why = ("objects are tracked from the allocation tracepoints only in outstanding mode"
+           if mode != "allocs" else
+           "this kernel offers no kprobes or fentry for a return probe on "
+           f"{bulk[0]}" if bulk else "kmem_cache_alloc_bulk is not in /proc/kallsyms")
+    notes.append(f"bulk allocations of {resolved.name!r} (kmem_cache_alloc_bulk: io_uring "
+                 "requests, socket buffers, maple tree nodes) fire no tracepoint and are not "
+                 f"seen: {why}")
+    return []
+
+
 def _plan_dedicated(resolved, facts: KernelFacts, notes: list[str], common: dict) -> Plan:
     ev = facts.event("kmem/kmem_cache_alloc")
     slot = int(resolved.slab_size) if resolved.slab_size else None
     free = _free_events(facts, common["mode"])
+    bulk = _bulk_functions(resolved, facts, notes, common["mode"])
     if ev is not None and ev.has("name"):
         filtered = {}
         if slot is not None and ev.has("bytes_alloc"):
@@ -203,7 +239,8 @@ def _plan_dedicated(resolved, facts: KernelFacts, notes: list[str], common: dict
                     reason="kmem:kmem_cache_alloc carries the cache name on this kernel",
                     alloc_events=["kmem:kmem_cache_alloc"], match_name=resolved.name,
                     match_bytes_alloc=int(slot) if slot and ev.has("bytes_alloc") else None,
-                    free_events=free, notes=notes, backend_notes=filtered, **common)
+                    bulk_functions=bulk, free_events=free, notes=notes,
+                    backend_notes=filtered, **common)
     missing_name = ("kmem:kmem_cache_alloc has no name field" if ev is not None
                     else "this kernel has no kmem:kmem_cache_alloc tracepoint")
     functions = [f for f in ("kmem_cache_alloc", "kmem_cache_alloc_lru", "kmem_cache_alloc_node",
@@ -213,8 +250,8 @@ def _plan_dedicated(resolved, facts: KernelFacts, notes: list[str], common: dict
         return Plan(kind=resolved.kind, strategy="kprobe-cachep", exact=True,
                     reason=f"{missing_name}; probing {', '.join(functions)} and comparing "
                            "the cache's name through its first argument",
-                    functions=functions, match_name=resolved.name, free_events=free,
-                    notes=notes, **common)
+                    functions=functions, match_name=resolved.name, bulk_functions=bulk,
+                    free_events=free, notes=notes, **common)
     what = "kprobes or fentry" if functions else "allocation functions in /proc/kallsyms"
     raise TracerUnavailable(
         f"cannot attribute allocations to {resolved.name!r} on this kernel: {missing_name}, "

@@ -57,7 +57,8 @@ def _child_tracers(before) -> list[str]:
     """Tracer processes (and their supervisors) a test started below this process and left."""
     import procs
     return [f"{p.comm} pid {p.pid}" for p in procs.started_below(os.getpid(), before)
-            if p.comm in ("slabcount", "bpftrace", "perf", "stap", "staprun", "ssh", "sh", "cat")]
+            if p.comm in ("slabcount", "bpftrace", "perf", "stap", "staprun", "ssh", "sh", "cat",
+                          "dd")]
 
 
 def require_bpf() -> Path:

@@ -27,7 +27,7 @@ def _feature(fixture: Path, name: str) -> bool:
     config = fixture / "config-excerpt.txt"
     options = {"kprobe_events": "CONFIG_KPROBE_EVENTS=y", "btf": "CONFIG_DEBUG_INFO_BTF=y",
                "modules": "CONFIG_MODULES=y"}
-    return config.is_file() and options[name] in config.read_text().splitlines()
+    return config.is_file() and name in options and options[name] in config.read_text().splitlines()
 
 
 def build_root(fixture: Path, dest: Path) -> Path:
@@ -57,6 +57,9 @@ def build_root(fixture: Path, dest: Path) -> Path:
     if _feature(fixture, "kprobe_events"):
         (tracing / "kprobe_events").write_text("")
     if _feature(fixture, "btf"):
+        # only what slabkit reads of the BTF file: whether the member name kernel_btf is in its
+        # string table (features.txt "btf_kernel_btf", recorded from the real file)
         (dest / "sys/kernel/btf").mkdir(parents=True)
-        (dest / "sys/kernel/btf/vmlinux").write_text("")
+        strings = b"\0kernel_btf\0" if _feature(fixture, "btf_kernel_btf") else b"\0"
+        (dest / "sys/kernel/btf/vmlinux").write_bytes(b"\x9f\xeb\x01\0" + strings)
     return dest

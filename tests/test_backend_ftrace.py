@@ -115,7 +115,8 @@ def test_render_describes_the_instance_writes():
     # no common_pid (a thread id): the instance follows process 7's threads instead
     assert prog.filter == 'bytes_alloc == 192 && name == "filp" && comm == "slabwork"'
     assert prog.pid == 7
-    assert prog.argv == ["cat", "/sys/kernel/tracing/instances/{instance}/trace_pipe"]
+    assert prog.argv == ["dd", "bs=65536", "status=none",
+                         "if=/sys/kernel/tracing/instances/{instance}/trace_pipe"]
     text = prog.text
     for part in ("mkdir INSTANCE", "echo 4096 > INSTANCE/buffer_size_kb",
                  "echo 1 > INSTANCE/options/record-tgid", "echo 1 > INSTANCE/options/stacktrace",
@@ -125,7 +126,7 @@ def test_render_describes_the_instance_writes():
                  "echo 1 > INSTANCE/events/task/task_rename/enable",
                  "echo 1 > INSTANCE/options/event-fork",
                  "echo $(ls /proc/7/task) > INSTANCE/set_event_pid",
-                 "cat INSTANCE/trace_pipe", "rmdir INSTANCE"):
+                 "dd if=INSTANCE/trace_pipe", "rmdir INSTANCE"):
         assert part in text, part
     everyone = FtraceBackend().render(plan_filp(), Options(), facts)
     assert everyone.pid is None and "set_event_pid" not in everyone.text
@@ -315,9 +316,9 @@ def our_instances() -> list[str]:
 
 
 def cat_children() -> list[int]:
-    """trace_pipe readers still running below this test process (under their supervisors)."""
+    """trace_pipe readers (dd) still running below this test process (under their supervisors)."""
     import procs
-    return [p.pid for p in procs.descendants(os.getpid()) if p.comm == "cat" and p.state != "Z"]
+    return [p.pid for p in procs.descendants(os.getpid()) if p.comm == "dd" and p.state != "Z"]
 
 
 def test_remove_instance_clears_enabled_events_triggers_and_filters(live):

@@ -282,8 +282,14 @@ def test_a_bad_filter_fails_with_perfs_message(perf, tmp_path):
     prep = capturing.prepare("filp", backend="perf")
     i = prep.program.argv.index("--filter")
     prep.program.argv[i + 1] = "no_such_field == 1"
-    with pytest.raises(ProbeFailed, match="failed to set filter"):
+    with pytest.raises(ProbeFailed, match="failed to set filter") as e:
         capturing.run_prepared(prep, 10, base=tmp_path, progress=False)
+    err = e.value   # perf's own words, its exit status and what to do
+    assert err.message == "perf record exited before its probe was attached"
+    assert err.returncode not in (0, None)
+    assert any("failed to set filter" in line for line in err.tail), err.stderr
+    assert "refused the event filter" in err.hint
+    assert str(err).splitlines()[0] == err.summary
 
 
 @pytest.mark.ssh

@@ -169,3 +169,67 @@ def test_full_maps_on_the_live_kernel_are_reported_by_kind(bpftrace, tmp_path):
     assert cap.meta["stack_losses"] == {"stack_map_updates_failed": len(errors) - on_c}
     assert any(f"({on_c} failed updates): events were not counted" in n
                for n in cap.meta["notes"])
+
+
+def test_a_probe_that_cannot_attach_fails_with_bpftraces_message(bpftrace, tmp_path):
+    # this kernel has no kprobes: bpftrace cannot attach one, and exits before BEGIN
+    from slabkit.capturing import run as capturing
+    from slabkit.errors import ProbeFailed
+    prep = slabkit.prepare("filp", backend="bpftrace")
+    prep.program.argv[-1] += "\nkprobe:vfs_read { @x = count(); }\n"
+    with pytest.raises(ProbeFailed) as e:
+        capturing.run_prepared(prep, 30, base=tmp_path, progress=False)
+    err = e.value
+    assert err.message == "bpftrace exited before its probe was attached"
+    assert err.returncode not in (0, None)
+    assert "ERROR: Error attaching probe: 'kprobe:vfs_read'" in err.tail
+    assert err.stderr.strip().endswith(err.tail[-1])
+    assert "available_filter_functions" in err.hint     # what to do
+    lines = str(err).splitlines()
+    assert lines[0].startswith("bpftrace exited before its probe was attached (exit code")
+    assert lines[0].endswith(err.hint)
+    assert "    ERROR: Error attaching probe: 'kprobe:vfs_read'" in lines
+    assert err.raw_path == str(next(tmp_path.iterdir()))
+    saved = (tmp_path / err.raw_path / "bpftrace.stderr").read_text()
+    assert all(line in saved for line in err.tail)     # the whole stderr stays in the folder
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "bpftrace"
+
+
+@pytest.mark.parametrize("series, cache, by_first_frame", [
+    ("5.10", "filp", {"kmem_cache_alloc_bulk": 1600, "kmem_cache_alloc": 200}),
+    ("6.1", "filp", {"kmem_cache_alloc_bulk": 1600, "kmem_cache_alloc": 200}),
+    ("6.12", "io_kiocb", {"kmem_cache_alloc_bulk_noprof": 1600}),
+])
+def test_bulk_allocations_parse_into_rows_with_their_entry_stacks(series, cache, by_first_frame):
+    """Real output of guest captures of io_kiocb (merged into filp on 5.10 and 6.1) around
+    `slabwork iouring 200` (tests/kernels/test_guest_captures.py, SLABKIT_KERNELS_RECORD=1):
+    200 bulk calls of 8, each counted at its return under the stack taken at its entry, and,
+    where io_kiocb shares filp, the 200 ring files the kprobes counted."""
+    from slabkit.backends.bpftrace import parse_output
+    from slabkit.plan import Plan
+    meta = json.loads((FIXTURES / f"bulk-{series}-meta.json").read_text())
+    meta["kallsyms_path"] = f"bulk-{series}-kallsyms.txt.gz"
+    plan = Plan.from_json(meta["plan"])
+    (bulk_fn,) = plan.bulk_functions
+    assert plan.cache == cache and bulk_fn in by_first_frame
+    parsed = parse_output(FIXTURES / f"bulk-{series}-bpftrace.jsonl", plan, meta)
+    assert any(n.startswith(f"1600 objects came from 200 bulk allocations ({bulk_fn}")
+               for n in parsed.notes), parsed.notes
+    work = parsed.allocs[parsed.allocs["comm"] == "slabwork"]
+    inner = parsed.frames[parsed.frames["depth"] == 0].set_index("stack_id")["function"]
+    assert work.groupby(work["stack_id"].map(inner))["count"].sum().to_dict() == by_first_frame
+    bulk_ids = set(inner[inner == bulk_fn].index)
+    callers = set(parsed.frames[parsed.frames["stack_id"].isin(bulk_ids)]["function"])
+    assert "__do_sys_io_uring_enter" in callers, callers   # io_uring_enter(2) submitting
+
+
+def test_bpftrace_017_on_5_10_without_btf_gets_advice_that_names_the_fix():
+    """The real stderr of bpftrace 0.17 on Debian 11's 5.10 without BPFTRACE_BTF."""
+    from slabkit.errors import ProbeFailed
+    stderr = (FIXTURES / "bpftrace-0.17-linux-5.10-no-btf.stderr").read_text()
+    err = ProbeFailed("bpftrace exited before its probe was attached", returncode=1,
+                      stderr=stderr)
+    assert "BPFTRACE_BTF=/sys/kernel/btf/vmlinux" in err.hint
+    assert err.tail == [stderr.strip()]

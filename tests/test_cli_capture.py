@@ -1,15 +1,16 @@
 """What a user can type at `slabkit capture` is validated, with one clear line and exit code 2."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
 
-def run(*args, timeout=120):
+def run(*args, timeout=120, env=None):
     return subprocess.run([sys.executable, "-m", "slabkit", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -56,3 +57,18 @@ def test_cleanup_with_nothing_left_says_so(live):
     res = run("cleanup")
     assert res.returncode == 0
     assert res.stdout.strip() == "nothing left behind"
+
+
+def test_a_tracer_that_fails_is_one_line_and_its_stderr_tail(live, tmp_path):
+    # a user's environment reaches the tracer: bpftrace 0.17 crashes on a BTF file it cannot
+    # read. The CLI prints what happened and what to do on one line, then bpftrace's last words.
+    res = run("capture", "filp", "--backend", "bpftrace", "-d", "5", "--quiet",
+              "-o", str(tmp_path / "cap"), env=dict(os.environ, BPFTRACE_BTF="/nonexistent"))
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = res.stderr.rstrip().splitlines()
+    assert lines[0].startswith("slabkit: bpftrace exited before its probe was attached (exit code")
+    assert "killed by SIGSEGV" in lines[0] and "--print-program" in lines[0]
+    assert lines[1] == "  the tracer said (last lines of its stderr):"
+    assert lines[2].strip() == "Segmentation fault"
+    assert lines[-1] == f"  its output is kept in {tmp_path / 'cap'}"
+    assert "Traceback" not in res.stderr

@@ -174,3 +174,111 @@ def test_bad_filters_and_modes_are_refused_before_any_program_text(tmp_path):
     plan = plan_capture(r, facts, cache_table=table, pid=42, comm="nginx worker")
     text = render_program(plan, Options())
     assert "pid == 42" in text and 'comm == "nginx worker"' in text
+
+
+# --- Linux 5.10 (Debian 11) --------------------------------------------------------------------
+
+
+def test_5_10_dedicated_cache_kprobes_its_functions_and_says_filp_is_shared(tmp_path):
+    plan, facts, resolved = plan_for(tmp_path, "5.10", "filp")
+    assert not facts.event("kmem/kmem_cache_alloc").has("name")
+    assert plan.strategy == "kprobe-cachep" and plan.exact
+    assert plan.functions == ["kmem_cache_alloc", "kmem_cache_alloc_node"]   # no _lru before 5.18
+    assert plan.aliases == ["io_kiocb"]
+    assert any("io_kiocb" in n and "counted together" in n for n in plan.notes), plan.notes
+
+
+def test_5_10_kmalloc_matches_both_events_and_has_no_cg_caches(tmp_path):
+    plan, facts, _ = plan_for(tmp_path, "5.10", "kmalloc-1k")
+    assert facts.event("kmem/kmalloc_node") is not None
+    assert plan.strategy == "kmalloc-size-class" and plan.exact
+    assert plan.alloc_events == ["kmem:kmalloc", "kmem:kmalloc_node"]
+    # no kmalloc-cg caches (5.14+): accounted kmallocs land in kmalloc-1k too
+    assert (plan.gfp_require, plan.gfp_forbid) == (0, 0x11)
+    assert any("no kmalloc-cg caches" in n for n in plan.notes)
+    assert tracefs_filter(plan) == "bytes_alloc == 1024 && !(gfp_flags & 0x11)"
+    assert "tracepoint:kmem:kmalloc, tracepoint:kmem:kmalloc_node" in render_program(plan, Options())
+
+
+# --- bulk allocations ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("release, bulk", [
+    ("5.10", ["kmem_cache_alloc_bulk"]), ("6.1.", ["kmem_cache_alloc_bulk"]),
+    ("6.12", ["kmem_cache_alloc_bulk_noprof"]), ("6.18", []),
+])
+def test_bulk_allocations_are_probed_where_the_kernel_allows_else_noted(tmp_path, release, bulk):
+    plan, facts, _ = plan_for(tmp_path, release, "skbuff_head_cache")
+    assert plan.bulk_functions == bulk
+    missing = [n for n in plan.notes if "bulk allocations of 'skbuff_head_cache'" in n]
+    if bulk:
+        assert facts.kprobes and not missing
+    else:   # this machine's 6.18: no kprobes, no fentry
+        assert missing and "no kprobes or fentry" in missing[0] and "not seen" in missing[0]
+    kmalloc, _, _ = plan_for(tmp_path / "k", release, "kmalloc-1k")
+    assert kmalloc.bulk_functions == []     # kmalloc() has no bulk form
+    outstanding, _, _ = plan_for(tmp_path / "o", release, "filp", mode="outstanding") \
+        if not facts.kprobes or release == "6.18" else (None, None, None)
+    if outstanding is not None:
+        assert outstanding.bulk_functions == []
+
+
+def test_bpftrace_counts_bulk_allocations_at_their_return_with_the_cache_compared_on_entry(
+        tmp_path):
+    plan, facts, _ = plan_for(tmp_path, "6.12", "filp", comm="nginx")
+    text = render_program(plan, Options())
+    entry = text[text.index("kprobe:kmem_cache_alloc_bulk_noprof\n"):]
+    entry = entry[:entry.index("\n}\n")]
+    assert 'if (str(((struct kmem_cache *)arg0)->name, 6) == "filp" && comm == "nginx")' in entry
+    assert "@bs[tid, $d] = kstack(perf);" in entry            # the stack is taken on entry
+    ret = text[text.index("kretprobe:kmem_cache_alloc_bulk_noprof\n"):]
+    assert "@b[pid, tid, cgroup, comm, @bs[tid, $d]] = sum((int32)retval);" in ret
+    assert "clear(@bd); clear(@bm); clear(@bs);" in text
+    assert "kretprobe" not in render_program(plan, Options(), bulk=False)
+
+
+def test_backends_that_do_not_count_bulk_allocations_say_so(tmp_path):
+    from slabkit.backends import capture_notes, get_backend
+    plan, facts, _ = plan_for(tmp_path, "6.1.", "filp")
+    for name in ("bpf", "perf", "ftrace", "stap"):
+        notes = capture_notes(get_backend(name), plan, get_backend("bpftrace").render(
+            plan, Options(), facts), facts)
+        assert any(f"not seen by the {name} backend" in n for n in notes), (name, notes)
+    bpftrace = get_backend("bpftrace")
+    assert not any("not seen" in n for n in capture_notes(
+        bpftrace, plan, bpftrace.render(plan, Options(), facts), facts))
+
+
+# --- bpftrace before 0.18 and kernels whose BTF has no object id ---------------------------------
+
+
+@pytest.mark.parametrize("release, pointed", [("5.10", True), ("6.1.", False), ("6.18", False)])
+def test_bpftrace_is_pointed_at_the_btf_file_where_it_cannot_find_it(tmp_path, release, pointed):
+    from slabkit.backends.bpftrace import BpftraceBackend
+    root, facts, table = kernel(tmp_path, release)
+    facts.tracers["bpftrace"] = "0.17.0"           # Debian 12's, the one these kernels met
+    backend = BpftraceBackend()
+    assert backend.unavailable(root, facts) is None
+    assert facts.btf_has_id is (not pointed)       # read from the kernel's BTF (features.txt)
+    plan = plan_capture(slabinfo.resolve_cache("kmalloc-1k", root, table=table), facts,
+                        cache_table=table)
+    program = backend.render(plan, Options(), facts)
+    if pointed:
+        assert program.env["BPFTRACE_BTF"] == "/sys/kernel/btf/vmlinux"
+        (why,) = program.workarounds.values()
+        assert "Linux before 5.11" in why and "linux/types.h" in why
+    else:
+        assert "BPFTRACE_BTF" not in program.env and program.workarounds == {}
+    facts.tracers["bpftrace"] = "0.18.0"           # finds the file by itself
+    assert "BPFTRACE_BTF" not in backend.render(plan, Options(), facts).env
+
+
+def test_bpftrace_before_0_18_without_btf_or_headers_is_refused_with_that_reason(tmp_path):
+    from slabkit.backends.bpftrace import BpftraceBackend
+    root_dir = [d for d in kernel_dirs() if d.name.startswith("5.10")][0]
+    root = LocalTarget(build_root(root_dir, tmp_path / "root"))
+    (tmp_path / "root/sys/kernel/btf/vmlinux").unlink()
+    facts = gather_facts(root)
+    facts.tracers["bpftrace"] = "0.17.0"
+    why = BpftraceBackend().unavailable(root, facts)
+    assert why and "neither BTF" in why and "linux-headers-5.10.0-46-amd64" in why

@@ -422,3 +422,21 @@ def test_runner_bad_pid_as_root(runner_base):
     assert runner.status == "failed"
     assert "pid filter" in runner.summary.value and "Traceback" not in runner.summary.value
     assert not runner_base.exists() or not any(runner_base.iterdir())  # nothing was started
+
+
+def test_runner_shows_a_failed_tracer_with_what_to_do_and_its_stderr(runner_base, monkeypatch):
+    # a real bpftrace failure: 0.17 crashes on a BTF file it cannot read (the environment
+    # reaches the tracer)
+    monkeypatch.setenv("BPFTRACE_BTF", "/nonexistent")
+    runner = CaptureRunner("filp", seconds=5, base=runner_base, check_backends=False)
+    runner.backend.options = ["auto", "bpftrace"]
+    runner.backend.value = "bpftrace"
+    runner.start_button.click()
+    assert runner.wait(120)
+    assert runner.status == "failed"
+    err = runner.error
+    text = runner.summary.value
+    assert err.message == "bpftrace exited before its probe was attached"
+    assert "killed by SIGSEGV" in text and "--print-program" in text      # what to do
+    assert '<pre class="slabkit-error">Segmentation fault</pre>' in text   # the stderr tail
+    assert f"its output is kept in {err.raw_path}" in text and "Traceback" not in text

@@ -5,11 +5,12 @@ from slabkit.backends.base import (
     Parsed,
     Program,
     RunResult,
+    capture_notes,
     choose,
     get_backend,
     registry,
     run_marked_tracer,
 )
 
-__all__ = ["Backend", "Options", "Parsed", "Program", "RunResult", "choose", "get_backend",
-           "registry", "run_marked_tracer"]
+__all__ = ["Backend", "Options", "Parsed", "Program", "RunResult", "capture_notes", "choose",
+           "get_backend", "registry", "run_marked_tracer"]

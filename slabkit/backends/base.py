@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from slabkit.errors import InvalidInput, TracerUnavailable, expected_one_of
 
@@ -57,12 +57,18 @@ class Options:
 
 @dataclass
 class Program:
-    """What will run on the target: argv, environment, and the program text to show."""
+    """What will run on the target: argv, environment, and the program text to show.
+
+    ``workarounds``: settings the backend made for a known problem of this tracer on this
+    kernel (setting -> why), recorded in the capture's meta. ``notes``: what the capture's
+    notes say about the backend's choices (:func:`capture_notes`, filled when prepared)."""
 
     backend: str
     argv: list[str]
     text: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    workarounds: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +115,11 @@ class Backend:
         """Why this backend cannot run on the target at all, or None."""
         raise NotImplementedError
 
+    def counts_bulk(self, plan: "Plan", facts: "KernelFacts") -> bool:
+        """Whether this backend counts the plan's bulk allocations (``plan.bulk_functions``,
+        which fire no tracepoint). Backends that do override it."""
+        return False
+
     def unsupported(self, plan: "Plan", facts: "KernelFacts") -> str | None:
         """Why this backend cannot carry out ``plan``, or None."""
         raise NotImplementedError
@@ -124,19 +135,38 @@ class Backend:
         raise NotImplementedError
 
 
+def capture_notes(backend: Backend, plan: "Plan", program: Program, facts: "KernelFacts"
+                  ) -> list[str]:
+    """What the capture's notes say about the backend's choices: each workaround it made and,
+    where the plan has bulk allocations to count that this backend does not, that those are
+    not seen."""
+    notes = [f"{backend.name}: {setting} ({why})" for setting, why in program.workarounds.items()]
+    if plan.bulk_functions and not backend.counts_bulk(plan, facts):
+        notes.append(f"bulk allocations of {plan.cache!r} ({', '.join(plan.bulk_functions)}: "
+                     "no tracepoint) are not seen by the "
+                     f"{backend.name} backend; bpftrace counts them where the kernel has kprobes")
+    return notes
+
+
 def run_marked_tracer(target: "Target", program: Program, raw: Path, errf: Path,
-                      control: "RunControl", *, what: str) -> tuple[str, int | None, str]:
+                      control: "RunControl", *, what: str,
+                      clean: Callable[[str], str] = lambda text: text
+                      ) -> tuple[str, int | None, str]:
     """Run a tracer that prints ``slabkit-attached`` on stdout once its probes are live and
     writes its results when stopped (SIGINT, sent on leaving the ``with`` block).
 
-    stdout goes to ``raw``, stderr to ``errf``. Returns (end reason, exit status, stderr)."""
+    stdout goes to ``raw``, stderr to ``errf``. Returns (end reason, exit status, stderr).
+    A tracer that ends or stalls before attaching raises ProbeFailed with its stderr
+    (``clean`` drops the tracer's known harmless lines from it)."""
     with open(raw, "wb") as out, open(errf, "wb") as err:
         with target.start(program.argv, stdout=out, stderr=err,
                           env=program.env or None) as proc:
             def attached() -> bool:
                 with open(raw, "rb") as f:
                     return b"slabkit-attached" in f.read(4096)
-            control.wait_attached(attached, lambda: proc.poll() is None, what=what)
+            control.wait_attached(attached, lambda: proc.poll() is None, what=what,
+                                  stderr=lambda: clean(errf.read_text(errors="replace")),
+                                  returncode=proc.poll, raw_path=str(errf.parent))
             reason = control.run_for(lambda: proc.poll() is None)
     return reason, proc.returncode, errf.read_text(errors="replace")
 

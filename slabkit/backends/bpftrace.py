@@ -47,6 +47,7 @@ from slabkit.backends import (
     run_marked_tracer,
 )
 from slabkit.errors import ParseError, ProbeFailed
+from slabkit.host.facts import BTF_PATH, kernel_btf_has_id
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
     from slabkit.backends.control import RunControl
     from slabkit.host.facts import KernelFacts
     from slabkit.host.target import Target
-    from slabkit.plan import Plan
+    from slabkit.plan import Plan, Term
 
 RAW = "bpftrace.jsonl"
 STDERR = "bpftrace.stderr"
@@ -65,14 +66,29 @@ def _version_tuple(text: str | None) -> tuple[int, ...]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
+#: bpftrace that finds a kernel's BTF without the kernel giving it an object id
+BTF_BY_FILE_VERSION = (0, 18)
+
+
+def btf_workaround(version: str | None, btf_has_id: bool | None) -> dict[str, str]:
+    """``{"BPFTRACE_BTF": "/sys/kernel/btf/vmlinux"}`` where bpftrace ``version`` cannot find
+    the kernel's BTF by itself: before 0.18 it looks it up by BTF object id, which kernels
+    before 5.11 do not give it (``btf_has_id`` False, read from the kernel's own BTF by
+    :func:`slabkit.host.facts.kernel_btf_has_id`), and then fails on missing headers."""
+    if btf_has_id is False and _version_tuple(version) < BTF_BY_FILE_VERSION:
+        return {"BPFTRACE_BTF": BTF_PATH}
+    return {}
+
+
 #: the fields of a pid/comm filter (tested inside the program, so it can count what they turn
 #: away); the other terms pick the cache
 FILTER_FIELDS = ("pid", "comm")
 
 
-def render_predicate(plan: "Plan", *, args: str = "args->", terms=None) -> str:
-    """The plan's filter (:meth:`Plan.predicate`, or ``terms`` of it) as a bpftrace
-    predicate, in its order.
+def render_predicate(plan: "Plan", *, args: str = "args->", terms: "list[Term] | None" = None
+                     ) -> str:
+    """The plan's filter (:meth:`Plan.predicate`, or ``terms``) as a bpftrace predicate, in
+    its order.
 
     ``pid`` is bpftrace's process id (the thread group); a string compare reads only the
     name's length plus 2 bytes, not the 64-byte default."""
@@ -96,8 +112,44 @@ def render_predicate(plan: "Plan", *, args: str = "args->", terms=None) -> str:
     return " && ".join(parts)
 
 
-def render_program(plan: "Plan", options: Options) -> str:
-    """The bpftrace program for ``plan`` (every value in it validated or an int)."""
+def render_bulk(plan: "Plan") -> list[str]:
+    """Probes that count the objects ``kmem_cache_alloc_bulk`` returned for the plan's cache.
+
+    The entry probe compares the cache (first argument) and keeps the stack; the return
+    probe adds the returned count under that stack. Entry and return are paired by thread and
+    nesting depth, because an interrupt may allocate in bulk (another cache) inside a task's
+    call. The stack is taken on entry: a kretprobe's own stack ends at the kretprobe
+    trampoline on older kernels (seen on 5.10)."""
+    key = "pid, tid, cgroup, comm"
+    pred = render_predicate(plan, terms=plan.bulk_predicate())
+    entries = ", ".join(f"kprobe:{f}" for f in plan.bulk_functions)
+    returns = ", ".join(f"kretprobe:{f}" for f in plan.bulk_functions)
+    return [
+        "", entries, "{",
+        "  $d = @bd[tid] + 1;",
+        "  @bd[tid] = $d;",
+        f"  if ({pred}) {{",
+        "    @bm[tid, $d] = 1;",
+        "    @bs[tid, $d] = kstack(perf);",
+        "  }",
+        "}",
+        "", returns, "/@bd[tid]/", "{",
+        "  $d = @bd[tid];",
+        "  if (@bm[tid, $d]) {",
+        f"    @b[{key}, @bs[tid, $d]] = sum((int32)retval);",
+        f"    @bn[{key}] = count();",
+        "    delete(@bm[tid, $d]);",
+        "    delete(@bs[tid, $d]);",
+        "  }",
+        "  if ($d <= 1) { delete(@bd[tid]); } else { @bd[tid] = $d - 1; }",
+        "}",
+    ]
+
+
+def render_program(plan: "Plan", options: Options, *, bulk: bool = True) -> str:
+    """The bpftrace program for ``plan`` (every value in it validated or an int).
+
+    ``bulk``: also count the plan's bulk allocations (:func:`render_bulk`; needs kprobes)."""
     if plan.strategy == "kprobe-cachep":
         probes = ", ".join(f"kprobe:{f}" for f in plan.functions)
     else:
@@ -130,6 +182,9 @@ def render_program(plan: "Plan", options: Options) -> str:
     lines = ['BEGIN { printf("slabkit-attached\\n"); }', "", probes, f"/{pred}/", "{",
              *body, "}"]
     end = ["clear(@first);"] if n > 1 else []
+    if bulk and plan.bulk_functions:
+        lines += render_bulk(plan)
+        end += ["clear(@bd); clear(@bm); clear(@bs);"]
     if plan.mode == "outstanding":
         if plan.strategy == "kprobe-cachep":
             raise ProbeFailed("outstanding mode with kprobes is not implemented; "
@@ -151,10 +206,18 @@ class BpftraceBackend(Backend):
     package = "bpftrace"
 
     def unavailable(self, target: "Target", facts: "KernelFacts") -> str | None:
-        if not facts.tracers.get("bpftrace"):
+        version = facts.tracers.get("bpftrace")
+        if not version:
             return "bpftrace is not installed (Debian/Ubuntu: apt-get install bpftrace)"
-        if _version_tuple(facts.tracers["bpftrace"]) < (0, 12):
-            return f"bpftrace {facts.tracers['bpftrace']} is older than 0.12"
+        if _version_tuple(version) < (0, 12):
+            return f"bpftrace {version} is older than 0.12"
+        if _version_tuple(version) < BTF_BY_FILE_VERSION and facts.btf_has_id is None:
+            facts.btf_has_id = kernel_btf_has_id(target)
+            if facts.btf_has_id is None and not target.exists(
+                    f"/lib/modules/{facts.release}/build/include"):
+                return (f"bpftrace {version} needs the kernel's types, and this kernel has "
+                        f"neither BTF ({BTF_PATH}) nor headers (/lib/modules/{facts.release}/"
+                        f"build): install linux-headers-{facts.release}")
         return None
 
     def unsupported(self, plan: "Plan", facts: "KernelFacts") -> str | None:
@@ -164,19 +227,29 @@ class BpftraceBackend(Backend):
             return "outstanding mode needs allocation tracepoints with ptr"
         return None
 
+    def counts_bulk(self, plan: "Plan", facts: "KernelFacts") -> bool:
+        return bool(plan.bulk_functions) and facts.kprobes
+
     def render(self, plan: "Plan", options: Options, facts: "KernelFacts") -> Program:
-        text = render_program(plan, options)
+        text = render_program(plan, options, bulk=self.counts_bulk(plan, facts))
         keys = options.map_keys or (262144 if plan.mode == "outstanding" else 65536)
         env = {"BPFTRACE_MAP_KEYS_MAX": str(int(keys)), "BPFTRACE_STRLEN": "64"}
+        workarounds = btf_workaround(facts.tracers.get("bpftrace"), facts.btf_has_id)
+        env.update(workarounds)
+        why = {f"{k}={v}": (f"bpftrace {facts.tracers.get('bpftrace')} looks the kernel's BTF "
+                            "up by object id, which this kernel does not give it (its BTF has "
+                            "no bpf_btf_info.kernel_btf: Linux before 5.11); without it, it "
+                            "wants kernel headers and fails with 'linux/types.h' file not "
+                            "found") for k, v in workarounds.items()}
         return Program(backend=self.name, argv=["bpftrace", "-f", "json", "-k", "-e", text],
-                       text=text, env=env)
+                       text=text, env=env, workarounds=why)
 
     def run(self, target: "Target", program: Program, folder: Path,
             control: "RunControl") -> RunResult:
         raw = folder / RAW
         # stopping it (SIGINT) makes bpftrace print its maps and exit
         reason, rc, stderr = run_marked_tracer(target, program, raw, folder / STDERR, control,
-                                               what="bpftrace")
+                                               what="bpftrace", clean=_clean_stderr)
         if reason == "tracer-exited" and rc not in (0, None):
             raise ProbeFailed("bpftrace failed", returncode=rc, stderr=_clean_stderr(stderr),
                               raw_path=str(raw))
@@ -322,6 +395,10 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     else:
         allocs = spread_counts(exact, sampled, keys)
 
+    bulk, bulk_calls = _bulk_rows(maps, path, stack_ids)
+    if len(bulk):
+        allocs = pd.concat([allocs, bulk], ignore_index=True)
+
     slot = int(plan.match_bytes_alloc or meta.get("slab_size") or 0) or None
     req_df = None
     if plan.strategy == "kmalloc-size-class" and req:
@@ -352,18 +429,42 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     if every > 1:
         notes.append(f"stacks sampled 1 in {every}: counts per process are exact, counts per "
                      "stack are estimates")
+    if "@bn[" in (meta.get("program") or ""):
+        notes.append(f"{int(bulk['count'].sum())} objects came from {bulk_calls} bulk "
+                     f"allocations ({', '.join(plan.bulk_functions) or 'kmem_cache_alloc_bulk'}, "
+                     "counted at its return, every one with its stack)")
     filtered_out = None
     if plan.pid is not None or plan.comm is not None:
         f = maps.get("@f", 0)
         filtered_out = int(f) if isinstance(f, int) else 0
     return Parsed(allocs=allocs, frames=frames, outstanding=outstanding, losses=losses,
                   notes=notes, estimated=every > 1, stack_losses=stack_losses,
-                  fired=True if len(exact) or filtered_out else None,
+                  fired=True if len(exact) or len(bulk) or filtered_out else None,
                   filtered_out=filtered_out)
 
 
+def _bulk_rows(maps: dict, path: Path, stack_ids: dict[tuple[int, ...], int]
+               ) -> tuple[pd.DataFrame, int]:
+    """Rows (pid, tid, cgroup_id, comm, stack_id, count) of the objects bulk allocations
+    returned (``@b``, keyed with the stack taken on entry), and the number of calls (``@bn``)."""
+    import pandas as pd
+    keys = ["pid", "tid", "cgroup_id", "comm"]
+    rows = []
+    for key, n in maps.get("@b", {}).items():
+        pid, tid, cg, rest = _split_key(key, 3, path)
+        comm, _, stack_text = rest.partition(",\n")
+        addrs = tuple(int(m.group(1), 16) for m in map(_FRAME_RE.match, stack_text.splitlines())
+                      if m)
+        sid = stack_ids.setdefault(addrs, len(stack_ids)) if addrs else -1
+        rows.append((int(pid), int(tid), int(cg), comm, sid, int(n)))
+    df = pd.DataFrame(rows, columns=keys + ["stack_id", "count"])
+    df = df[df["count"] > 0].groupby(keys + ["stack_id"], as_index=False)["count"].sum()
+    calls = sum(int(n) for n in maps.get("@bn", {}).values())
+    return df, calls
+
+
 #: maps whose failed update loses events (or tracked objects): the rest only lose stacks
-_COUNTING_MAPS = ("@c[", "@r[", "@live[", "@who[", "@stk[")
+_COUNTING_MAPS = ("@c[", "@r[", "@live[", "@who[", "@stk[", "@b[", "@bn[", "@bd[", "@bm[")
 
 
 def _split_helper_errors(errors: dict[str, int], program: str, plan: "Plan"

@@ -39,15 +39,24 @@ class RunControl:
         self.messages.append(message)
 
     def wait_attached(self, is_attached: Callable[[], bool], is_running: Callable[[], bool],
-                      *, timeout_s: float = 120.0, what: str = "tracer") -> None:
-        """Wait until the probe is live. Raises ProbeFailed if the tracer dies first."""
+                      *, timeout_s: float = 120.0, what: str = "tracer",
+                      stderr: Callable[[], str] | None = None,
+                      returncode: Callable[[], int | None] | None = None,
+                      raw_path: str | None = None) -> None:
+        """Wait until the probe is live. Raises ProbeFailed if the tracer dies first or does
+        not attach in time, with what it wrote on stderr (``stderr()``: the file so far), its
+        exit status (``returncode()``) and what to do."""
         deadline = time.monotonic() + timeout_s
+
+        def failed(message: str) -> ProbeFailed:
+            return ProbeFailed(message, returncode=returncode() if returncode else None,
+                               stderr=stderr() if stderr else "", raw_path=raw_path)
         try:
             while not is_attached():
                 if not is_running():
-                    raise ProbeFailed(f"{what} exited before its probe was attached")
+                    raise failed(f"{what} exited before its probe was attached")
                 if time.monotonic() > deadline:
-                    raise ProbeFailed(f"{what} did not attach its probe within {timeout_s:.0f} s")
+                    raise failed(f"{what} did not attach its probe within {timeout_s:.0f} s")
                 if self.stop_event.is_set():
                     break
                 time.sleep(0.05)

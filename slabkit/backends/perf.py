@@ -189,16 +189,10 @@ class PerfBackend(Backend):
                     if uses_delay:
                         return ENABLED_MSG in log.read_bytes()
                     return time.monotonic() - started >= SETTLE_S
-                try:
-                    control.wait_attached(attached, lambda: proc.poll() is None,
-                                          what="perf record")
-                except ProbeFailed:
-                    what = ("perf record exited before enabling its events"
-                            if proc.poll() is not None
-                            else "perf record did not enable its events in time")
-                    raise ProbeFailed(what, returncode=proc.poll(),
-                                      stderr=log.read_text(errors="replace"),
-                                      raw_path=str(folder)) from None
+                control.wait_attached(attached, lambda: proc.poll() is None,
+                                      what="perf record", returncode=proc.poll,
+                                      stderr=lambda: log.read_text(errors="replace"),
+                                      raw_path=str(folder))
                 reason = control.run_for(lambda: proc.poll() is None)
             # leaving the block sent SIGINT: perf wrote perf.data's header and exited
         record_log = log.read_text(errors="replace")

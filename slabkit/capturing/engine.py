@@ -23,6 +23,7 @@ from slabkit.backends.base import (
     Options,
     Program,
     RunResult,
+    capture_notes,
     choose,
     get_backend,
 )
@@ -112,7 +113,8 @@ class Prepared:
             "plan": self.plan.to_json(), "backend": self.backend.name,
             "not_used": self.not_used,
             "program": {"argv": self.program.argv, "text": self.program.text,
-                        "env": self.program.env},
+                        "env": self.program.env, "workarounds": self.program.workarounds,
+                        "notes": self.program.notes},
             "release": self.facts.release,
             "tracer_version": self.facts.tracers.get(self.backend.name),
             "slab_size": getattr(r, "slab_size", None),
@@ -132,7 +134,9 @@ class Prepared:
                    plan=Plan.from_json(data["plan"]), backend=backend,
                    program=Program(backend=backend.name, argv=list(prog.get("argv") or []),
                                    text=str(prog.get("text") or ""),
-                                   env=dict(prog.get("env") or {})),
+                                   env=dict(prog.get("env") or {}),
+                                   workarounds=dict(prog.get("workarounds") or {}),
+                                   notes=[str(n) for n in prog.get("notes") or []]),
                    not_used=dict(data.get("not_used") or {}),
                    resolved=SimpleNamespace(slab_size=data.get("slab_size"),
                                             object_size=data.get("object_size")),
@@ -153,6 +157,7 @@ def prepare(request: Request, target: Target) -> Prepared:
                         comm=request.comm, cache_table=records)
     chosen, reasons = choose(request.backend, plan, target, facts)
     program = chosen.render(plan, request.options, facts)
+    program.notes = capture_notes(chosen, plan, program, facts)
     return Prepared(target=target, request=request, facts=facts, plan=plan, backend=chosen,
                     program=program, not_used=reasons, resolved=resolved, records=records)
 

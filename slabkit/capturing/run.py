@@ -231,6 +231,7 @@ def _start_meta(prep: Prepared, seconds: float, host: str) -> dict[str, Any]:
         "backends_not_used": prep.not_used, "plan": plan.to_json(),
         "options": prep.options.to_json(), "program": prep.program.text,
         "argv": prep.program.argv, "env": prep.program.env,
+        "tracer_workarounds": prep.program.workarounds,
         "slab_size": _int_or_none(getattr(prep.resolved, "slab_size", None)),
         "object_size": _int_or_none(getattr(prep.resolved, "object_size", None)),
         "requested_seconds": seconds, "start": store.now_iso(), "status": "running",
@@ -291,7 +292,7 @@ def _save(folder: CaptureFolder, prep: Prepared, meta: dict[str, Any],
                 probe_fired=parsed.fired, filtered_out=parsed.filtered_out,
                 total_allocs=total)
     meta["notes"] = (outcome.messages + zero_notes(meta, outcome.series)
-                     + plan.notes_for(prep.backend.name) + parsed.notes)
+                     + plan.notes_for(prep.backend.name) + prep.program.notes + parsed.notes)
     if plan.mode == "outstanding":
         meta["notes"].append("objects allocated before the capture started are not seen")
     allocs = parsed.allocs.assign(host=host)

@@ -24,6 +24,11 @@ ALLOC_FUNCTIONS = (
     "kmem_cache_alloc", "kmem_cache_alloc_node", "kmem_cache_alloc_lru",
     "kmem_cache_alloc_noprof", "kmem_cache_alloc_node_noprof", "kmem_cache_alloc_lru_noprof",
 )
+#: ``int kmem_cache_alloc_bulk(struct kmem_cache *s, gfp_t flags, size_t size, void **p)``
+#: (``_noprof`` from 6.10) returns how many objects it allocated and fires no tracepoint: only
+#: a return probe sees those objects
+BULK_FUNCTIONS = ("kmem_cache_alloc_bulk", "kmem_cache_alloc_bulk_noprof")
+BTF_PATH = "/sys/kernel/btf/vmlinux"
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,9 @@ class KernelFacts:
     modules: bool = False          # loadable modules (SystemTap needs them)
     tracers: dict[str, str | None] = field(default_factory=dict)  # name -> version or None
     page_size: int = 4096
+    #: the kernel gives its own BTF an object id, as BPF tools that look BTF up by id need
+    #: (:func:`kernel_btf_has_id`); None: not checked (only bpftrace before 0.18 needs it)
+    btf_has_id: bool | None = None
     #: what slabkit's BPF counter found on the target (``slabcount --probe``: raw tracepoint
     #: argument indices from the kernel's BTF) and where it is installed there; filled by the
     #: ``bpf`` backend when it is considered
@@ -121,7 +129,7 @@ class KernelFacts:
             "events": {k: {"fields": v.fields} for k, v in self.events.items()},
             "functions": sorted(self.functions), "kprobes": self.kprobes,
             "fentry": self.fentry, "modules": self.modules, "tracers": self.tracers,
-            "page_size": self.page_size, "bpf": self.bpf,
+            "page_size": self.page_size, "bpf": self.bpf, "btf_has_id": self.btf_has_id,
         }
 
 
@@ -146,14 +154,31 @@ def read_event_formats(target: Target, tracefs: str) -> dict[str, EventFormat]:
 
 
 def alloc_functions_in_kallsyms(kallsyms_text: str) -> set[str]:
-    """Which of :data:`ALLOC_FUNCTIONS` the kernel has (text symbols only)."""
-    wanted = set(ALLOC_FUNCTIONS)
+    """Which of :data:`ALLOC_FUNCTIONS` and :data:`BULK_FUNCTIONS` the kernel has (text
+    symbols only)."""
+    wanted = set(ALLOC_FUNCTIONS) | set(BULK_FUNCTIONS)
     found = set()
     for line in kallsyms_text.splitlines():
         parts = line.split()
         if len(parts) >= 3 and parts[1] in "tTwW" and parts[2] in wanted:
             found.add(parts[2])
     return found
+
+
+def kernel_btf_has_id(target: Target) -> bool | None:
+    """Whether the kernel lists its own BTF among BPF's BTF objects (an id, a name, the
+    ``kernel_btf`` flag in ``struct bpf_btf_info``; Linux 5.11+), read from the kernel's BTF
+    itself: the member name ``kernel_btf`` is in its string table exactly when the kernel has
+    that API. None when the kernel has no BTF file.
+
+    bpftrace before 0.18 finds the kernel's BTF only that way; without it, it falls back to
+    kernel headers and fails (``'linux/types.h' file not found``) unless ``BPFTRACE_BTF``
+    names the file."""
+    try:
+        data = target.read_text(BTF_PATH)
+    except OSError:
+        return None
+    return "\0kernel_btf\0" in data
 
 
 def tracer_versions(target: Target) -> dict[str, str | None]:

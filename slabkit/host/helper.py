@@ -47,8 +47,9 @@ _ERRORS: dict[str, type[SlabkitError]] = {
 def error_to_json(e: SlabkitError) -> dict[str, Any]:
     """An error as the helper reports it (see :func:`error_from_json`)."""
     return {"ok": False, "error": type(e).__name__ if type(e).__name__ in _ERRORS
-            else "SlabkitError", "message": str(e),
+            else "SlabkitError", "message": getattr(e, "message", None) or str(e),
             "stderr": getattr(e, "stderr", None), "returncode": getattr(e, "returncode", None),
+            "hint": getattr(e, "hint", None),
             "close_matches": getattr(e, "close_matches", None)}
 
 
@@ -56,12 +57,12 @@ def error_from_json(data: dict[str, Any], where: str = "") -> SlabkitError:
     """The SlabkitError the helper reported, with its message as the helper wrote it."""
     cls = _ERRORS.get(str(data.get("error")), SlabkitError)
     message = str(data.get("message") or "the capture helper failed")[:4000]
+    message += f" (on {where})" if where else ""
+    if cls is ProbeFailed:   # what happened, what to do, the tracer's stderr and exit status
+        return ProbeFailed(message, returncode=data.get("returncode"),
+                           stderr=str(data.get("stderr") or ""), hint=data.get("hint"))
     err = cls.__new__(cls)
-    Exception.__init__(err, message + (f" (on {where})" if where else ""))
-    if cls is ProbeFailed:
-        err.stderr = str(data.get("stderr") or "")
-        err.returncode = data.get("returncode")
-        err.raw_path = None
+    Exception.__init__(err, message)
     if cls is UnknownCache:
         err.name, err.close_matches = "", list(data.get("close_matches") or [])
     return err

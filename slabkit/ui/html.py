@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from slabkit.analysis import present
-from slabkit.errors import SlabkitError
+from slabkit.errors import ProbeFailed, SlabkitError
 
 # Monospace option text for the cache list, so its columns line up. An HTML widget's <style>
 # applies to the whole page, so every rule is scoped to the widgets' own CSS classes.
@@ -47,8 +47,19 @@ def badge_html(text: str | None) -> str:
 
 
 def error_html(error: BaseException) -> str:
-    """A readable message for an error: the text of a SlabkitError; for anything else (a bug)
-    its type and text, with the traceback folded away."""
+    """A readable message for an error: the text of a SlabkitError (a failed tracer: what
+    happened and what to do, then the last lines of its stderr and where its output is kept);
+    for anything else (a bug) its type and text, with the traceback folded away."""
+    if isinstance(error, ProbeFailed):
+        parts = [f'<div class="slabkit-error">{html.escape(error.summary)}</div>']
+        if error.tail:
+            parts.append('<div class="slabkit-note">the tracer said (last lines of its '
+                         f'stderr):</div><pre class="slabkit-error">'
+                         f'{html.escape(chr(10).join(error.tail))}</pre>')
+        if error.raw_path:
+            parts.append(f'<div class="slabkit-note">its output is kept in '
+                         f"{html.escape(error.raw_path)}</div>")
+        return "".join(parts)
     if isinstance(error, SlabkitError):
         return f'<div class="slabkit-error">{html.escape(str(error))}</div>'
     tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))

@@ -11,15 +11,19 @@ harness`` inside tests/kernels) and runnable::
 
 What it does (see /work/shared/KERNEL-MATRIX.md for why):
 
-* resolves the current Debian package for a kernel series with ``apt-cache`` (6.1: what
-  ``linux-image-amd64`` depends on, else the newest ``linux-image-6.1.0-N-amd64``; 6.12: the newest
-  ``linux-image-6.12.N+deb12-amd64``; the ``-unsigned`` variant only where the signed one is
-  missing), downloads it with ``apt-get download`` and extracts it with ``dpkg-deb -x``, all under
-  ``tests/kernels/cache/`` (reused later; offline, the newest cached .deb of the series is used);
+* resolves the current Debian package for a kernel series with ``apt-cache`` (6.1 and 5.10: what
+  their release's ``linux-image-amd64`` depends on, else the newest ``linux-image-6.1.0-N-amd64`` /
+  ``linux-image-5.10.0-N-amd64``; 6.12: the newest ``linux-image-6.12.N+deb12-amd64``; the
+  ``-unsigned`` variant only where the signed one is missing), downloads it with ``apt-get
+  download`` and extracts it with ``dpkg-deb -x``, all under ``tests/kernels/cache/`` (reused
+  later; offline, the newest cached .deb of the series is used). 5.10 is Debian 11's (bullseye):
+  apt reads bullseye's package lists from a private state in ``cache/apt/bullseye/`` (this
+  machine's mirror, its -security twin, Debian's keyring), leaving this machine's apt sources as
+  they are;
 * builds an uncompressed newc initramfs from this machine's binaries: static busybox (the
   applets), ``dash`` as ``/bin/sh`` (Debian's; busybox ash would run its own ``find`` applet
-  even where GNU find is on PATH), bpftrace and its ``ldd`` libraries, OpenSSH's ``sshd`` on
-  port 22 and dropbear on port 2222 (throwaway host keys and an authorised client key, generated
+  even where GNU find is on PATH), bpftrace and perf with their ``ldd`` libraries, OpenSSH's
+  ``sshd`` on port 22 and dropbear on port 2222 (throwaway host keys and an authorised client key, generated
   into the cache), GNU ``find`` and ``getconf`` (slabkit's SSH target runs ``find -printf`` and
   ``getconf PAGESIZE``, which busybox lacks), the kernel's own
   NIC modules (``.ko.xz`` decompressed on the host) and the project's workload ``slabwork``
@@ -69,9 +73,19 @@ SLABWORK_SRC = REPO / "bench" / "slabwork.c"  # the project's workload (bench/wo
 
 # Series we know how to fetch: name regex for `apt-cache search --names-only`.
 SERIES = {
+    "5.10": r"^linux-image-5\.10\.0-[0-9]+-amd64(-unsigned)?$",
     "6.1": r"^linux-image-6\.1\.0-[0-9]+-amd64(-unsigned)?$",
     "6.12": r"^linux-image-6\.12\.[0-9]+\+deb12-amd64(-unsigned)?$",
 }
+#: Series whose packages come from another Debian release than this machine's (bookworm):
+#: series -> suite. They are resolved and downloaded through a private apt state in the cache
+#: (``cache/apt/<suite>/``: its own sources list and package lists), so this machine's apt
+#: sources are not touched. Debian 11 (bullseye) is in LTS: its kernels are in -security.
+APT_SUITES = {"5.10": "bullseye"}
+#: series whose release's ``linux-image-amd64`` metapackage points at the current ABI
+METAPACKAGE_SERIES = {"5.10": r"linux-image-5\.10\.0-\d+-amd64", "6.1": r"linux-image-6\.1\.0-\d+-amd64"}
+APT_LISTS_MAX_AGE_S = 7 * 24 * 3600   # refresh a private suite's package lists after a week
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 # Host binaries -> Debian package providing them.
 HOST_TOOLS = {
@@ -81,6 +95,7 @@ HOST_TOOLS = {
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
     "/usr/sbin/sshd": "openssh-server",  # copied into the guest (not run on the host)
+    "/usr/bin/perf": "linux-perf",  # copied into the guest (slabkit's perf backend there)
     "gcc": "gcc",
     "dpkg-deb": "dpkg",
     "apt-get": "apt",
@@ -88,11 +103,11 @@ HOST_TOOLS = {
 BUSYBOX_STATIC = "/bin/busybox"
 
 # Dynamic host binaries copied into the initramfs with their ldd libraries (replacing a busybox
-# applet of the same path): bpftrace, the SSH server, and what slabkit's SSHTarget runs that
-# busybox lacks: `getconf PAGESIZE` (slabinfo page size) and GNU `find -printf` (cgroup id ->
-# path map of a capture; /sys/kernel/slab listing in one process).
-GUEST_BINARIES = ["/usr/bin/bpftrace", "/usr/sbin/sshd", "/usr/sbin/dropbear", "/usr/bin/getconf",
-                  "/usr/bin/find", "/bin/dash"]
+# applet of the same path): bpftrace and perf (slabkit's tracers), the SSH server, and what
+# slabkit's SSHTarget runs that busybox lacks: `getconf PAGESIZE` (slabinfo page size) and GNU
+# `find -printf` (cgroup id -> path map of a capture; /sys/kernel/slab listing in one process).
+GUEST_BINARIES = ["/usr/bin/bpftrace", "/usr/bin/perf", "/usr/sbin/sshd", "/usr/sbin/dropbear",
+                  "/usr/bin/getconf", "/usr/bin/find", "/bin/dash"]
 GUEST_SH = "/bin/dash"  # becomes the guest's /bin/sh (root's login shell)
 GUEST_DROPBEAR_PORT = 2222
 
@@ -221,6 +236,51 @@ def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", name.replace("amd64", "")))
 
 
+def _debian_mirror() -> str:
+    """The Debian mirror this machine's apt sources use (deb.debian.org if none is found)."""
+    texts = []
+    for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+        with contextlib.suppress(OSError):
+            texts.append(f.read_text())
+    for text in texts:
+        for m in re.finditer(r"(?:^deb\s+(?:\[[^]]*\]\s+)?|^URIs:\s*)(\S+/debian)/?\s", text, re.MULTILINE):
+            return m.group(1)
+    return "http://deb.debian.org/debian"
+
+
+def apt_options(series: str) -> list[str]:
+    """``-o`` options that point apt-get/apt-cache at the private state of ``series``'s suite
+    (none for this machine's own release). The state is created, and its package lists
+    fetched (``apt-get update``), when missing or older than :data:`APT_LISTS_MAX_AGE_S`."""
+    suite = APT_SUITES.get(series)
+    if suite is None:
+        return []
+    d = CACHE / "apt" / suite
+    mirror = _debian_mirror()
+    security = mirror.rsplit("/", 1)[0] + "/debian-security"
+    opts = ["-o", f"Dir::Etc::SourceList={d / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/dev/null",
+            "-o", f"Dir::State::Lists={d / 'lists'}", "-o", f"Dir::Cache={d / 'cache'}",
+            "-o", "Dir::State::status=/dev/null"]
+    with cache_lock(f"apt-{suite}"):
+        (d / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+        (d / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+        sources = (f"deb [signed-by={DEBIAN_KEYRING}] {mirror} {suite} main\n"
+                   f"deb [signed-by={DEBIAN_KEYRING}] {security} {suite}-security main\n")
+        src = d / "sources.list"
+        if not src.exists() or src.read_text() != sources:
+            src.write_text(sources)
+            (d / ".updated").unlink(missing_ok=True)
+        stamp = d / ".updated"
+        if not stamp.exists() or time.time() - stamp.stat().st_mtime > APT_LISTS_MAX_AGE_S:
+            log(f"apt-get update ({suite}, private lists in {d})")
+            r = _run(["apt-get", *opts, "update", "-q"], check=False)
+            if r.returncode == 0:
+                stamp.write_text(_dt.datetime.now().isoformat() + "\n")
+            else:
+                log(f"apt-get update ({suite}) failed: {(r.stderr or r.stdout)[-500:]}")
+    return opts
+
+
 def resolve_package(series: str) -> str:
     """The exact current package name for a kernel series, from apt-cache (signed preferred)."""
     if series not in SERIES:
@@ -228,18 +288,19 @@ def resolve_package(series: str) -> str:
     override = os.environ.get(f"SLABKIT_KERNEL_PKG_{series.replace('.', '_')}")
     if override:
         return override
+    apt = apt_options(series)
     rx = re.compile(SERIES[series])
-    out = _run(["apt-cache", "search", "--names-only", SERIES[series]], check=False).stdout
+    out = _run(["apt-cache", *apt, "search", "--names-only", SERIES[series]], check=False).stdout
     names = sorted({ln.split(" - ")[0].strip() for ln in out.splitlines() if rx.match(ln.split(" - ")[0].strip())})
-    if series == "6.1":  # prefer what the metapackage points at (the current ABI)
-        dep = _run(["apt-cache", "depends", "linux-image-amd64"], check=False).stdout
-        m = re.search(r"Depends: (linux-image-6\.1\.0-\d+-amd64)\s*$", dep, re.MULTILINE)
+    if series in METAPACKAGE_SERIES:  # prefer what the release's metapackage points at (the current ABI)
+        dep = _run(["apt-cache", *apt, "depends", "linux-image-amd64"], check=False).stdout
+        m = re.search(rf"Depends: ({METAPACKAGE_SERIES[series]})\s*$", dep, re.MULTILINE)
         if m and m.group(1) in names:
             return m.group(1)
     signed = [n for n in names if not n.endswith("-unsigned")]
     pool = signed or names
     for name in sorted(pool, key=_version_key, reverse=True):
-        pol = _run(["apt-cache", "policy", name], check=False).stdout
+        pol = _run(["apt-cache", *apt, "policy", name], check=False).stdout
         if re.search(r"Candidate: (?!\(none\))\S+", pol):
             return name
     raise HarnessError(f"apt-cache knows no package for kernel {series} (run apt-get update?)")
@@ -268,7 +329,7 @@ def fetch_kernel(series: str) -> Kernel:
         if not debs:
             t = time.monotonic()
             log(f"apt-get download {package}")
-            _run(["apt-get", "download", package], cwd=debdir)
+            _run(["apt-get", *apt_options(series), "download", package], cwd=debdir)
             debs = sorted(debdir.glob(f"{package}_*.deb"))
             if not debs:
                 raise HarnessError(f"apt-get download {package} produced no .deb in {debdir}")
@@ -852,9 +913,26 @@ class BpftraceRun:
 _MAP_LINE = re.compile(r"^@\w*\[(?P<key>.*)\]: (?P<n>\d+)$")
 
 
-def run_bpftrace(guest: Guest, program: str, command: str, timeout: float = 600) -> BpftraceRun:
-    """``bpftrace -e PROGRAM -c COMMAND`` in the guest (probes attach before COMMAND starts)."""
-    remote = f"BPFTRACE_STRLEN=64 bpftrace -e {shlex.quote(program)} -c {shlex.quote(command)}"
+def bpftrace_env(guest: Guest) -> dict[str, str]:
+    """What slabkit sets for the guest's bpftrace (the host's 0.17) so that it finds the
+    kernel's BTF: ``BPFTRACE_BTF`` where the kernel's BTF has no object id (before 5.11),
+    decided by slabkit's own code (:func:`slabkit.backends.bpftrace.btf_workaround`)."""
+    from slabkit.backends.bpftrace import btf_workaround
+    from slabkit.host.facts import kernel_btf_has_id
+    version = guest.ssh("bpftrace --version", check=True).stdout.split()[-1].lstrip("v")
+    t = guest.target()
+    try:
+        return btf_workaround(version, kernel_btf_has_id(t))
+    finally:
+        t.close()
+
+
+def run_bpftrace(guest: Guest, program: str, command: str, timeout: float = 600,
+                 env: dict[str, str] | None = None) -> BpftraceRun:
+    """``bpftrace -e PROGRAM -c COMMAND`` in the guest (probes attach before COMMAND starts),
+    with ``env`` (e.g. :func:`bpftrace_env`) set."""
+    assign = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
+    remote = f"{assign}BPFTRACE_STRLEN=64 bpftrace -e {shlex.quote(program)} -c {shlex.quote(command)}"
     t = time.monotonic()
     r = guest.ssh(remote, timeout=timeout)
     secs = time.monotonic() - t
@@ -881,6 +959,7 @@ def guest_symbols(guest: Guest, names: list[str]) -> set[str]:
 # recording kernel facts
 
 
+BTF = "/sys/kernel/btf/vmlinux"
 KMEM_EVENTS = ["kmem_cache_alloc", "kmem_cache_alloc_node", "kmalloc", "kmalloc_node", "kmem_cache_free", "kfree"]
 SYMBOL_RX = re.compile(
     r"^(kmem_cache_alloc\S*|__kmalloc\S*|kmalloc\S*|kmem_cache_free|kfree|slab_alloc\S*|__slab_alloc\S*"
@@ -939,8 +1018,13 @@ def record_facts(guest: Guest, dest_root: Path = FIXTURES) -> Path:
     if aff.returncode == 0 and aff.stdout:
         (out / "available_filter_functions-filtered.txt").write_text(
             "\n".join(_filter_symbol_lines(aff.stdout, 0)) + "\n")
-    info = guest.ssh("bpftrace --info 2>&1", timeout=300)
+    info = guest.ssh("bpftrace --info 2>&1", timeout=600)
     (out / "bpftrace-info.txt").write_text(info.stdout)
+    # the member name kernel_btf in the kernel's BTF: the kernel gives its BTF an object id
+    # (Linux 5.11+), which bpftrace before 0.18 needs (slabkit.host.facts.kernel_btf_has_id)
+    has_id = guest.ssh(f"tr '\\0' '\\n' < {BTF} | grep -cx kernel_btf").stdout.strip()
+    (out / "features.txt").write_text(
+        f"btf_kernel_btf: {'yes' if has_id not in ('', '0') else 'no'}\n")
     cfg = [f"CONFIG_{o}={k.config_value(o)}" if k.config_value(o) is not None else f"# CONFIG_{o} is not set"
            for o in CONFIG_OPTIONS]
     (out / "config-excerpt.txt").write_text("\n".join(cfg) + "\n")
@@ -982,6 +1066,9 @@ Recorded from Debian's `{package}` ({version}) booted under QEMU TCG with an ini
 - `available_filter_functions-filtered.txt`: `/sys/kernel/tracing/available_filter_functions`,
   filtered the same way (these are the kprobe/fentry-traceable ones).
 - `bpftrace-info.txt`: `bpftrace --info 2>&1` in the guest (the host's bpftrace 0.17 binary).
+- `features.txt`: `btf_kernel_btf: yes|no`: whether the member name `kernel_btf` is in the
+  kernel's BTF (`tr '\\0' '\\n' < /sys/kernel/btf/vmlinux | grep -cx kernel_btf`): the kernel
+  gives its BTF an object id (5.11+), which bpftrace before 0.18 needs to find it.
 - `config-excerpt.txt`: selected options from the package's `boot/config-*`.
 - `probe-checks.md`: which bpftrace probes count allocations exactly, with counts and stderr.
 - `meta.json`: package, version, date, command.
@@ -1019,9 +1106,10 @@ def probe_checks(guest: Guest, n: int = 1000) -> str:
         "__kmalloc_node", "__kmalloc_node_noprof", "__kmalloc_cache_node_noprof"])
     sections: list[str] = []
     summary: list[str] = []
+    env = bpftrace_env(guest)
 
     def check(label: str, program: str, command: str, expect_comm: str = "slabwork") -> BpftraceRun:
-        r = run_bpftrace(guest, program, command)
+        r = run_bpftrace(guest, program, command, env=env)
         ok = r.returncode == 0 and r.workload_pid is not None
         mine = sorted(((k[2:], c) for k, c in r.counts.items()
                        if r.workload_pid and k[:2] == (str(r.workload_pid), expect_comm)), key=lambda kc: -kc[1])
@@ -1062,10 +1150,28 @@ def probe_checks(guest: Guest, n: int = 1000) -> str:
         if fn in traceable:
             check(f"kprobe:{fn} by size", f"kprobe:{fn} /comm == \"slabwork\"/ "
                   f"{{ @[pid, comm, arg0] = count(); }}", pipe_cmd)
+    # bulk allocations (no tracepoint): the io_uring requests of `slabwork iouring` (one NOP per
+    # fresh ring; io_kiocb is merged into filp on some kernels: compare the cache it resolves to)
+    bulk = sorted(guest_symbols(guest, ["kmem_cache_alloc_bulk", "kmem_cache_alloc_bulk_noprof"]))
+    if bulk:
+        from slabkit.host.slabinfo import resolve_cache
+        t = guest.target()
+        try:
+            cache = resolve_cache("io_kiocb", t).name
+        finally:
+            t.close()
+        fn = bulk[0]
+        check(f"kretprobe:{fn} for {cache} (io_kiocb)",
+              f'kprobe:{fn} /comm == "slabwork" && str(((struct kmem_cache *)arg0)->name) == "{cache}"/ '
+              f"{{ @e[tid] = 1; }} kretprobe:{fn} /@e[tid]/ {{ delete(@e[tid]); "
+              f'@[pid, comm, "calls"] = count(); @o[pid, comm, "objects"] = sum((int32)retval); }}',
+              f"/usr/bin/slabwork -n iouring {n}")
     head = (f"# bpftrace probe checks on {release}\n\n"
             f"Generated by `python -m tests.kernels.harness record {guest.series}` ({_dt.date.today()}): bpftrace "
             f"0.17 in the guest, each run as `bpftrace -e PROGRAM -c 'COMMAND'` (probes attach before the "
-            f"workload starts). N = {n}.\n\n"
+            f"workload starts), with "
+            f"{' '.join(f'`{k}={v}`' for k, v in env.items()) or 'no extra environment'} "
+            f"(what slabkit sets for this kernel). N = {n}.\n\n"
             "- Counts are for the map keys (slabwork's pid, comm == \"slabwork\"); extra key parts (cache name, "
             "size) are shown as `a/b=count`. \"exact N\" lists the keys whose count is exactly N.\n"
             "- The exec of slabwork allocates one more `filp` while comm is still \"bpftrace\" (same pid): "
@@ -1074,6 +1180,9 @@ def probe_checks(guest: Guest, n: int = 1000) -> str:
             "- `stat`/`open` also show N+1 or N+2 `names_cache` (and `stat` N+2 `dentry`): slabwork's static glibc "
             "start-up does `readlink(\"/proc/self/exe\")` and `newfstatat(1, \"\", AT_EMPTY_PATH)` (seen with "
             "strace on the host). 6.1 shows N+2, 6.12 N+1 (inferred, not traced: 6.12 skips getname() for the empty path).\n"
+            "- `iouring`: each of the N rings gets one NOP; its request comes from the ring's request "
+            "cache, which the kernel refills with one kmem_cache_alloc_bulk call of 8 (IO_REQ_ALLOC_BATCH): "
+            "N calls, 8N objects, none through the allocation tracepoints.\n"
             "- `kprobe`/`kfunc` names that do not exist on this kernel are kept in the table as FAILS, with "
             "bpftrace's error in the details.\n\n"
             f"Traceable functions found (available_filter_functions): {', '.join(sorted(traceable)) or 'none'}\n\n"

@@ -1,4 +1,4 @@
-"""ftrace backend: a private tracefs instance, no tool but ``cat``.
+"""ftrace backend: a private tracefs instance, no tool but ``dd``.
 
 What runs (``slabkit capture filp --backend ftrace --print-program``)::
 
@@ -13,7 +13,7 @@ What runs (``slabkit capture filp --backend ftrace --print-program``)::
     echo 1 > INSTANCE/events/task/task_newtask/enable     # comm at event time (see below)
     echo 1 > INSTANCE/events/task/task_rename/enable
     echo 1 > INSTANCE/events/kmem/kmem_cache_alloc/enable
-    cat INSTANCE/trace_pipe > ftrace.txt                  # until the capture ends
+    dd if=INSTANCE/trace_pipe bs=65536 status=none > ftrace.txt  # until the capture ends
     echo 0 > INSTANCE/events/kmem/kmem_cache_alloc/enable # then drain, read losses, rmdir
 
 With a pid filter (a process), the instance records only that process's threads: their ids

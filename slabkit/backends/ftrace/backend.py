@@ -13,6 +13,7 @@ from slabkit.backends.ftrace.program import (
     EVENT_FORK,
     INSTANCE_OPTIONS,
     RAW,
+    READER,
     STATS,
     STDERR,
     TASK_EVENTS,
@@ -65,7 +66,8 @@ class FtraceBackend(Backend):
         text = render_text(tracefs, events, expr, options.buffer_kb, INSTANCE_OPTIONS,
                            task_events, plan.pid)
         return FtraceProgram(backend=self.name,
-                             argv=["cat", f"{tracefs}/instances/{{instance}}/trace_pipe"],
+                             argv=list(READER) + [f"if={tracefs}/instances/{{instance}}/"
+                                                  "trace_pipe"],
                              text=text, tracefs=tracefs, events=events, filter=expr,
                              buffer_kb=int(options.buffer_kb), task_events=task_events,
                              pid=plan.pid)
@@ -82,7 +84,7 @@ class FtraceBackend(Backend):
         try:
             task_events = self._configure(inst, program)
             argv = [a.replace("{instance}", inst.name) for a in program.argv]
-            # the supervisor removes the instance when cat ends, however it ends
+            # the supervisor removes the instance when dd ends, however it ends
             with open(raw, "wb") as out, open(errf, "wb") as err, \
                     target.start(argv, stdout=out, stderr=err, teardown=inst.base) as reader:
                 inst.enable([*task_events, *program.events])
@@ -164,7 +166,7 @@ class FtraceBackend(Backend):
             if stats.get("entries", 0) == 0:
                 break
             time.sleep(0.05)
-        time.sleep(0.2)  # let cat write out what it read last
+        time.sleep(0.2)  # let dd write out what it read last
 
     def parse(self, folder: Path, plan: "Plan", meta: dict) -> Parsed:
         from slabkit.backends.ftrace.parse import (

@@ -22,6 +22,13 @@ INSTANCE_OPTIONS = {"record-tgid": "1", "stacktrace": "1", "sym-offset": "1", "s
 #: events that say when a thread id's task or comm changes, recorded next to the allocations so
 #: the parser knows each event's comm at event time (printed comms can be stale: module doc)
 TASK_EVENTS = ("task/task_newtask", "task/task_rename")
+#: what reads trace_pipe: dd, with plain read()/write(), not cat. BusyBox's cat copies with
+#: sendfile(), i.e. splices trace_pipe into its stdout pipe, and that splice holds the pipe's
+#: lock while it waits for events; an sshd reading that pipe (the capture streamed over SSH)
+#: then blocks in pipe_read and, single-threaded, stalls every other session on its
+#: connection: seen on Debian's 6.1 and 6.12 under busybox (each tracefs write over the same
+#: connection took 10-100 s), not with dd.
+READER = ("dd", "bs=65536", "status=none")
 #: the instance option that adds the tasks a followed task creates to ``set_event_pid``
 EVENT_FORK = "event-fork"
 #: how long to wait for trace_pipe to drain after the event is disabled
@@ -63,13 +70,14 @@ def render_text(tracefs: str, events: list[str], expr: str, buffer_kb: int,
                   "# events of child processes are dropped when parsing (their tgid differs)",
                   f"echo 1 > INSTANCE/options/{EVENT_FORK}",
                   f"echo $(ls /proc/{int(pid)}/task) > INSTANCE/set_event_pid"]
-    lines.append("cat INSTANCE/trace_pipe > ftrace.txt &   # until the capture ends")
+    lines.append("dd if=INSTANCE/trace_pipe bs=65536 status=none > ftrace.txt &   # until the "
+                 "capture ends")
     if task_events:
         lines.append("# task events (where the kernel has them): each event's comm at event time")
     lines += [f"echo 1 > INSTANCE/events/{ev}/enable" for ev in [*task_events, *events]]
     lines.append("# ... capture ...")
     lines += [f"echo 0 > INSTANCE/events/{ev}/enable" for ev in [*events, *task_events]]
-    lines += ["# wait until per_cpu/cpu*/stats say entries: 0, stop cat, keep the stats",
+    lines += ["# wait until per_cpu/cpu*/stats say entries: 0, stop dd, keep the stats",
               "# look up comm/tgid of the threads seen (/proc, saved_cmdlines) > ftrace.tasks.txt",
               "rmdir INSTANCE"]
     return "\n".join(lines) + "\n"

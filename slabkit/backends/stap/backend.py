@@ -195,11 +195,10 @@ class StapBackend(Backend):
                             return ARMED.encode() in f.read(4096)
                     # stap on the target compiles the module first: allow it
                     control.wait_attached(attached, lambda: proc.poll() is None,
-                                          timeout_s=120 if build else 600, what=what)
+                                          timeout_s=120 if build else 600, what=what,
+                                          stderr=lambda: errf.read_text(errors="replace"),
+                                          returncode=proc.poll, raw_path=str(folder))
                     reason = control.run_for(lambda: proc.poll() is None)
-        except ProbeFailed as e:
-            e.stderr = errf.read_text(errors="replace") if errf.exists() else ""
-            raise ProbeFailed(str(e).split(" (")[0], stderr=e.stderr, raw_path=str(raw)) from None
         finally:
             if remote_file is not None:
                 try:
