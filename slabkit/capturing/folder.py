@@ -435,6 +435,33 @@ class CaptureFolder:
         os.fchown(self.fd, uid, gid)
 
 
+def write_file(path: Path, data: bytes) -> Path:
+    """Write one file (a report) the way capture folders are written: its folder reached from
+    ``/`` without following another user's links, created where missing, the file written new
+    and renamed into place (never through a planted name); root writing into another user's
+    tree hands the new folder and the file to that user. Returns the path."""
+    path = Path(os.path.abspath(path))
+    name = check_name(path.name)
+    try:
+        try:
+            walk = _Walk(path.parent).to(create_parents=True, create_leaf=True)
+        except FolderExists:
+            walk = _Walk(path.parent).to(create_parents=False, create_leaf=False)
+    except OSError as e:
+        raise describe_os_error(e, path.parent, "create the folder of") from None
+    folder = CaptureFolder(path.parent, walk.fd, None, exposed=walk.exposed)
+    try:
+        if os.geteuid() == 0 and walk.made and walk.base and walk.base[0] != 0:
+            os.fchown(folder.fd, *walk.base)      # a new folder in a user's tree: theirs
+        st = os.fstat(folder.fd)
+        folder.write_bytes(name, data)
+        if os.geteuid() == 0 and st.st_uid != 0:
+            os.chown(name, st.st_uid, st.st_gid, dir_fd=folder.fd, follow_symlinks=False)
+    finally:
+        folder.close()
+    return path
+
+
 class _Writer:
     """A file being written in a capture folder whose write errors (a full disk) are slabkit
     errors naming the file."""

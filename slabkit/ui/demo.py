@@ -23,7 +23,12 @@ def _say(text: str = "") -> None:
 
 
 def run_demo(duration: float = 10.0, cache: str | None = None,
-             report_dir: str | os.PathLike = "data/reports") -> int:
+             report_dir: str | os.PathLike | None = None) -> int:
+    """The demo; reports go to ``report_dir`` (default: ``reports`` beside the capture folder
+    :func:`slabkit.capture_dir` names, the user's own: through sudo the invoking user's)."""
+    if report_dir is None:
+        from slabkit.capturing.store import default_base
+        report_dir = default_base().parent / "reports"
     from slabkit.host import slabinfo
     _say("== slab caches, biggest first ==")
     try:

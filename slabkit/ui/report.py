@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from slabkit.capturing.folder import write_file
 from slabkit.errors import SlabkitError
 
 PathLike = str | os.PathLike
@@ -227,7 +228,7 @@ def write_report(capture_path: PathLike, out_html: PathLike, *, show_code: bool 
                              stem=capture.name if capture.is_dir() else capture.stem,
                              out_dir=out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    write_file(out, page.encode("utf-8"))
     return out
 
 
