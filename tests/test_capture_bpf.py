@@ -127,7 +127,9 @@ def test_a_full_counts_map_is_reported_not_hidden(bpf, tmp_path, stack_sample):
     assert cap.meta["losses"].get("count_map_full", 0) > 0
     assert cap.meta["lost_total"] >= cap.meta["losses"]["count_map_full"]
     assert any("counts map was full" in n for n in cap.meta["notes"])
-    assert len(cap.allocs.groupby(["pid", "tid", "comm"])) <= 16
+    # the map holds 16 keys; each CPU's last key counts in its own slot besides (a key the
+    # map had no room for is counted there while it stays its CPU's last key)
+    assert len(cap.allocs.groupby(["pid", "tid", "comm"])) <= 16 + (os.cpu_count() or 1)
 
 
 def test_the_program_is_gone_when_the_capture_ends(bpf, tmp_path):

@@ -36,7 +36,8 @@ from slabkit.errors import ParseError, ProbeFailed, TracerUnavailable
 from slabkit.validate import check_cache_name, check_comm
 from slabkit.host.target import LocalTarget
 from slabkit.backends import Backend, Options, Parsed, Program, RunResult, run_marked_tracer
-from slabkit.backends.bpftrace import finish_allocs, frames_from_addresses, spread_counts
+from slabkit.backends.bpftrace import (finish_allocs, frames_from_addresses, load_kallsyms,
+                                       spread_counts)
 
 if TYPE_CHECKING:
     from slabkit.capturing.control import RunControl
@@ -204,26 +205,35 @@ def _comm(text: str) -> str:
 
 def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple[int, ...]],
                                      dict[str, int]]:
-    """(exact counts, weighted samples, stacks by hash, stats) from a ``slabcount`` output."""
+    """(exact counts, weighted samples, stacks by hash, stats) from a ``slabcount`` output.
+
+    Both tables have a ``call_site`` column: the tracepoint's call-site address (format 3),
+    missing in older outputs, which had none. A key printed twice (a CPU's pending events and
+    the map's, format 3) is summed."""
     path = Path(path)
     counts, samples, stacks, stats = [], [], {}, {}
     ended = False
+    fmt = 1
     with open(path, errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             parts = line.rstrip("\n").split("\t")
             kind = parts[0]
             try:
                 if kind == "count":
+                    cs, rest = (int(parts[5], 16), parts[6:]) if fmt >= 3 else (None, parts[5:])
                     counts.append((int(parts[1]), int(parts[2]), int(parts[3]),
-                                   _comm(parts[4]), int(parts[5]), int(parts[6])))
-                elif kind == "sample":   # (older outputs have no bytes_req column)
+                                   _comm(parts[4]), cs, int(rest[0]), int(rest[1])))
+                elif kind == "sample":   # (format 1 has no bytes_req column)
+                    cs, rest = (int(parts[5], 16), parts[6:]) if fmt >= 3 else (None, parts[5:])
                     samples.append((int(parts[1]), int(parts[2]), int(parts[3]),
-                                    _comm(parts[4]), int(parts[5], 16), int(parts[6]),
-                                    int(parts[7]) if len(parts) > 7 else 0))
+                                    _comm(parts[4]), cs, int(rest[0], 16), int(rest[1]),
+                                    int(rest[2]) if len(rest) > 2 else 0))
                 elif kind == "stack":
                     stacks[int(parts[1], 16)] = tuple(int(a, 16) for a in parts[2:])
                 elif kind == "stat":
                     stats[parts[1]] = int(parts[2])
+                elif kind == "format":
+                    fmt = int(parts[1])
                 elif kind == "end":
                     ended = True
             except (IndexError, ValueError):
@@ -232,24 +242,80 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
     if not ended:
         raise ParseError("slabcount output has no final 'end' line: the tracer did not finish "
                          "(killed?); its counts are lost", path=str(path))
-    keys = ["pid", "tid", "cgroup_id", "comm"]
+    keys = KEYS + ["call_site"]
     exact = pd.DataFrame(counts, columns=keys + ["count", "bytes_req"])
     sampled = pd.DataFrame(samples, columns=keys + ["stack", "samples", "bytes_req"])
+    for df in (exact, sampled):
+        df["call_site"] = df["call_site"].astype("UInt64")
+    exact = exact.groupby(keys, as_index=False, dropna=False, sort=False)[
+        ["count", "bytes_req"]].sum()
     return exact, sampled, stacks, stats
 
 
+#: what one count of ``slabcount`` is kept per (the call site comes on top, format 3)
+KEYS = ["pid", "tid", "cgroup_id", "comm"]
+
+
+def _spread(exact: pd.DataFrame, sampled: pd.DataFrame) -> pd.DataFrame:
+    """Each (process, call site)'s exact count spread over its sampled stacks (largest
+    remainders: per-(process, call site) sums stay exact). A (process, call site) with no
+    stack of its own (a thread whose comm changed at exec after its first stack) uses its
+    thread's stacks from the same call site; with none at all it keeps stack_id -1."""
+    keys = KEYS + ["call_site"]
+    out = spread_counts(exact[keys + ["count"]], sampled[keys + ["stack_id", "samples"]], keys,
+                        by_thread=False)
+    lone = out["stack_id"] == -1
+    if not lone.any() or sampled.empty:
+        return out
+    thread = ["pid", "tid", "call_site"]
+    per_thread = sampled.groupby(thread + ["stack_id"], as_index=False, dropna=False)[
+        "samples"].sum()
+    cand = out.loc[lone, keys].merge(per_thread, on=thread)
+    if cand.empty:
+        return out
+    again = spread_counts(out.loc[lone, keys + ["count"]], cand, keys, by_thread=False)
+    return pd.concat([out[~lone], again], ignore_index=True)
+
+
+def _name_call_sites(allocs: pd.DataFrame, kallsyms_path: Path | None) -> pd.DataFrame:
+    """The call_site column as the function called from (through the saved kallsyms; the
+    address in hex where it does not resolve), rows that become equal summed."""
+    import numpy as np
+    addrs = allocs["call_site"]
+    known = addrs.notna().to_numpy()
+    names = pd.array([pd.NA] * len(allocs), dtype="string")
+    if known.any():
+        uniq, inv = np.unique(addrs[known].to_numpy(dtype=np.uint64), return_inverse=True)
+        ks = load_kallsyms(kallsyms_path)
+        func = (ks.resolve(uniq)[0] if ks is not None
+                else pd.array([pd.NA] * len(uniq), dtype="string"))
+        label = pd.array([f if isinstance(f, str) else f"{int(a):#x}"
+                          for f, a in zip(func, uniq)], dtype="string")
+        names[known] = label.take(inv)
+    allocs = allocs.assign(call_site=names)
+    sums = [c for c in ("count", "bytes", "bytes_req") if c in allocs.columns]
+    keys = [c for c in allocs.columns if c not in sums]
+    agg = {c: (lambda x: x.sum(min_count=1)) for c in sums}
+    out = allocs.groupby(keys, dropna=False, sort=False, as_index=False).agg(agg)
+    return out.astype({c: allocs[c].dtype for c in out.columns})[list(allocs.columns)]
+
+
 def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
-    """Tables from a ``slabcount`` output (see the module doc)."""
+    """Tables from a ``slabcount`` output (see the module doc).
+
+    Sets ``meta["count_exactness"]``: which sums of ``allocs["count"]`` are exact."""
     exact, sampled, by_hash, stats = read_output(path)
-    keys = ["pid", "tid", "cgroup_id", "comm"]
+    keys = KEYS + ["call_site"]
     # stack ids: one per distinct address tuple (hashes of frames cut to the same stack merge)
     ids: dict[tuple[int, ...], int] = {}
     hash_to_id = {h: ids.setdefault(addrs, len(ids)) for h, addrs in by_hash.items() if addrs}
     sampled["stack_id"] = sampled["stack"].map(hash_to_id).fillna(-1).astype("int64")
-    sampled = sampled.groupby(keys + ["stack_id"], as_index=False)[["samples", "bytes_req"]].sum()
+    sampled = sampled.groupby(keys + ["stack_id"], as_index=False, dropna=False)[
+        ["samples", "bytes_req"]].sum()
     every = int(meta.get("options", {}).get("stack_sample", 1) or 1)
     kmalloc = plan.strategy == "kmalloc-size-class"
-    if every == 1 and exact.empty:
+    full = every == 1 and exact.empty
+    if full:
         # full-stack mode: every event was recorded with its stack; these are the counts
         allocs = sampled.rename(columns={"samples": "count"})
         allocs = allocs[allocs["count"] > 0].reset_index(drop=True)
@@ -258,15 +324,19 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         if kmalloc:
             allocs["bytes_req"] = req_exact.astype("Int64")
     else:
-        allocs = spread_counts(exact[keys + ["count"]], sampled[keys + ["stack_id", "samples"]],
-                               keys)
+        allocs = _spread(exact, sampled)
         req = exact[keys + ["bytes_req"]].rename(columns={"bytes_req": "req"}) \
             if kmalloc else None
         allocs = finish_allocs(allocs, req, plan, meta, keys)
+    kallsyms = meta.get("kallsyms_path")
+    kallsyms_path = Path(path).parent / kallsyms if kallsyms else None
+    with_sites = bool(allocs["call_site"].notna().any()) if len(allocs) else True
+    allocs = _name_call_sites(allocs, kallsyms_path)
+    if not with_sites:
+        allocs = allocs.drop(columns=["call_site"])     # an old output: no call sites
 
     stacks = {sid: list(addrs) for addrs, sid in ids.items()}
-    kallsyms = meta.get("kallsyms_path")
-    frames = frames_from_addresses(stacks, Path(path).parent / kallsyms if kallsyms else None)
+    frames = frames_from_addresses(stacks, kallsyms_path)
 
     losses = {k: v for k, v in stats.items() if k in COUNT_LOSSES and v}
     stack_losses = {k: v for k, v in stats.items() if k in STACK_LOSSES and v}
@@ -277,9 +347,26 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     lost_stacks = sum(stack_losses.values())
     if lost_stacks:
         notes.append(f"{lost_stacks} stack samples were not recorded (map full or stack walk "
-                     "failed): counts per process stay exact; their share shows as stack -1")
+                     "failed): counts per process and call site stay exact; their share shows "
+                     "as stack -1")
+    if stats.get("nested_skipped"):
+        notes.append(f"{stats['nested_skipped']} allocation events (of any cache) came while "
+                     "the program was already running on the same CPU (an interrupt's "
+                     "allocation) and were skipped by the kernel; those of this cache are not "
+                     "counted")
     if every > 1:
-        notes.append(f"stacks sampled 1 in {every}: counts per process are exact, counts per "
-                     "stack are estimates")
+        notes.append(f"stacks sampled (each key's first event, then 1 in {every}, and 1 in "
+                     f"{8 * every} once one thread has run on one CPU for 32 samples; weighted):"
+                     " counts per process and per call site are exact, counts per stack are "
+                     "estimates")
+    meta["count_exactness"] = exactness(full=full, call_sites=with_sites)
     return Parsed(allocs=allocs, frames=frames, losses=losses, notes=notes,
-                  estimated=every > 1, stack_losses=stack_losses)
+                  estimated=not full, stack_losses=stack_losses)
+
+
+def exactness(*, full: bool, call_sites: bool) -> dict[str, str]:
+    """``meta["count_exactness"]`` of a slabcount capture: for each way of summing
+    ``allocs["count"]``, "exact" or "spread" (an exact total spread over sampled stacks in
+    proportion to their samples: an estimate)."""
+    sites = "exact" if call_sites else "absent"
+    return {"process": "exact", "call_site": sites, "stack": "exact" if full else "spread"}
