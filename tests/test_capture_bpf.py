@@ -78,22 +78,81 @@ def test_dentry_from_lookups_of_missing_names(bpf, tmp_path):
 
 
 @pytest.mark.parametrize("stack_sample", [None, 1])   # default sampling; full stacks
-def test_kmalloc_size_class_is_exact_with_requested_bytes(bpf, tmp_path, stack_sample):
+def test_kmalloc_is_exact_with_requested_bytes(bpf, tmp_path, stack_sample):
     with Workload("eventfd", N) as w:
         cap = capture_around("kmalloc-64", w.go, base=tmp_path, backend="bpf",
                              stack_sample=stack_sample)
     rows = pid_rows(cap, w.pid)
-    assert cap.meta["plan"]["strategy"] == "kmalloc-size-class"
+    facts = probe_kernel(LocalTarget(), str(bpf))
+    by_slab = facts["slab_lookup"] == 1
+    assert cap.meta["plan"]["strategy"] == ("kmalloc-slab" if by_slab else "kmalloc-size-class")
+    assert cap.meta["exact"] is True or not by_slab
     assert int(rows["count"].sum()) == N
     req = int(rows["bytes_req"].sum())
     assert N * 33 <= req <= N * 64               # eventfd_ctx is requested at 33..64 bytes
     assert "do_eventfd" in functions_of(cap, rows["stack_id"])
-    # full stacks come from the regular tracepoint where BTF describes its record
-    record = probe_kernel(LocalTarget(), str(bpf))["kmalloc_record"] == 1
+    assert set(rows["call_site"]) == {"do_eventfd"}
+    # full size-class stacks come from the regular tracepoint where BTF describes its record
+    record = facts["kmalloc_record"] == 1 and not by_slab
     assert ("--record-event" in cap.meta["argv"]) == (record and stack_sample == 1)
     f = cap.frames
     first = f[(f["depth"] == 0) & f["stack_id"].isin(list(rows["stack_id"]))]["function"]
     assert set(first) == {"__kmalloc_cache_noprof"}       # the tracing frames are cut
+
+
+MSG_SIZE = 16    # + the 48-byte struct msg_msg header: 64 bytes, msgsnd's bucket msg_msg-64
+
+
+def test_a_bucket_and_the_plain_cache_of_its_size_get_exactly_their_own(bpf, tmp_path):
+    """msgsnd allocates from the msg_msg-64 slab bucket, eventfd from kmalloc-64: the same
+    size class and GFP type, so kmem:kmalloc cannot tell them apart. Read from each object's
+    own slab, each cache gets exactly its own count, and the plan says exact."""
+    if probe_kernel(LocalTarget(), str(bpf))["slab_lookup"] != 1:
+        skip_or_fail("slabcount cannot read an object's slab on this kernel (see --probe)")
+    caches = set(slabkit.caches()["name"])
+    if "msg_msg-64" not in caches:
+        skip_or_fail("no msg_msg-64 slab bucket here (CONFIG_SLAB_BUCKETS off)")
+    for cache in ("msg_msg-64", "kmalloc-64"):
+        with Workload("msg", N, str(MSG_SIZE)) as m, Workload("eventfd", 2 * N) as e:
+            def both():
+                m.go()
+                e.go()
+            cap = capture_around(cache, both, base=tmp_path / cache, backend="bpf")
+        assert cap.meta["plan"]["strategy"] == "kmalloc-slab" and cap.meta["exact"] is True
+        assert "own slab" in cap.meta["plan"]["reason"]
+        mine, other = (m, e) if cache == "msg_msg-64" else (e, m)
+        assert int(pid_rows(cap, mine.pid)["count"].sum()) == (N if mine is m else 2 * N)
+        assert pid_rows(cap, other.pid).empty, cache
+        assert set(pid_rows(cap, mine.pid)["call_site"]) == (
+            {"load_msg"} if mine is m else {"do_eventfd"})
+
+
+@pytest.mark.parametrize("stack_sample", [None, 1])   # default sampling; full stacks
+def test_counts_per_call_site_are_exact(bpf, tmp_path, stack_sample):
+    """memfd_create and epoll_create1 both allocate 256 bytes from the same kmalloc cache, N
+    and 2N times: each call site gets exactly its count, by the call_site column and by the
+    pivot's callsite (each exact count is spread over stacks of its own call site)."""
+    with Workload("callsites", N) as w:
+        cache = kmalloc_cache_of(256)
+        cap = capture_around(cache, w.go, base=tmp_path, backend="bpf",
+                             stack_sample=stack_sample)
+    rows = pid_rows(cap, w.pid)
+    by_site = rows.groupby("call_site")["count"].sum().to_dict()
+    assert by_site == {"__do_sys_memfd_create": N, "do_epoll_create": 2 * N}, by_site
+    assert cap.meta["count_exactness"] == {
+        "process": "exact", "call_site": "exact",
+        "stack": "exact" if stack_sample == 1 else "spread"}
+    mine = (rows, cap.frames)
+    sites = slabkit.by_frame(mine, "callsite")["count"]
+    assert sites["__do_sys_memfd_create"] == N and sites["do_epoll_create"] == 2 * N
+
+
+def kmalloc_cache_of(size: int) -> str:
+    """The plain kmalloc cache of ``size`` bytes here (``kmalloc-256``), or skip."""
+    name = f"kmalloc-{size}" if size < 1024 else f"kmalloc-{size // 1024}k"
+    if name not in set(slabkit.caches()["name"]):
+        skip_or_fail(f"no {name} cache here (merged into another?)")
+    return name
 
 
 @pytest.mark.parametrize("by", ["pid", "comm"])
@@ -205,6 +264,11 @@ def test_argv_carries_only_validated_values():
     assert "--record-event" not in render_argv("s", kmalloc, Options(stack_sample=32),
                                                kmalloc_record=True)
     assert "--record-event" not in render_argv("s", _plan(), Options(), kmalloc_record=True)
+    slab = _plan(strategy="kmalloc-slab", match_name="msg_msg-64", match_bytes_alloc=64,
+                 alloc_events=["kmem:kmalloc"])
+    argv = render_argv("s", slab, Options(), kmalloc_record=True)   # never the record event
+    assert argv[1:5] == ["--kmalloc-size", "64", "--cache", "msg_msg-64"]
+    assert "--record-event" not in argv
     with pytest.raises(InvalidInput):
         render_argv("s", _plan(match_name="filp; rm -rf /"), Options())
     with pytest.raises(InvalidInput):

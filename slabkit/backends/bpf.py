@@ -1,29 +1,40 @@
 """bpf backend: slabkit's own BPF program on the *raw* allocation tracepoint (libbpf).
 
-The cheapest way to count one cache's allocations exactly (``bench/``: about 0.84 of
-uninstrumented throughput on a filp open/close loop, where bpftrace 0.17's tracepoint program
-gives 0.72): a raw tracepoint hands the program the tracepoint's arguments without building
-an event record, the cache is recognised by its ``struct kmem_cache *`` (compared by name
-once per pointer, then one integer compare), and counts go to a per-CPU hash. Stacks are
-sampled as in the bpftrace backend: each key's first event, then 1 in ``stack_sample``,
-weighted; per-key counts stay exact. See ``slabkit/bpf/slabcount.bpf.c``.
+The cheapest way to count one cache's allocations exactly (``bench/``: within a few hundredths
+of an empty program on the same tracepoint): a raw tracepoint hands the program the
+tracepoint's arguments without building an event record, the cache is recognised by its
+``struct kmem_cache *`` (compared by name once per pointer, then one integer compare), and
+counts are exact per (pid, tid, cgroup, comm, call site), the call site being the
+tracepoint's ``call_site`` (the allocator's caller). A thread allocating again on the same CPU
+only adds to that CPU's pending count. Stacks are sampled: each key's first event, then 1 in
+``stack_sample`` (1 in 8x that once one key has run on one CPU for 32 samples), weighted; the
+exact count of each (process, call site) is spread over its stacks. See
+``slabkit/slabcount/slabcount.bpf.c``.
 
 Needs a kernel with BTF (``/sys/kernel/btf/vmlinux``; the argument layout is read from it,
 never assumed from the version) whose ``kmem_cache_alloc`` tracepoint passes the cache
 pointer (Linux 6.0+); the kmalloc family uses the ``kmalloc`` raw tracepoint, or with full
-stacks (``stack_sample=1``) the regular one, whose record the kernel builds anyway cheaply and
-from where the stack walk starts shallower. The binary is
-built here (:mod:`slabkit.slabcount.build`) and copied to remote targets, which need nothing else.
+stacks (``stack_sample=1``) of a size-class plan the regular one, whose record the kernel
+builds anyway cheaply and from where the stack walk starts shallower. Where ``slabcount
+--probe`` finds and checks a way to read each object's own slab (``slab_lookup``), a kmalloc
+plan becomes ``kmalloc-slab`` (:func:`slabkit.plan.for_backend`): exact whatever shares the
+size class. The binary is built here (:mod:`slabkit.slabcount.build`) and copied to remote
+targets, which need nothing else.
 
-Output of ``slabcount`` (tab-separated, printed after detaching)::
+Output of ``slabcount`` (tab-separated, printed after detaching; format 3)::
 
     slabkit-attached  kmem_cache_alloc
+    format  3
     stat    count_map_full   0            # also stack_failed, stack_map_full, ...
-    count   <pid> <tid> <cgroup> <comm hex> <count> <bytes_req>
-    sample  <pid> <tid> <cgroup> <comm hex> <stack hash> <weight> <bytes_req>
+    count   <pid> <tid> <cgroup> <comm hex> <call site hex> <count> <bytes_req>
+    sample  <pid> <tid> <cgroup> <comm hex> <call site hex> <stack hash> <weight> <bytes_req>
                                           # full stacks (stack_sample=1): these are the counts
     stack   <stack hash> <hex address>...  # allocator first; tracing frames cut
     end
+
+A key may have two count lines (its CPU's pending events and the map's): they add up.
+Formats 1 and 2 (no format line, no call site; format 1 without the samples' bytes_req)
+still parse.
 """
 from __future__ import annotations
 
@@ -51,6 +62,9 @@ STDERR = "slabcount.stderr"
 #: folder named by the source hash so an old copy is never run
 REMOTE_DIR = "/run/slabkit/bin"
 BTF = "/sys/kernel/btf/vmlinux"
+
+#: plans of kmalloc caches (kmem:kmalloc events, requested bytes known)
+KMALLOC_STRATEGIES = ("kmalloc-size-class", "kmalloc-slab")
 
 #: losses ``slabcount`` reports: events not counted at all
 COUNT_LOSSES = ("count_map_full",)
@@ -109,6 +123,9 @@ def render_argv(binary: str, plan: "Plan", options: Options, *,
     argv = [binary]
     if plan.strategy in ("tracepoint-name", "kprobe-cachep"):
         argv += ["--cache", check_cache_name(plan.match_name or "")]
+    elif plan.strategy == "kmalloc-slab":   # the size class, then the object's own slab
+        argv += ["--kmalloc-size", str(int(plan.match_bytes_alloc or 0)),
+                 "--cache", check_cache_name(plan.match_name or plan.cache)]
     elif plan.strategy == "kmalloc-size-class":
         argv += ["--kmalloc-size", str(int(plan.match_bytes_alloc or 0))]
         if plan.gfp_require:
@@ -154,7 +171,7 @@ class BpfBackend(Backend):
             if args.get("cache_arg") not in (2, 3):
                 return ("the raw tracepoint kmem_cache_alloc does not pass the cache pointer "
                         "on this kernel (Linux 6.0+ does)")
-        elif plan.strategy == "kmalloc-size-class":
+        elif plan.strategy in KMALLOC_STRATEGIES:
             if any(e != "kmem:kmalloc" for e in plan.alloc_events):
                 return f"only the kmalloc event is handled, the plan needs {plan.alloc_events}"
             if min(args.get(k, -1) for k in ("size_arg", "gfp_arg", "req_arg")) < 0:
@@ -167,10 +184,12 @@ class BpfBackend(Backend):
         binary = facts.bpf.get("binary") or "slabcount"
         argv = render_argv(binary, plan, options,
                            kmalloc_record=facts.bpf.get("kmalloc_record") == 1)
-        event = "kmalloc" if plan.strategy == "kmalloc-size-class" else "kmem_cache_alloc"
+        event = "kmalloc" if plan.strategy in KMALLOC_STRATEGIES else "kmem_cache_alloc"
         how = ("tracepoint kmem:kmalloc (its event record: full stacks walk fewer frames)"
                if "--record-event" in argv else f"raw tracepoint {event}")
-        text = (f"# {how}: slabkit/bpf/slabcount.bpf.c, loaded by slabcount\n"
+        if plan.strategy == "kmalloc-slab":
+            how += ", each object's cache read from its slab"
+        text = (f"# {how}: slabkit/slabcount/slabcount.bpf.c, loaded by slabcount\n"
                 + " ".join(argv) + "\n")
         return Program(backend=self.name, argv=argv, text=text)
 
@@ -313,7 +332,7 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     sampled = sampled.groupby(keys + ["stack_id"], as_index=False, dropna=False)[
         ["samples", "bytes_req"]].sum()
     every = int(meta.get("options", {}).get("stack_sample", 1) or 1)
-    kmalloc = plan.strategy == "kmalloc-size-class"
+    kmalloc = plan.strategy in KMALLOC_STRATEGIES
     full = every == 1 and exact.empty
     if full:
         # full-stack mode: every event was recorded with its stack; these are the counts

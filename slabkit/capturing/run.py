@@ -24,7 +24,7 @@ from slabkit.errors import ProbeFailed, SlabkitError
 from slabkit.host.facts import KernelFacts, gather_facts
 from slabkit.model.stacks import drop_tracer_glue
 from slabkit.validate import check_seconds
-from slabkit.plan import Plan, plan_capture
+from slabkit.plan import Plan, for_backend, plan_capture
 from slabkit.host.procs import TermAsInterrupt
 from slabkit.model.tables import Capture
 from slabkit.host.target import Target, as_target, require_root
@@ -73,6 +73,7 @@ def prepare(cache: str, *, backend: str = "auto", mode: str = "allocs",
         sample_every=_positive_int(sample_every, "sample_every"),
         map_keys=None if map_keys is None else _positive_int(map_keys, "map_keys"))
     chosen, reasons = choose(backend, plan, target, facts)
+    plan = for_backend(plan, chosen.name, facts)   # what the backend learnt may make it exact
     program = chosen.render(plan, options, facts)
     return Prepared(target=target, facts=facts, plan=plan, backend=chosen, program=program,
                     options=options, not_used=reasons, resolved=resolved, cache_table=table)
