@@ -92,8 +92,8 @@ def test_kmalloc_is_exact_with_requested_bytes(bpf, tmp_path, stack_sample):
     assert N * 33 <= req <= N * 64               # eventfd_ctx is requested at 33..64 bytes
     assert "do_eventfd" in functions_of(cap, rows["stack_id"])
     assert set(rows["call_site"]) == {"do_eventfd"}
-    # full size-class stacks come from the regular tracepoint where BTF describes its record
-    record = facts["kmalloc_record"] == 1 and not by_slab
+    # full stacks come from the regular tracepoint where BTF describes its record
+    record = facts["kmalloc_record"] == 1
     assert ("--record-event" in cap.meta["argv"]) == (record and stack_sample == 1)
     f = cap.frames
     first = f[(f["depth"] == 0) & f["stack_id"].isin(list(rows["stack_id"]))]["function"]
@@ -266,9 +266,10 @@ def test_argv_carries_only_validated_values():
     assert "--record-event" not in render_argv("s", _plan(), Options(), kmalloc_record=True)
     slab = _plan(strategy="kmalloc-slab", match_name="msg_msg-64", match_bytes_alloc=64,
                  alloc_events=["kmem:kmalloc"])
-    argv = render_argv("s", slab, Options(), kmalloc_record=True)   # never the record event
-    assert argv[1:5] == ["--kmalloc-size", "64", "--cache", "msg_msg-64"]
-    assert "--record-event" not in argv
+    argv = render_argv("s", slab, Options(), kmalloc_record=True)
+    assert argv[1:6] == ["--kmalloc-size", "64", "--cache", "msg_msg-64", "--record-event"]
+    assert "--record-event" not in render_argv("s", slab, Options(stack_sample=32),
+                                               kmalloc_record=True)
     with pytest.raises(InvalidInput):
         render_argv("s", _plan(match_name="filp; rm -rf /"), Options())
     with pytest.raises(InvalidInput):

@@ -126,6 +126,8 @@ def render_argv(binary: str, plan: "Plan", options: Options, *,
     elif plan.strategy == "kmalloc-slab":   # the size class, then the object's own slab
         argv += ["--kmalloc-size", str(int(plan.match_bytes_alloc or 0)),
                  "--cache", check_cache_name(plan.match_name or plan.cache)]
+        if kmalloc_record and int(options.stack_sample) <= 1:
+            argv.append("--record-event")
     elif plan.strategy == "kmalloc-size-class":
         argv += ["--kmalloc-size", str(int(plan.match_bytes_alloc or 0))]
         if plan.gfp_require:

@@ -520,8 +520,6 @@ int main(int argc, char **argv)
 		       "with bytes_req, bytes_alloc, gfp_flags)");
 	if (kmalloc_size && !record && (f.size_arg < 0 || f.gfp_arg < 0 || f.req_arg < 0))
 		die(3, "raw tracepoint kmalloc lacks bytes_alloc/gfp_flags arguments here");
-	if (by_slab && record)
-		die(2, "--record-event does not go with a kmalloc cache by its slab (--cache)");
 	int way = by_slab ? slab_lookup_way(&f) : 0;
 	if (by_slab && check_slab_lookup(&f, way) < 0)
 		die(3, "this kernel does not let slabcount find an object's slab (no "
@@ -553,9 +551,12 @@ int main(int argc, char **argv)
 	 * size bounds bpf_get_stackid, walk_bytes bpf_get_stack */
 	bpf_map__set_value_size(skel->maps.kstacks, max_depth * sizeof(__u64));
 	skel->rodata->walk_bytes = max_depth * sizeof(__u64);
-	struct bpf_program *prog = by_slab ? (way == SLAB_BY_KFUNC ? skel->progs.on_kmalloc_kfunc
-							       : skel->progs.on_kmalloc_page)
-				 : cache ? skel->progs.on_cache_alloc
+	struct bpf_program *prog =
+		by_slab && record ? (way == SLAB_BY_KFUNC ? skel->progs.on_kmalloc_record_kfunc
+							  : skel->progs.on_kmalloc_record_page)
+		: by_slab ? (way == SLAB_BY_KFUNC ? skel->progs.on_kmalloc_kfunc
+						  : skel->progs.on_kmalloc_page)
+		: cache ? skel->progs.on_cache_alloc
 				 : record ? skel->progs.on_kmalloc_record : skel->progs.on_kmalloc;
 	bpf_program__set_autoload(prog, true);
 	int err = slabcount_bpf__load(skel);
@@ -574,9 +575,9 @@ int main(int argc, char **argv)
 		slabcount_bpf__destroy(skel);
 		die(3, "cannot attach to the raw tracepoint: %s", strerror(e));
 	}
-	printf("slabkit-attached\t%s\n", by_slab ? "kmalloc (by the object's slab)"
-					   : cache ? "kmem_cache_alloc"
-					   : record ? "kmalloc (event record)" : "kmalloc");
+	printf("slabkit-attached\t%s%s\n", cache && !by_slab ? "kmem_cache_alloc"
+					     : record ? "kmalloc (event record)" : "kmalloc",
+	       by_slab ? ", by the object's slab" : "");
 	fflush(stdout);
 	while (!stop)
 		pause();
