@@ -289,21 +289,60 @@ def test_reasons_when_the_kernel_lacks_what_the_program_needs(tmp_path):
     assert "kmalloc_node" in backend.unsupported(node, old)
 
 
-@pytest.mark.parametrize("name", ["filp-6.18", "filp-6.18-v1"])   # v1: samples without bytes_req
+@pytest.mark.parametrize("name", ["filp-6.18", "filp-6.18-v2", "filp-6.18-v1"])
 def test_recorded_output_parses_to_the_known_workload(name):
-    """Recorded here: ``slabcount --cache filp`` around ``slabwork open 2000`` (pid and the
-    command in the .json beside it)."""
+    """Recorded here (tests/fixtures/bpf/record.py): ``slabcount --cache filp`` around
+    ``slabwork open 2000`` (pid and the command in the .json beside it). v2: before call
+    sites (format 2); v1: samples without bytes_req too."""
     exact, sampled, stacks, stats = read_output(FIXTURES / "bpf" / f"{name}.tsv")
     meta = json.loads((FIXTURES / "bpf" / f"{name}.json").read_text())
     mine = exact[exact["pid"] == meta["pid"]]
     # the forked python opened the binary before exec (comm still python3), then slabwork ran
     assert int(mine.loc[mine["comm"] == "slabwork", "count"].sum()) == meta["n"]
     assert set(mine["comm"]) <= {"slabwork", "python", "python3"}
-    assert stats["matched"] == int(exact["count"].sum())
+    if "matched" in stats:                       # formats 1 and 2 counted matches
+        assert stats["matched"] == int(exact["count"].sum())
+    assert exact["call_site"].notna().all() == (name == "filp-6.18")
     assert set(sampled["stack"]) <= set(stacks)
     assert all(len(a) > 3 for a in stacks.values())
-    # weights: 1 for each key's first stack, plus 32 for each later sample of that stack
+    # weights: 1 for each key's first stack, plus 32 (or 256 once hot) for each later sample
     assert (sampled["samples"] % 32).isin([0, 1]).all() and (sampled["samples"] > 0).all()
+
+
+def test_recorded_call_sites_parse_exact_with_their_names():
+    """``slabcount --kmalloc-size 256 --cache kmalloc-256`` around ``slabwork callsites 500``
+    (tests/fixtures/bpf/record.py): 500 from memfd_create, 1000 from epoll_create1, named
+    through the kallsyms saved beside it; per call site exact, stacks spread."""
+    from slabkit.backends.bpf import parse_output
+    name = "kmalloc-256-callsites-6.18"
+    rec = json.loads((FIXTURES / "bpf" / f"{name}.json").read_text())
+    plan = _plan(cache="kmalloc-256", strategy="kmalloc-slab", match_name="kmalloc-256",
+                 match_bytes_alloc=256, kind="kmalloc", alloc_events=["kmem:kmalloc"])
+    meta = {"options": {"stack_sample": 32}, "kallsyms_path": f"{name}.kallsyms.txt.gz"}
+    parsed = parse_output(FIXTURES / "bpf" / f"{name}.tsv", plan, meta)
+    mine = parsed.allocs[parsed.allocs["pid"] == rec["pid"]]
+    assert mine.groupby("call_site")["count"].sum().to_dict() == rec["expect"]
+    assert int(mine["bytes"].sum()) == 1500 * 256
+    assert int(mine["bytes_req"].sum()) == int(
+        read_output(FIXTURES / "bpf" / f"{name}.tsv")[0].query(f"pid == {rec['pid']}")
+        ["bytes_req"].sum())
+    assert meta["count_exactness"] == {"process": "exact", "call_site": "exact",
+                                       "stack": "spread"}
+    assert parsed.estimated
+    # every stack of a call site passes through its function, right after the allocator
+    f = parsed.frames
+    for site, rows in mine.groupby("call_site"):
+        for sid in rows["stack_id"]:
+            funcs = list(f[f["stack_id"] == sid].sort_values("depth")["function"])
+            assert funcs[0] == "__kmalloc_cache_noprof" and funcs[1] == site, funcs
+
+
+def test_outputs_before_call_sites_have_no_call_site_column():
+    from slabkit.backends.bpf import parse_output
+    meta = {"options": {"stack_sample": 32}}
+    parsed = parse_output(FIXTURES / "bpf" / "filp-6.18-v2.tsv", _plan(), meta)
+    assert "call_site" not in parsed.allocs.columns
+    assert meta["count_exactness"]["call_site"] == "absent"
 
 
 @pytest.mark.parametrize("cut", ["no-end", "bad-line"])

@@ -230,7 +230,7 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
 
     Both tables have a ``call_site`` column: the tracepoint's call-site address (format 3),
     missing in older outputs, which had none. A key printed twice (a CPU's pending events and
-    the map's, format 3) is summed."""
+    the map's, format 3) is summed. ``stats["format"]`` is the output's format."""
     path = Path(path)
     counts, samples, stacks, stats = [], [], {}, {}
     ended = False
@@ -263,6 +263,7 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
     if not ended:
         raise ParseError("slabcount output has no final 'end' line: the tracer did not finish "
                          "(killed?); its counts are lost", path=str(path))
+    stats["format"] = fmt
     keys = KEYS + ["call_site"]
     exact = pd.DataFrame(counts, columns=keys + ["count", "bytes_req"])
     sampled = pd.DataFrame(samples, columns=keys + ["stack", "samples", "bytes_req"])
@@ -303,7 +304,7 @@ def _name_call_sites(allocs: pd.DataFrame, kallsyms_path: Path | None) -> pd.Dat
     address in hex where it does not resolve), rows that become equal summed."""
     import numpy as np
     addrs = allocs["call_site"]
-    known = addrs.notna().to_numpy()
+    known = (addrs != 0).to_numpy()
     names = pd.array([pd.NA] * len(allocs), dtype="string")
     if known.any():
         uniq, inv = np.unique(addrs[known].to_numpy(dtype=np.uint64), return_inverse=True)
@@ -326,6 +327,9 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
 
     Sets ``meta["count_exactness"]``: which sums of ``allocs["count"]`` are exact."""
     exact, sampled, by_hash, stats = read_output(path)
+    with_sites = stats["format"] >= 3
+    for df in (exact, sampled):     # 0 for the call site of an output that has none
+        df["call_site"] = df["call_site"].fillna(0).astype("uint64")
     keys = KEYS + ["call_site"]
     # stack ids: one per distinct address tuple (hashes of frames cut to the same stack merge)
     ids: dict[tuple[int, ...], int] = {}
@@ -351,10 +355,10 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         allocs = finish_allocs(allocs, req, plan, meta, keys)
     kallsyms = meta.get("kallsyms_path")
     kallsyms_path = Path(path).parent / kallsyms if kallsyms else None
-    with_sites = bool(allocs["call_site"].notna().any()) if len(allocs) else True
-    allocs = _name_call_sites(allocs, kallsyms_path)
-    if not with_sites:
-        allocs = allocs.drop(columns=["call_site"])     # an old output: no call sites
+    if with_sites:
+        allocs = _name_call_sites(allocs, kallsyms_path)
+    else:
+        allocs = allocs.drop(columns=["call_site"])     # an older output: no call sites
 
     stacks = {sid: list(addrs) for addrs, sid in ids.items()}
     frames = frames_from_addresses(stacks, kallsyms_path)
