@@ -191,7 +191,7 @@ def walk_configs() -> list[Tracer]:
                                            "only (--stack-every 1048576)",
                   args=base + ["--stack-every", str(1 << 20)]),
         Slabcount(name="default", label="slabkit's default: 1 in 32, 1 in 256 once a key has "
-                                        "run 32 samples on a CPU", args=base),
+                                        "had 128 samples on a CPU", args=base),
         Slabcount(name="fixed-32", label="1 in 32 throughout (--hot-every 32)",
                   args=base + ["--hot-every", "32"]),
         *[Slabcount(name=f"full-depth-{d}", label=f"full stacks, walk at most {d} frames "

@@ -7,7 +7,7 @@ tracepoint's arguments without building an event record, the cache is recognised
 counts are exact per (pid, tid, cgroup, comm, call site), the call site being the
 tracepoint's ``call_site`` (the allocator's caller). A thread allocating again on the same CPU
 only adds to that CPU's pending count. Stacks are sampled: each key's first event, then 1 in
-``stack_sample`` (1 in 8x that once one key has run on one CPU for 32 samples), weighted; the
+``stack_sample`` (1 in 8x that once a key has had 128 samples on a CPU), weighted; the
 exact count of each (process, call site) is spread over its stacks. See
 ``slabkit/slabcount/slabcount.bpf.c``.
 
@@ -381,9 +381,9 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
                      "counted")
     if every > 1:
         notes.append(f"stacks sampled (each key's first event, then 1 in {every}, and 1 in "
-                     f"{8 * every} once one thread has run on one CPU for 32 samples; weighted):"
-                     " counts per process and per call site are exact, counts per stack are "
-                     "estimates")
+                     f"{8 * every} once a thread's call site has had 128 samples on a CPU; "
+                     "weighted): counts per process and per call site are exact, counts per "
+                     "stack are estimates")
     meta["count_exactness"] = exactness(full=full, call_sites=with_sites)
     return Parsed(allocs=allocs, frames=frames, losses=losses, notes=notes,
                   estimated=not full, stack_losses=stack_losses)

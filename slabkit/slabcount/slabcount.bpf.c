@@ -15,9 +15,11 @@
  * added to the per-CPU hash `counts` and the new key becomes the CPU's last key; user space
  * adds what is still pending after detaching (`lasts`). A kernel stack is taken for each
  * key's first event and then for about 1 event in `stack_every` (a per-CPU countdown, redrawn
- * at random with that mean after each sample), weighted so that per-stack counts are
- * estimates whose per-(key) sums are exact (user space spreads each exact count over its
- * stacks). With `stack_every` 1 (full stacks) every event updates only the per-CPU
+ * at random with that mean after each sample); once a key has had HOT_KEY_SAMPLES samples on
+ * a CPU, 1 in `hot_every` there: a stack walk costs some 30 times a counted event, and a hot
+ * key has stacks enough. Each sample weighs the mean gap it was drawn with, so per-stack
+ * counts are unbiased estimates whose per-key sums are exact (user space spreads each exact
+ * count over its stacks). With `stack_every` 1 (full stacks) every event updates only the per-CPU
  * (key, stack) map, which then holds the exact counts.
  *
  * kmalloc caches: the kmalloc tracepoints do not name the cache. By default the size class
@@ -96,9 +98,9 @@ const volatile __u32 walk_bytes = MAX_DEPTH * 8;   /* deepest stack walked, in b
  * this program at the place it asked for the stack (one stack would get an id per place);
  * 0 on a regular tracepoint, whose stacks start in the traced function */
 const volatile __u32 own_frames = 1;
-/* once a run of one key on one CPU has had HOT_RUN_SAMPLES samples, 1 in hot_every */
+/* once one key has had HOT_KEY_SAMPLES samples on one CPU, 1 in hot_every there */
 const volatile __u32 hot_every = 256;
-#define HOT_RUN_SAMPLES 32
+#define HOT_KEY_SAMPLES 128
 /* finding the object's slab without the kfunc: the kernel's virt_to_page, where
  * (addr - page_offset_base) >> page_shift indexes the struct page array at vmemmap_base,
  * both read from the kallsyms addresses the loader found */
@@ -282,12 +284,13 @@ static __always_inline void take_stack(void *ctx, struct key *who, __u64 weight,
 	new_sample(&sk, weight, bytes_req);
 }
 
-/* Add n events to key k in `counts`; 0 when the map had no room (the events are lost). */
-static __always_inline int add_count(struct key *k, __u64 n, __u64 bytes_req)
+/* Add n events to key k in `counts`, and say it has had `samples` stack samples on this CPU;
+ * 0 when the map had no room (the events are lost). */
+static __always_inline int add_count(struct key *k, __u64 n, __u64 bytes_req, __u64 samples)
 {
 	struct value *v = bpf_map_lookup_elem(&counts, k);
 	if (!v) {
-		struct value nv = { .count = n, .bytes_req = bytes_req };
+		struct value nv = { .count = n, .bytes_req = bytes_req, .samples = samples };
 		if (bpf_map_update_elem(&counts, k, &nv, BPF_NOEXIST) == 0)
 			return 1;
 		v = bpf_map_lookup_elem(&counts, k);    /* another CPU inserted it first */
@@ -296,6 +299,7 @@ static __always_inline int add_count(struct key *k, __u64 n, __u64 bytes_req)
 	}
 	v->count += n;
 	v->bytes_req += bytes_req;
+	v->samples = samples;
 	return 1;
 }
 
@@ -327,7 +331,7 @@ static __always_inline int count(void *ctx, __u64 call_site, __u64 bytes_req)
 		if (--l->countdown == 0) {
 			/* weighted by the mean gap it was drawn with: each event's expected weight is 1 */
 			take_stack(ctx, &l->key, l->every, 0);
-			if (++l->run_samples == HOT_RUN_SAMPLES)
+			if (++l->key_samples == HOT_KEY_SAMPLES)
 				l->every = hot_every;
 			l->countdown = next_countdown(l->every);
 		}
@@ -347,7 +351,7 @@ static __always_inline int count(void *ctx, __u64 call_site, __u64 bytes_req)
 	}
 	/* another key on this CPU: the last one's pending events go to the map */
 	if (l->count) {
-		if (!add_count(&l->key, l->count, l->bytes_req))
+		if (!add_count(&l->key, l->count, l->bytes_req, l->key_samples))
 			bump(STAT_COUNT_FULL, l->count);
 		l->count = 0;
 		l->bytes_req = 0;
@@ -361,18 +365,20 @@ static __always_inline int count(void *ctx, __u64 call_site, __u64 bytes_req)
 	l->comm0 = comm0;
 	l->comm1 = comm1;
 	l->primed = 1;
-	l->run_samples = 0;
-	if (l->every != stack_every || !l->countdown) {   /* a new run samples at the full rate */
-		l->every = stack_every;
-		l->countdown = next_countdown(stack_every);
+	struct value *v = bpf_map_lookup_elem(&counts, &l->key);
+	l->key_samples = v ? v->samples : 0;
+	__u32 every = l->key_samples >= HOT_KEY_SAMPLES ? hot_every : stack_every;
+	if (l->every != every || !l->countdown) {
+		l->every = every;
+		l->countdown = next_countdown(every);
 	}
-	if (bpf_map_lookup_elem(&counts, &l->key)) {
+	if (v) {
 		l->count = 1;
 		l->bytes_req = bytes_req;
 		return 0;
 	}
 	/* the key's first event: it gets a stack, and the key a slot in the map */
-	if (!add_count(&l->key, 1, bytes_req)) {
+	if (!add_count(&l->key, 1, bytes_req, 0)) {
 		bump(STAT_COUNT_FULL, 1);
 		return 0;
 	}

@@ -14,7 +14,7 @@
  * options: --pid P --comm C --stack-every N --hot-every M --count-keys K --sample-keys K
  *          --stack-keys K --kstack-keys K --max-depth D
  *          (--stack-every N: a stack for each key's first event, then 1 in N; --hot-every M:
- *          1 in M once one key has run on one CPU for 32 samples in a row, default 8N;
+ *          1 in M once a key has had 128 samples on a CPU, default 8N;
  *          --kstack-keys: the kernel stack map; 1 forces most stacks down the hashed path;
  *          --max-depth D: walk at most D frames (from the tracing machinery's first one))
  *
@@ -533,7 +533,7 @@ int main(int argc, char **argv)
 	skel->rodata->filter_pid = pid;
 	skel->rodata->stack_every = every;
 	skel->rodata->own_frames = record ? 0 : 1;
-	/* default: 8 x --stack-every once a run of one key on a CPU has had 32 samples */
+	/* default: 8 x --stack-every once a key has had 128 samples on a CPU */
 	skel->rodata->hot_every = hot_every ? hot_every : (every > (1 << 21) ? 1 << 24 : 8 * every);
 	if (comm) {
 		skel->rodata->filter_comm = 1;

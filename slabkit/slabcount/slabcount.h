@@ -19,8 +19,9 @@ struct key {
 };
 
 struct value {
-	__u64 count;
+	__u64 count;            /* samples: the weight */
 	__u64 bytes_req;
+	__u64 samples;          /* counts: stack samples the key had on this CPU (the rate) */
 };
 
 struct stack_key {
@@ -43,7 +44,7 @@ struct last {
 	__u32 countdown;        /* events until the next stack sample */
 	__u32 primed;           /* key is set */
 	__u32 every;            /* mean gap between samples now: stack_every, or hot_every */
-	__u32 run_samples;      /* samples taken since this key became the last key */
+	__u32 key_samples;      /* stack samples this key has had on this CPU */
 	__u64 launder;          /* a kernel pointer stored and read back as a plain number */
 };
 
