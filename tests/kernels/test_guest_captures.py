@@ -10,8 +10,10 @@ stdin handshake) over SSH only once the probe is attached, then stops the captur
 
 Neither kernel has the ``name`` field on kmem:kmem_cache_alloc (6.18+), so a dedicated cache is
 planned as ``kprobe-cachep`` over the kernel's own allocation function names; kmalloc caches as
-``kmalloc-size-class`` on kmem:kmalloc. The facts behind the expected plans are recorded in
-tests/fixtures/kernels/<release>/ (probe-checks.md: the bpftrace counts these tests rely on).
+``kmalloc-size-class`` on kmem:kmalloc, and for slabkit's BPF counter as ``kmalloc-slab``
+(each object's own slab, found through the kernel's page_offset_base/vmemmap_base). The facts
+behind the expected plans are recorded in tests/fixtures/kernels/<release>/ (probe-checks.md:
+the bpftrace counts these tests rely on).
 
 Opt-in (see conftest.py); about 1.5-2 minutes per kernel under TCG on 2 shared cores (boot
 10-35 s, each capture 20-50 s: slabkit reading ~600 sysfs files one ``cat`` each, 8-22 s;
@@ -120,6 +122,8 @@ def test_filp_counts_slabwork_opens_exactly(guest, target, tmp_path, backend):
 
     rows = _slabwork_rows(cap, seen["pid"])
     assert int(rows["count"].sum()) == N, cap.allocs.groupby("comm")["count"].sum().to_dict()
+    if backend == "bpf":                    # exact per call site too
+        assert set(rows["call_site"]) == {"alloc_empty_file"}, set(rows["call_site"])
     # the guest mounts cgroup2 and has GNU find: bpftrace's cgroup id maps to a path
     assert set(rows["cgroup"]) == {"/"}
 
@@ -139,16 +143,26 @@ def test_kmalloc_cg_1k_counts_slabwork_pipes_exactly(guest, target, tmp_path, ba
     work, seen = slabwork(target, "pipe", str(N))
     cap = _capture(target, "kmalloc-cg-1k", work, tmp_path, backend)
 
-    plan = _check_meta(cap, guest, target, "kmalloc-size-class", backend)
+    # slabkit's BPF counter reads each object's own slab: neither kernel has the
+    # bpf_get_kmem_cache kfunc (6.13+), both list page_offset_base and vmemmap_base
+    # (CONFIG_KALLSYMS_ALL) for the kernel's virt_to_page, checked on live events first
+    by_slab = backend == "bpf"
+    plan = _check_meta(cap, guest, target, "kmalloc-slab" if by_slab else "kmalloc-size-class",
+                       backend)
     assert plan["alloc_events"] == ["kmem:kmalloc"] and plan["functions"] == []
     assert plan["match_bytes_alloc"] == 1024 and plan["gfp_type"] == "cg"
-    if guest.series == "6.1":
+    if by_slab:
+        assert plan["exact"] is True and "vmemmap_base" in plan["reason"], plan["reason"]
+        assert plan["match_name"] == "kmalloc-cg-1k"
+    elif guest.series == "6.1":
         assert plan["exact"] is True, plan["reason"]
     else:  # 6.12 has slab buckets (CONFIG_SLAB_BUCKETS) of the same size, rightly an estimate
         assert plan["exact"] is False and "memdup_user-1k" in plan["reason"], plan["reason"]
 
     rows = _slabwork_rows(cap, seen["pid"])
     assert int(rows["count"].sum()) == N, cap.allocs.groupby("comm")["count"].sum().to_dict()
+    if backend == "bpf":                    # exact per call site too
+        assert set(rows["call_site"]) == {"alloc_pipe_info"}, set(rows["call_site"])
     assert int(rows["bytes_req"].sum()) == N * 640
     assert int(rows["bytes"].sum()) == N * 1024
 
@@ -157,6 +171,29 @@ def test_kmalloc_cg_1k_counts_slabwork_pipes_exactly(guest, target, tmp_path, ba
     for funcs in stacks.values():
         assert all(isinstance(f, str) for f in funcs), funcs
         assert "alloc_pipe_info" in funcs, funcs
+
+
+def test_a_slab_bucket_and_the_plain_cache_of_its_size_each_get_their_own(guest, target,
+                                                                          tmp_path):
+    """6.12's msgsnd allocates from the msg_msg-64 slab bucket, eventfd from kmalloc-64: one
+    size class, and kmem:kmalloc does not say which. slabkit's BPF counter reads each
+    object's own slab (virt_to_page through the guest kernel's vmemmap_base): exact."""
+    if guest.series == "6.1":
+        pytest.skip("6.1 has no slab buckets")
+    for cache in ("msg_msg-64", "kmalloc-64"):
+        msg, msg_seen = slabwork(target, "msg", str(N), "16")
+        efd, efd_seen = slabwork(target, "eventfd", str(2 * N))
+
+        def both():
+            msg()
+            efd()
+        cap = _capture(target, cache, both, tmp_path / cache, "bpf")
+        plan = _check_meta(cap, guest, target, "kmalloc-slab", "bpf")
+        assert plan["exact"] is True, plan["reason"]
+        got = {w: int(cap.allocs.loc[cap.allocs["pid"] == seen["pid"], "count"].sum())
+               for w, seen in (("msg", msg_seen), ("eventfd", efd_seen))}
+        assert got == ({"msg": N, "eventfd": 0} if cache == "msg_msg-64"
+                       else {"msg": 0, "eventfd": 2 * N}), (cache, got)
 
 
 # --- the same guest through its dropbear server (guest port 2222) ----------------------------
