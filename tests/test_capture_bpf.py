@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import procs
@@ -145,6 +146,8 @@ def test_counts_per_call_site_are_exact(bpf, tmp_path, stack_sample):
     mine = (rows, cap.frames)
     sites = slabkit.by_frame(mine, "callsite")["count"]
     assert sites["__do_sys_memfd_create"] == N and sites["do_epoll_create"] == 2 * N
+    assert slabkit.by_frame(cap, "callsite").attrs["exactness"] == "exact"
+    assert slabkit.by_process(cap).attrs["exactness"] == "exact"
 
 
 def kmalloc_cache_of(size: int) -> str:
@@ -329,6 +332,19 @@ def test_recorded_call_sites_parse_exact_with_their_names():
     assert meta["count_exactness"] == {"process": "exact", "call_site": "exact",
                                        "stack": "spread"}
     assert parsed.estimated
+    from slabkit.model.tables import Capture
+    cap = Capture(allocs=parsed.allocs.assign(host="recorded"), frames=parsed.frames, meta=meta)
+    assert slabkit.by_frame(cap, "callsite").attrs["exactness"] == "exact"
+    assert slabkit.by_frame(cap, "inclusive").attrs["exactness"] == "spread"
+    assert slabkit.top_stacks(cap).attrs["exactness"] == "spread"
+    # a (process, call site) whose count went to stacks of two callsite labels: spread
+    two = cap.allocs.copy()
+    memfd = two.index[two["call_site"] == "__do_sys_memfd_create"][0]
+    other = int(two.loc[two["call_site"] == "do_epoll_create", "stack_id"].iloc[0])
+    extra = two.loc[[memfd]].assign(stack_id=other, count=1)
+    mixed = Capture(allocs=pd.concat([two, extra], ignore_index=True), frames=cap.frames,
+                    meta=meta)
+    assert slabkit.by_frame(mixed, "callsite").attrs["exactness"] == "spread"
     # every stack of a call site passes through its function, right after the allocator
     f = parsed.frames
     for site, rows in mine.groupby("call_site"):
