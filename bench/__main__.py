@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from slabkit.host.procs import TermAsInterrupt
+from slabkit.backends.control import TermAsInterrupt
 
 from .common import RESULTS, Log, machine, table
 
@@ -134,7 +134,8 @@ def leftovers() -> list[str]:
     """tracefs instances and registered tracers of this process still there (should be none)."""
     import os
 
-    from slabkit.host.procs import INSTANCE_PREFIX, STATE_DIR
+    from slabkit.host.procs import STATE_DIR
+    from slabkit.host.tracefs import INSTANCE_PREFIX
     found = []
     inst = Path("/sys/kernel/tracing/instances")
     mine = f"{INSTANCE_PREFIX}{os.getpid()}-"

@@ -125,7 +125,7 @@ class Candidate(Bpftrace):
                     options=dict(full_meta.get("options") or {}, stack_sample=self.stack_sample))
         parsed = parse_output(raw, Plan.from_json(meta["plan"]), meta)
         # as slabkit.capture does: stacks must not depend on what else was attached
-        from slabkit.model.stacks import drop_tracer_glue
+        from slabkit.model.vocabulary import drop_tracer_glue
         allocs, frames, _ = drop_tracer_glue(parsed.allocs, parsed.frames)
         return SimpleNamespace(allocs=allocs, frames=frames, meta=meta)
 
@@ -185,7 +185,8 @@ def share_accuracy(samples: tuple[int, ...], seconds: int, log: Log, workdir: Pa
     sampled += [SlabkitCapture(name=f"bpfN{n}", label=f"bpf stack_sample={n}", cache="filp",
                                backend="bpf", stack_sample=n, keep=True) for n in BPF_SAMPLES]
     from .common import run_loop
-    from .programs import ENV, sampled as program
+    from .programs import ENV
+    from .programs import sampled as program
     for n, first in candidates:
         sampled.append(Candidate(name=f"cand{n}-{first.replace(', ', '-')}",
                                  label=f"{n}, @first[{first}] (candidate)",

@@ -195,7 +195,7 @@ def foreign_tracers() -> list[str]:
         except OSError:
             continue
     base = Path("/sys/kernel/tracing")
-    from slabkit.host.procs import INSTANCE_PREFIX
+    from slabkit.host.tracefs import INSTANCE_PREFIX
     own = f"{INSTANCE_PREFIX}{os.getpid()}-"
     roots = [base] + ([p for p in (base / "instances").iterdir() if not p.name.startswith(own)]
                       if (base / "instances").is_dir() else [])

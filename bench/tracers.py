@@ -24,8 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slabkit.host.procs import instance_name, register, stop_process, unregister
+from slabkit.host.procs import StopPolicy, Supervised
 from slabkit.host.target import LocalTarget
+from slabkit.host.tracefs import instance_name
 
 ATTACH_TIMEOUT_S = 120.0
 TRACEFS = "/sys/kernel/tracing"
@@ -66,18 +67,15 @@ def _wait_for(check, alive, what: str, errfile: Path | None = None) -> None:
 
 @contextmanager
 def _process(argv: list[str], *, stdout, stderr, env: dict | None = None,
-             grace_s: float = 30.0) -> Iterator[subprocess.Popen]:
-    """A tracer process in its own process group, registered for ``slabkit cleanup``, stopped
-    by pid on any exit (SIGINT first: bpftrace and perf write their results on SIGINT)."""
-    proc = LocalTarget().popen(argv, stdout=stdout, stderr=stderr, env=env)
-    record = register(proc, argv)
-    try:
-        yield proc
-    finally:
+             grace_s: float = 30.0) -> Iterator[Supervised]:
+    """A tracer under slabkit's supervisor (its own process group, registered for ``slabkit
+    cleanup``), stopped on any exit (SIGINT first: bpftrace and perf write their results on
+    SIGINT), with ``grace_s`` to do so."""
+    with LocalTarget().start(argv, stdout=stdout, stderr=stderr, env=env) as proc:
         try:
-            stop_process(proc, grace_s=grace_s)
+            yield proc
         finally:
-            unregister(record)
+            proc.stop(policy=StopPolicy(first_s=grace_s))
 
 
 # ------------------------------------------------------------------------------------------
@@ -201,7 +199,7 @@ class FtraceTrigger(Tracer):
     def session(self, workdir: Path) -> Iterator[dict]:
         from slabkit.host.tracefs import read_stats, remove_instance
         target = LocalTarget()
-        name = instance_name(next(_seq))
+        name = instance_name()
         base = Path(TRACEFS) / "instances" / name
         ev = base / "events" / self.event
         out = workdir / f"{self.name}.trace.txt"

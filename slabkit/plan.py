@@ -26,10 +26,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import pandas as pd
-
 from slabkit.errors import InvalidInput, TracerUnavailable, expected_one_of
 from slabkit.host.facts import KernelFacts, gfp_bits
+from slabkit.host.slabinfo import optional_int
 from slabkit.validate import check_cache_name, check_comm, check_pid
 
 MODES = ("allocs", "outstanding")
@@ -72,21 +71,42 @@ class Plan:
     def from_json(cls, data: dict[str, Any]) -> "Plan":
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
-    def tracefs_filter(self) -> str:
-        """The filter expression for a tracefs event / ``perf --filter`` (kernel-side)."""
-        terms = []
+    def predicate(self) -> list[Term]:
+        """The capture's filter as typed terms, all of which must hold: the one filter model
+        every backend renders in its own syntax (:func:`slabkit.backends._common.tracefs_filter`,
+        :func:`slabkit.backends.bpftrace.render_predicate`, slabcount's flags). Integer tests
+        come before string compares, so most events are dropped cheaply; every value is
+        validated here again, so a hand-made Plan cannot smuggle text into a program."""
+        terms: list[Term] = []
         if self.match_bytes_alloc is not None:
-            terms.append(f"bytes_alloc == {int(self.match_bytes_alloc)}")
-        if self.strategy == "tracepoint-name" and self.match_name:
-            check_cache_name(self.match_name)
-            terms.append(f'name == "{self.match_name}"')
+            terms.append(Term("bytes_alloc", "==", int(self.match_bytes_alloc)))
+        if self.strategy == "tracepoint-name":
+            terms.append(Term("name", "==", check_cache_name(self.match_name or "")))
+        elif self.strategy == "kprobe-cachep":
+            terms.append(Term("cache_name", "==", check_cache_name(self.match_name or "")))
         if self.gfp_require:
-            terms.append(f"gfp_flags & {self.gfp_require:#x}")
+            terms.append(Term("gfp_flags", "any", int(self.gfp_require)))
         if self.gfp_forbid:
-            terms.append(f"!(gfp_flags & {self.gfp_forbid:#x})")
+            terms.append(Term("gfp_flags", "none", int(self.gfp_forbid)))
         if self.pid is not None:
-            terms.append(f"common_pid == {int(self.pid)}")
-        return " && ".join(terms)
+            terms.append(Term("pid", "==", check_pid(self.pid)))
+        if self.comm is not None:
+            terms.append(Term("comm", "==", check_comm(self.comm)))
+        return terms
+
+
+@dataclass(frozen=True)
+class Term:
+    """One test of a capture's filter: ``field op value``.
+
+    Fields: ``bytes_alloc`` (the event's slot size), ``name`` (the event's cache name, 6.18+),
+    ``cache_name`` (``struct kmem_cache *`` first argument's name, kprobe plans), ``gfp_flags``
+    (``any``: one of the bits set; ``none``: none of them), ``pid`` (the process, i.e. thread
+    group id), ``comm`` (the task's name). Ops: ``==``, ``any``, ``none``."""
+
+    field: str
+    op: str
+    value: int | str
 
 
 def _kmalloc_gfp(gfp_type: str, bits: dict[str, int], has_cg: bool) -> tuple[int, int]:
@@ -115,7 +135,8 @@ def plan_capture(resolved, facts: KernelFacts, *, mode: str = "allocs", pid: int
                  comm: str | None = None, cache_table=None) -> Plan:
     """Plan a capture of ``resolved`` (a ``slabinfo.ResolvedCache``) on the kernel ``facts``.
 
-    ``cache_table`` is ``slabinfo.caches()`` of that kernel (name, kind, size_class): used to
+    ``cache_table`` is ``slabinfo.cache_records()`` (or the ``caches()`` DataFrame) of that
+    kernel (name, kind, size_class): used to
     see whether random kmalloc copies, kmalloc-cg caches or slab buckets share the size class.
     Raises :class:`TracerUnavailable` with what is missing when no exact or estimated
     attribution is possible.
@@ -126,10 +147,10 @@ def plan_capture(resolved, facts: KernelFacts, *, mode: str = "allocs", pid: int
     comm = check_comm(comm) if comm is not None else None
     name = check_cache_name(resolved.name)
     names: dict[str, tuple[str, int | None]] = {}
-    if cache_table is not None and len(cache_table):
-        for n, kind, size in zip(cache_table["name"], cache_table["kind"],
-                                 cache_table["size_class"]):
-            names[str(n)] = (str(kind), None if pd.isna(size) else int(size))
+    records = cache_table.to_dict("records") if hasattr(cache_table, "to_dict") \
+        else (cache_table or [])
+    for rec in records:
+        names[str(rec["name"])] = (str(rec["kind"]), optional_int(rec.get("size_class")))
     common = dict(cache=name, requested=resolved.requested, aliases=list(resolved.aliases),
                   mode=mode, pid=pid, comm=comm)
     notes: list[str] = []

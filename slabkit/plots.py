@@ -17,6 +17,7 @@ from matplotlib.ticker import FuncFormatter, PercentFormatter
 
 from slabkit.analysis import pivots as analysis
 from slabkit.analysis.pivots import CaptureLike, _unpack
+from slabkit.analysis.waste import kmalloc_waste, kmalloc_waste_total
 from slabkit.errors import InvalidInput, expected_one_of
 
 _VALUE_LABEL = {"count": "allocations", "bytes": "bytes allocated"}
@@ -42,25 +43,54 @@ def _check_value(value: str) -> None:
         raise InvalidInput(expected_one_of("value", value, list(_VALUE_LABEL)))
 
 
-def _empty(ax: Axes, title: str) -> Axes:
+def _empty(ax: Axes, title: str, text: str = "no allocations recorded") -> Axes:
     ax.set_title(title)
-    ax.text(0.5, 0.5, "no allocations recorded", ha="center", va="center",
-            transform=ax.transAxes)
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    return ax
+
+
+def plot_bars(data: pd.DataFrame, *, x: str, y: str, share: str | None = None,
+              title: str = "", xlabel: str | None = None, ylabel: str | None = None,
+              color=None, ax: Axes | None = None) -> Axes:
+    """Horizontal bars, one per row of ``data`` in its order: length ``data[x]`` (a missing
+    value draws as 0), label ``data[y]``. ``share``: a column of fractions (0..1) written
+    as a percentage at each bar's end. Rows whose labels are equal are drawn as one bar (as
+    seaborn does), so make labels unique. With no rows, or ``x`` missing in every row, the
+    Axes says there is nothing to show.
+
+    >>> plot_bars(slabkit.by_process(cap).reset_index(), x="count", y="comm", share="share")
+    ... # doctest: +SKIP
+    """
+    ax = _ax(ax)
+    for column in (x, y, share):
+        if column is not None and column not in data.columns:
+            raise InvalidInput(expected_one_of("column", column, [str(c) for c in data.columns]))
+    if data.empty:
+        return _empty(ax, title)
+    values = data[x].astype("Float64")
+    if values.isna().all():
+        return _empty(ax, title, f"no {x} recorded")
+    tidy = pd.DataFrame({y: data[y].astype(str).to_numpy(),
+                         x: values.fillna(0).to_numpy(dtype="float64")})
+    sns.barplot(data=tidy, x=x, y=y, orient="h", ax=ax,
+                color=color if color is not None else sns.color_palette()[0])
+    if share is not None:
+        shares = data[share].astype("Float64")
+        ax.bar_label(ax.containers[0], padding=3, fontsize="small",
+                     labels=["" if pd.isna(v) else f"{v:.1%}" for v in shares])
+        ax.margins(x=0.12)
+    ax.set_xlabel(x if xlabel is None else xlabel)
+    ax.set_ylabel(y if ylabel is None else ylabel)
+    ax.set_title(title)
     return ax
 
 
 def _barh(df: pd.DataFrame, label: str, value: str, ax: Axes, title: str, ylabel: str,
           color) -> Axes:
-    data = pd.DataFrame({label: df.index.astype(str), value: df[value].astype("float64"),
-                         "share": df["share"].astype("float64")})
-    sns.barplot(data=data, x=value, y=label, orient="h", color=color, ax=ax)
-    ax.bar_label(ax.containers[0], labels=[f"{s:.1%}" for s in data["share"]], padding=3,
-                 fontsize="small")
-    ax.set_xlabel(_VALUE_LABEL[value])
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.margins(x=0.12)
-    return ax
+    """A pivot (index = the bars' labels) through :func:`plot_bars`."""
+    data = pd.DataFrame({label: df.index.astype(str), value: df[value], "share": df["share"]})
+    return plot_bars(data, x=value, y=label, share="share", title=title,
+                     xlabel=_VALUE_LABEL[value], ylabel=ylabel, color=color, ax=ax)
 
 
 def plot_top_processes(cap: CaptureLike, *, n: int = 10, value: str = "count",
@@ -167,6 +197,44 @@ def plot_flame(cap: CaptureLike, *, ax: Axes | None = None, min_share: float = 0
     return ax
 
 
+def _size(nbytes: float) -> str:
+    """Bytes in binary units: 512 B, 31.2 KiB, 4.0 MiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(nbytes) >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes:g} B"
+
+
+def plot_kmalloc_waste(cap: CaptureLike, *, by: str = "callsite", n: int = 10,
+                       ax: Axes | None = None) -> Axes:
+    """Horizontal bars: the ``n`` call sites (``by="callsite"``) or processes (``by="comm"``,
+    or any key of :func:`slabkit.analysis.waste.kmalloc_waste`) that wasted most kmalloc
+    bytes (slot minus requested), each labelled with its fragmentation (waste / its slot
+    bytes); the title gives the total, its fragmentation and its share of the cache's memory.
+    Says so when the backend gave no ``bytes_req`` (waste unknown, not 0)."""
+    ax = _ax(ax)
+    df = kmalloc_waste(cap, by=by)
+    total = kmalloc_waste_total(cap)
+    what = {"callsite": "call site", "comm": "process", "module": "module"}.get(by, by)
+    title = f"kmalloc waste in {_cache(cap)} by {what}{_duration_note(cap)}"
+    if df.empty:
+        return _empty(ax, title)
+    if pd.isna(total["waste_bytes"]):
+        return _empty(ax, title, "waste unknown: the backend gave no bytes_req "
+                                 "(kmalloc caches only)")
+    title += f"\n{_size(total['waste_bytes'])} wasted"
+    if not pd.isna(total["fragmentation"]):
+        title += f", {total['fragmentation']:.1%} of the bytes allocated"
+    if not pd.isna(total["memory_share"]):
+        title += f", {total['memory_share']:.1%} of the cache's memory"
+    df = df.head(n)
+    data = pd.DataFrame({what: df.index.astype(str), "waste_bytes": df["waste_bytes"],
+                         "fragmentation": df["fragmentation"]})
+    return plot_bars(data, x="waste_bytes", y=what, share="fragmentation", title=title,
+                     xlabel="bytes wasted (slot - requested); label: waste / slot bytes",
+                     ylabel=what, color=sns.color_palette()[3], ax=ax)
+
+
 def plot_slab_growth(series: pd.DataFrame, *, names: Sequence[str] | None = None,
                      ax: Axes | None = None) -> Axes:
     """Lines of memory held by each cache's slabs (MiB) over the capture's time (s), one per
@@ -197,7 +265,9 @@ def plot_slab_growth(series: pd.DataFrame, *, names: Sequence[str] | None = None
 
 
 __all__ = [
+    "plot_bars",
     "plot_flame",
+    "plot_kmalloc_waste",
     "plot_process_module_heatmap",
     "plot_slab_growth",
     "plot_top_callsites",

@@ -21,7 +21,7 @@ def check_cache_name(name: object) -> str:
     """Return ``name`` if it could be a slab cache name, else raise :class:`InvalidInput`."""
     if not isinstance(name, str) or not name:
         raise InvalidInput("a cache name is a non-empty string such as 'dentry' or 'kmalloc-64'")
-    if not CACHE_NAME_RE.match(name):
+    if not CACHE_NAME_RE.fullmatch(name):
         bad = sorted({ch for ch in name if not re.match(r"[A-Za-z0-9_.:\-]", ch)})
         what = f"characters {''.join(bad)!r}" if bad else "length (64 at most)"
         raise InvalidInput(
@@ -32,7 +32,7 @@ def check_cache_name(name: object) -> str:
 
 def check_comm(comm: object) -> str:
     """Return a process-name filter if it is safe and could match a comm (<= 15 chars)."""
-    if not isinstance(comm, str) or not COMM_RE.match(comm):
+    if not isinstance(comm, str) or not COMM_RE.fullmatch(comm):
         raise InvalidInput(
             f"comm filter {comm!r} is not a process name: use the name as /proc/PID/comm "
             "shows it (15 characters at most; letters, digits, space and _ . : - + / @)")

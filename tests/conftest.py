@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from slabkit.samples import SAMPLES_DIR as SAMPLES  # noqa: F401  (the sample captures)
+
 REQUIRE_LIVE = os.environ.get("SLABKIT_REQUIRE_LIVE") == "1"
 TRACEFS = Path("/sys/kernel/tracing")
 HERE = Path(__file__).parent
 FIXTURES = HERE / "fixtures"
-DATA = HERE.parent / "data"
 
 
 def skip_or_fail(reason: str) -> None:
@@ -39,26 +40,24 @@ def _tracing_leftovers() -> list[str]:
     Instances are named ``slabkit-<owner pid>-<owner start time>-<n>``; one whose owner is
     another live process (a concurrent test run) is not this test's business.
     """
-    from slabkit.host.procs import _proc_start_time
+    from slabkit.host.tracefs import INSTANCE_PREFIX, owner_alive, owner_of
     left = []
     inst = TRACEFS / "instances"
     if inst.is_dir():
         for p in inst.iterdir():
-            if not p.name.startswith("slabkit"):
+            if not p.name.startswith(INSTANCE_PREFIX):
                 continue
-            parts = p.name.split("-")
-            owner_alive = (len(parts) >= 3 and parts[1].isdigit()
-                           and _proc_start_time(int(parts[1])) == parts[2])
-            if not owner_alive or int(parts[1]) == os.getpid():
+            owner = owner_of(p.name)
+            if not owner_alive(p.name) or (owner and owner[0] == os.getpid()):
                 left.append(f"tracefs instance {p.name}")
     return left
 
 
 def _child_tracers() -> list[str]:
-    """Tracer processes whose parent is this test process (ours to worry about)."""
+    """Tracer processes (and their supervisors) below this test process (ours to worry about)."""
     import procs
-    return [f"{p.comm} pid {p.pid}" for p in procs.children(os.getpid())
-            if p.comm in ("slabcount", "bpftrace", "perf", "stap", "staprun", "ssh")]
+    return [f"{p.comm} pid {p.pid}" for p in procs.descendants(os.getpid())
+            if p.comm in ("slabcount", "bpftrace", "perf", "stap", "staprun", "ssh", "sh", "cat")]
 
 
 def require_bpf() -> Path:
@@ -84,3 +83,8 @@ def live():
     children = _child_tracers()
     assert not after, f"capture left tracing state behind: {sorted(after)}"
     assert not children, f"capture left tracer processes running: {children}"
+
+
+def tables(parsed):
+    """(allocs, frames) of a parser's :class:`~slabkit.backends.Parsed` result."""
+    return parsed.allocs, parsed.frames

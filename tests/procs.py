@@ -14,6 +14,7 @@ class Proc(NamedTuple):
     comm: str
     ppid: int
     start: str   # start time in clock ticks since boot: tells a reused pid apart
+    state: str = "?"   # R, S, D, Z (a zombie: ended, not yet reaped), ...
 
 
 def read(pid: int | str) -> Proc | None:
@@ -22,7 +23,8 @@ def read(pid: int | str) -> Proc | None:
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2:].split()
-    return Proc(int(pid), stat[stat.index("(") + 1: stat.rindex(")")], int(fields[1]), fields[19])
+    return Proc(int(pid), stat[stat.index("(") + 1: stat.rindex(")")], int(fields[1]), fields[19],
+                fields[0])
 
 
 def all_procs() -> list[Proc]:
@@ -55,3 +57,9 @@ def descendants(pid: int) -> list[Proc]:
 def descendants_named(pid: int, comm: str) -> list[int]:
     """Pids of processes called ``comm`` below ``pid``."""
     return [p.pid for p in descendants(pid) if p.comm == comm]
+
+
+def running(p: Proc) -> bool:
+    """Whether the process ``p`` (as read earlier) still runs: same pid and start, not a zombie."""
+    now = read(p.pid)
+    return now is not None and now.start == p.start and now.state != "Z"

@@ -26,9 +26,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 import procs
+import pytest
 
 SSHD = "/usr/sbin/sshd"  # sshd insists on being started by its absolute path
 PRIVSEP_DIR = Path("/run/sshd")  # sshd (as root) refuses to start without it
@@ -95,6 +94,7 @@ class SSHServer:
         self._keygen(self.client_key)
         authorized = self.workdir / "authorized_keys"
         authorized.write_text(self.client_key.with_suffix(".pub").read_text())
+        authorized.chmod(0o644)   # sshd reads it as the user who logs in
         if os.geteuid() == 0 and not PRIVSEP_DIR.is_dir():
             PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
         self.port = _free_port()

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, tables
 
 from slabkit import analysis as A
 from slabkit.backends import stap
@@ -19,7 +19,7 @@ from slabkit.model.tables import Capture
 
 @pytest.fixture(scope="module")
 def classic() -> Capture:
-    allocs, frames = stap.parse_classic((FIXTURES / "stap" / "classic-size32.txt").read_text())
+    allocs, frames = tables(stap.parse_classic((FIXTURES / "stap" / "classic-size32.txt").read_text()))
     return Capture(allocs, frames, {"cache": "size-32", "duration_s": 10.0})
 
 
@@ -388,10 +388,8 @@ def test_real_bpftrace_sample_on_6_18():
     alloc_empty_file, the one caller of kmem_cache_alloc for filp."""
     import json
 
-    from conftest import DATA
-    folder = DATA / "samples" / "bpftrace-filp"
-    if not (folder / "frames.parquet").is_file():
-        pytest.skip("sample capture data/samples/bpftrace-filp is not in this checkout")
+    from conftest import SAMPLES
+    folder = SAMPLES / "bpftrace-filp"
     cap = Capture(pd.read_parquet(folder / "allocs.parquet"),
                   pd.read_parquet(folder / "frames.parquet"),
                   json.loads((folder / "meta.json").read_text()))

@@ -21,15 +21,16 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 import procs
-from conftest import DATA, skip_or_fail
+import pytest
+from conftest import SAMPLES, skip_or_fail
+from users import popen_as_user, python, throwaway_user
 
 import slabkit
 from slabkit.ui import report
@@ -73,9 +74,30 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """A JupyterLab server on a copy of notebooks/; yields (base url, token, root folder)."""
-    tmp = tmp_path_factory.mktemp("lab")
+def analyst():
+    """The README's user: a normal user in group slabkit (captures go through slabkit's
+    capture helper, installed by the set-up), created for this module and removed after."""
+    if os.geteuid() != 0:   # already a normal user: that is the analyst
+        yield None
+        return
+    from slabkit.helper import install
+    install.install()
+    with throwaway_user(("slabkit",)) as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def lab(analyst):
+    """A JupyterLab server run by the analyst (never root, no --allow-root) on a copy of
+    notebooks/; yields (base url, token, root folder)."""
+    tmp = Path(tempfile.mkdtemp(prefix="slabkit-lab-"))
+    try:
+        yield from _lab(analyst, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _lab(analyst, tmp: Path):
     root = tmp / "notebooks"
     shutil.copytree(REPO / "notebooks", root, symlinks=False)   # the files, not the links
     settings = tmp / "settings"
@@ -90,20 +112,27 @@ def lab(tmp_path_factory):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values))
     port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ,
-               JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
+    env = dict(JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
                JUPYTERLAB_SETTINGS_DIR=str(settings),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"),
                IPYTHONDIR=str(tmp / "ipython"), SLABKIT_CAPTURE_DIR=str(tmp / "captures"),
                MPLBACKEND="module://matplotlib_inline.backend_inline")
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+    cmd = [python(), "-m", "jupyterlab", "--no-browser",
            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
            f"--ServerApp.root_dir={root}", f"--IdentityProvider.token={token}",
            "--LabApp.news_url=None",
            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    (tmp / "captures").mkdir()
+    if analyst is not None:
+        os.chmod(tmp, 0o755)
+        subprocess.run(["chown", "-R", f"{analyst}:", str(tmp)], check=True)
     with open(tmp / "jupyterlab.log", "w") as log:   # the server keeps its own copy
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root,
-                                start_new_session=True)
+        if analyst is None:
+            proc = subprocess.Popen(cmd, env=dict(os.environ, **env), stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
+        else:
+            proc = popen_as_user(analyst, [*cmd], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -200,17 +229,18 @@ class _DentryWork:
         self._thread.join(timeout=10)
 
 
-def _can_capture() -> str | None:
-    """Why the notebook's capture cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "not root"
+def _can_capture(analyst) -> str | None:
+    """Why the notebook's capture cannot run here, or None (the analyst captures through
+    slabkit's capture helper)."""
+    if analyst is None and os.geteuid() != 0:
+        return "not in the slabkit group and not root"
     if not shutil.which("bpftrace") and not shutil.which("perf") \
             and not Path("/sys/kernel/tracing/events").is_dir():
         return "no tracer"
     return None
 
 
-def test_notebook_01_widgets_and_a_capture(browser, lab, tmp_path):
+def test_notebook_01_widgets_and_a_capture(browser, lab, analyst, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
         _open_notebook(page, lab, "01-pick-and-capture.ipynb")
@@ -227,7 +257,7 @@ def test_notebook_01_widgets_and_a_capture(browser, lab, tmp_path):
         assert any("captured" in t and "allocations" in t or "loaded the sample capture" in t
                    for t in outputs), outputs[-5:]
 
-        why_not = _can_capture()
+        why_not = _can_capture(analyst)
         if why_not is not None:   # the picker says why it has no table
             assert "needs root" in picker.inner_text()
             page.screenshot(path=tmp_path / "01-no-root.png")
@@ -302,12 +332,17 @@ def test_notebook_01_widgets_and_a_capture(browser, lab, tmp_path):
         # the capture is where the notebook's kernel saves them
         metas = list((lab[2].parent / "captures").glob("dentry-*/meta.json"))
         assert len(metas) == 1 and json.loads(metas[0].read_text())["status"] == "complete"
+        if analyst is not None:   # through the helper, into the analyst's own files
+            import pwd
+            assert json.loads(metas[0].read_text())["via"] == "helper"
+            uid = pwd.getpwnam(analyst).pw_uid
+            assert {p.stat().st_uid for p in metas[0].parent.iterdir()} == {uid}
     finally:
         page.close()
 
 
 def test_report_opens_with_its_plots(browser, tmp_path):
-    sample = DATA / "samples" / "bpftrace-filp-outstanding"
+    sample = SAMPLES / "bpftrace-filp-outstanding"
     out = report.write_report(sample, tmp_path / "report.html")
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     try:

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from slabkit.model import schema
 from slabkit.errors import ParseError, PermissionNeeded
+from slabkit.model import schema
 from slabkit.model.stacks import Frame, FrameParser, Kallsyms, frames_table, parse_frame
 
 K = 0xFFFFFFFF00000000
@@ -191,37 +191,3 @@ def test_kallsyms_fill_resolves_only_unresolved_frames():
     assert out["offset"].tolist() == [0x10, 1, 4]
     assert df["function"].isna().sum() == 2  # the input is not modified
     schema.validate(out, "frames")
-
-
-def _glue_tables():
-    fr = pd.DataFrame({
-        "stack_id": pd.array([0, 0, 0, 1, 1, 2, 2], dtype="Int64"),
-        "depth": pd.array([0, 1, 2, 0, 1, 0, 1], dtype="Int64"),
-        "function": pd.array(["__traceiter_kmem_cache_alloc", "kmem_cache_alloc", "f",
-                              "kmem_cache_alloc", "f", "kmem_cache_alloc", "g"], dtype="string"),
-        "offset": pd.array([5, 10, 3, 10, 3, 10, 4], dtype="Int64"),
-        "module": pd.array(["vmlinux"] * 7, dtype="string"),
-        "address": pd.array([1, 2, 3, 2, 3, 2, 9], dtype="UInt64")})
-    allocs = pd.DataFrame({"pid": [1, 1, 2], "tid": [1, 1, 2], "comm": ["a", "a", "b"],
-                           "cgroup": ["/"] * 3, "stack_id": pd.array([0, 1, 2], dtype="Int64"),
-                           "count": [5, 7, 1], "bytes": pd.array([10, 14, pd.NA], dtype="Int64")})
-    return allocs, fr
-
-
-def test_tracer_glue_is_dropped_and_equal_stacks_merge():
-    """Seen live: with a second probe on kmem_cache_alloc, bpftrace's stacks start with
-    __traceiter_kmem_cache_alloc; the same path without it must be the same stack."""
-    from slabkit.model.stacks import drop_tracer_glue
-    allocs, fr = _glue_tables()
-    a, f, _ = drop_tracer_glue(allocs, fr)
-    assert list(a["stack_id"]) == [0, 2] and list(a["count"]) == [12, 1]
-    assert a["bytes"].iloc[0] == 24 and pd.isna(a["bytes"].iloc[1])
-    assert a["stack_id"].dtype == allocs["stack_id"].dtype
-    s0 = f[f["stack_id"] == 0].sort_values("depth")
-    assert list(s0["function"]) == ["kmem_cache_alloc", "f"] and list(s0["depth"]) == [0, 1]
-    assert set(f["stack_id"]) == {0, 2}
-    # no stack starting with glue: the very same tables come back (the cheap path)
-    allocs2, fr2 = _glue_tables()
-    fr2 = fr2[fr2["stack_id"] != 0]
-    a2, f2, _ = drop_tracer_glue(allocs2, fr2)
-    assert a2 is allocs2 and f2 is fr2

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import DATA, require_tool
+from conftest import SAMPLES, require_tool
 
 import slabkit
-from slabkit.ui import report
 from slabkit.errors import CaptureNotFound, SlabkitError
+from slabkit.ui import report
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLES = DATA / "samples"
 NAMES = ["01-pick-and-capture.ipynb", "02-explore-a-capture.ipynb", "03-compare-captures.ipynb"]
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 # every sample capture: saved folders, and raw tracer output
@@ -117,8 +116,8 @@ def test_parameters_cell(name, names):
     scope = _literals(cells[0].source)                  # plain assignments of literals
     assert names <= set(scope)
     for key in ("capture_path", "before_path", "after_path"):
-        if key in scope:                               # the defaults are sample captures
-            assert (REPO / scope[key]).exists(), scope[key]
+        if key in scope:                               # None: a sample capture shipped with
+            assert scope[key] is None, scope[key]      # slabkit (read from the package)
 
 
 def test_inject_parameters_after_the_parameters_cell():
@@ -177,7 +176,8 @@ def test_02_on_a_capture_that_saw_nothing(tmp_path):
 
 
 def test_02_default_parameters_run_from_any_folder(tmp_path):
-    """The default capture_path is relative to the checkout; found from any working folder."""
+    """The default capture_path (None) is a sample shipped in the package: found from any
+    working folder."""
     nb = _run(NAMES[1], None, tmp_path)
     assert repr(slabkit.load(SAMPLES / "bpftrace-filp-outstanding")) in _text(nb)
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import pytest
-
-from bench.workload import Workload
 from conftest import require_tool
 from live_capture import capture_around
+
+from bench.workload import Workload
+from slabkit.backends import Options
 
 N = 2000
 
@@ -47,7 +48,7 @@ def test_a_balanced_workload_leaves_next_to_nothing_outstanding(bpftrace, tmp_pa
 def test_a_full_tracking_map_is_reported_loudly(bpftrace, tmp_path):
     with Workload("hold", N, "/etc/hostname") as w:
         cap = capture_around("filp", w.go, backend="bpftrace", base=tmp_path,
-                             mode="outstanding", map_keys=500)
+                             mode="outstanding", options=Options(map_keys=500))
     assert cap.meta["losses"].get("map_updates_failed", 0) > 0
     assert cap.meta["lost_total"] > 0
     assert any(n.startswith("WARNING: a bpftrace map was full") and "lower bound" in n

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import pytest
-
-from slabkit.host import slabinfo
-from slabkit.backends.bpftrace import render_program
-from slabkit.backends import Options
-from slabkit.errors import InvalidInput, TracerUnavailable
-from slabkit.host.facts import gather_facts, gfp_bits, parse_format
-from slabkit.plan import plan_capture
-from slabkit.host.target import LocalTarget
-
 from kernel_tree import KERNELS, build_root, kernel_dirs
+
+from slabkit.backends import Options
+from slabkit.backends._common import tracefs_filter
+from slabkit.backends.bpftrace import render_program
+from slabkit.errors import InvalidInput, TracerUnavailable
+from slabkit.host import slabinfo
+from slabkit.host.facts import gather_facts, gfp_bits, parse_format
+from slabkit.host.target import LocalTarget
+from slabkit.plan import plan_capture
 
 
 def kernel(tmp_path, release_prefix: str):
@@ -52,7 +52,7 @@ def test_6_18_dedicated_cache_filters_on_the_tracepoint_name(tmp_path):
     assert plan.strategy == "tracepoint-name" and plan.exact
     assert plan.alloc_events == ["kmem:kmem_cache_alloc"]
     assert plan.match_name == "filp" and plan.match_bytes_alloc == resolved.slab_size
-    assert plan.tracefs_filter() == f'bytes_alloc == {resolved.slab_size} && name == "filp"'
+    assert tracefs_filter(plan) == f'bytes_alloc == {resolved.slab_size} && name == "filp"'
     text = render_program(plan, Options(stack_sample=1))
     assert 'str(args->name, 6) == "filp"' in text and "kstack" in text
 

@@ -9,20 +9,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, tables
 from matplotlib.patches import Rectangle
 
 from slabkit import plots
-
-from slabkit.model import schema
 from slabkit.backends import stap
 from slabkit.errors import InvalidInput
+from slabkit.model import schema
 from slabkit.model.tables import Capture
 
 
 @pytest.fixture(scope="module")
 def classic() -> Capture:
-    allocs, frames = stap.parse_classic((FIXTURES / "stap" / "classic-size32.txt").read_text())
+    allocs, frames = tables(stap.parse_classic((FIXTURES / "stap" / "classic-size32.txt").read_text()))
     return Capture(allocs, frames, {"cache": "size-32", "duration_s": 10.0})
 
 
@@ -170,3 +169,25 @@ def test_empty_capture_says_so(ax):
     ax.clear()
     plots.plot_top_processes(cap, ax=ax)
     assert "no allocations recorded" in [t.get_text() for t in ax.texts]
+
+
+def test_plot_bars_draws_a_tidy_frame_in_its_order(ax):
+    data = pd.DataFrame({"who": ["b", "a", "c"], "n": pd.array([5, pd.NA, 2], dtype="Int64"),
+                         "part": [0.625, pd.NA, 0.25]})
+    out = plots.plot_bars(data, x="n", y="who", share="part", title="t", ax=ax)
+    assert out is ax
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "a", "c"]
+    assert [b.get_width() for b in _bars(ax)] == [5, 0, 2]         # missing draws as 0
+    assert [t.get_text() for t in ax.texts] == ["62.5%", "", "25.0%"]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("n", "who", "t")
+    with pytest.raises(InvalidInput, match="one of"):
+        plots.plot_bars(data, x="count", y="who", ax=ax)
+
+
+def test_plot_bars_with_nothing_to_draw_says_so(ax):
+    data = pd.DataFrame({"who": ["a"], "bytes": pd.array([pd.NA], dtype="Int64")})
+    plots.plot_bars(data, x="bytes", y="who", ax=ax)
+    assert not _bars(ax) and [t.get_text() for t in ax.texts] == ["no bytes recorded"]
+    ax.clear()
+    plots.plot_bars(data.iloc[0:0], x="bytes", y="who", ax=ax)
+    assert [t.get_text() for t in ax.texts] == ["no allocations recorded"]

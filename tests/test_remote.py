@@ -20,15 +20,15 @@ import pytest
 from sshd import sshd_server  # noqa: F401  (a pytest fixture)
 
 from slabkit.errors import InvalidInput
+from slabkit.host.procs import StopPolicy
 from slabkit.host.ssh import (
     SSHDestination,
     SSHTarget,
     TargetUnreachable,
     parse_destination,
-    send_signal,
-    stop_process,
 )
-from slabkit.host.target import LocalTarget, as_target
+from slabkit.host.target import LocalTarget
+from slabkit.host.where import as_target
 
 pytestmark = pytest.mark.ssh
 
@@ -78,8 +78,7 @@ def unique_seconds() -> str:
 
 @pytest.fixture(scope="module")
 def remote(sshd_server):  # noqa: F811
-    with SSHTarget(sshd_server.destination, ssh_options=sshd_server.client_options,
-                   stop_grace_s=2) as target:
+    with SSHTarget(sshd_server.destination, ssh_options=sshd_server.client_options) as target:
         target.connect()
         yield target
 
@@ -312,10 +311,10 @@ def test_wrong_key_is_unreachable_not_a_hang(sshd_server, tmp_path):  # noqa: F8
     assert "Permission denied" in str(err.value)
 
 
-def test_popen_program_dies_when_local_ssh_is_killed(remote, tmp_path):
+def test_start_program_dies_when_local_ssh_is_killed(remote, tmp_path):
     argv = ["sleep", unique_seconds()]
     with open(tmp_path / "out", "wb") as out:
-        proc = remote.popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        proc = remote.start(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
         assert wait_for(lambda: processes_with_argv(argv), 10), "remote sleep did not start"
         os.kill(proc.pid, signal.SIGKILL)
@@ -324,18 +323,18 @@ def test_popen_program_dies_when_local_ssh_is_killed(remote, tmp_path):
         # the supervisor is gone too, within its grace period
         assert wait_for(lambda: not processes_mentioning(argv[1]), 15)
     finally:
-        stop_process(remote, proc, grace_s=1)
+        proc.stop(policy=StopPolicy(first_s=1))
 
 
-def test_popen_program_dies_with_this_python(sshd_server, tmp_path):  # noqa: F811
+def test_start_program_dies_with_this_python(sshd_server, tmp_path):  # noqa: F811
     """SIGKILL the Python process that started a remote program: the program stops anyway."""
     argv = ["sleep", unique_seconds()]
     code = textwrap.dedent(f"""
         import subprocess, time
         from slabkit.host.ssh import SSHTarget
         t = SSHTarget({sshd_server.destination!r}, ssh_options={sshd_server.client_options!r},
-                      persist_s=1, stop_grace_s=1)
-        t.popen({argv!r}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                      persist_s=1)
+        p = t.start({argv!r}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         print(t._control[0], flush=True)
         time.sleep(300)
     """)
@@ -353,44 +352,44 @@ def test_popen_program_dies_with_this_python(sshd_server, tmp_path):  # noqa: F8
     shutil.rmtree(os.path.dirname(socket_path), ignore_errors=True)
 
 
-def test_popen_signal_int_reaches_the_program(remote, tmp_path):
+def test_start_signal_int_reaches_the_program(remote, tmp_path):
     script = 'trap "echo got-int; exit 0" INT; echo ready; while :; do sleep 0.1; done'
     out_path = tmp_path / "out"
     with open(out_path, "wb") as out:
-        proc = remote.popen(["sh", "-c", script], stdout=out, stderr=subprocess.STDOUT)
+        proc = remote.start(["sh", "-c", script], stdout=out, stderr=subprocess.STDOUT)
     try:
         assert wait_for(lambda: b"ready" in out_path.read_bytes(), 10)
-        assert proc.stdin is None  # like LocalTarget.popen: the control pipe is private
-        remote.signal(proc, signal.SIGINT)  # names ("INT", "SIGINT") work too
+        assert getattr(proc, "stdin", None) is None  # the control pipe is private
+        proc.signal(signal.SIGINT)  # names ("INT", "SIGINT") work too
         assert proc.wait(10) == 0
         assert out_path.read_text() == "ready\ngot-int\n"
-        remote.signal(proc, "INT")  # after the end: nothing happens
+        proc.signal("INT")  # after the end: nothing happens
     finally:
-        stop_process(remote, proc, grace_s=1)
+        proc.stop(policy=StopPolicy(first_s=1))
 
 
-def test_popen_env_and_exit_status(remote, tmp_path):
+def test_start_env_and_exit_status(remote, tmp_path):
     out_path = tmp_path / "out"
     with open(out_path, "wb") as out, open(tmp_path / "err", "wb") as err:
-        proc = remote.popen(["sh", "-c", 'echo "$SLABKIT_X"; echo to-err >&2; exit 3'],
+        proc = remote.start(["sh", "-c", 'echo "$SLABKIT_X"; echo to-err >&2; exit 3'],
                             stdout=out, stderr=err, env={"SLABKIT_X": "it's $(set) here"})
     assert proc.wait(10) == 3
     assert out_path.read_text() == "it's $(set) here\n"
     assert (tmp_path / "err").read_text() == "to-err\n"
     with pytest.raises(InvalidInput):
-        remote.popen(["true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        remote.start(["true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      env={"BAD NAME": "x"})
 
 
-def test_stop_process_escalates_past_an_ignored_sigint(remote, tmp_path):
+def test_stop_escalates_past_an_ignored_sigint(remote, tmp_path):
     marker = unique_seconds()
     script = f'trap "" INT; echo ready; while :; do sleep 0.1; done # {marker}'
     out_path = tmp_path / "out"
     with open(out_path, "wb") as out:
-        proc = remote.popen(["sh", "-c", script], stdout=out, stderr=subprocess.STDOUT)
+        proc = remote.start(["sh", "-c", script], stdout=out, stderr=subprocess.STDOUT)
     assert wait_for(lambda: b"ready" in out_path.read_bytes(), 10)
     t0 = time.monotonic()
-    status = stop_process(remote, proc, grace_s=1)
+    status = proc.stop(policy=StopPolicy(first_s=1))
     assert status == 128 + signal.SIGTERM
     assert time.monotonic() - t0 < 8
     assert wait_for(lambda: not processes_mentioning(marker), 10)
@@ -409,18 +408,18 @@ def test_close_takes_the_shared_connection_down(sshd_server):  # noqa: F811
     target.close()
 
 
-def test_send_signal_on_local_target(tmp_path):
+def test_signal_on_local_target(tmp_path):
     local = LocalTarget()
     out_path = tmp_path / "out"
     script = 'trap "echo got-int; exit 0" INT; echo ready; while :; do sleep 0.1; done'
     with open(out_path, "wb") as out:
-        proc = local.popen(["sh", "-c", script], stdout=out, stderr=subprocess.STDOUT)
+        proc = local.start(["sh", "-c", script], stdout=out, stderr=subprocess.STDOUT)
     assert wait_for(lambda: b"ready" in out_path.read_bytes(), 10)
-    send_signal(local, proc, "SIGINT")
+    proc.signal("SIGINT")
     assert proc.wait(10) == 0 and "got-int" in out_path.read_text()
-    send_signal(local, proc, signal.SIGINT)  # already ended: nothing happens
+    proc.signal(signal.SIGINT)  # already ended: nothing happens
     with pytest.raises(InvalidInput):
-        send_signal(local, proc, "STOP")
+        proc.signal("STOP")
 
 
 # --- the remote scripts under busybox (no GNU find, no coreutils) --------------------------------
@@ -475,16 +474,16 @@ def test_busybox_supervisor_signals_and_stops(busybox, tmp_path):
     script = 'trap "echo got-int; exit 0" INT; echo ready; while :; do sleep 1; done'
     out_path = tmp_path / "out"
     with open(out_path, "wb") as out:
-        proc = busybox.popen(["sh", "-c", script], stdout=out, stderr=subprocess.STDOUT)
+        proc = busybox.start(["sh", "-c", script], stdout=out, stderr=subprocess.STDOUT)
     assert wait_for(lambda: b"ready" in out_path.read_bytes(), 10)
-    busybox.signal(proc, "INT")
+    proc.signal("INT")
     assert proc.wait(10) == 0 and "got-int" in out_path.read_text()
 
     argv = ["sleep", unique_seconds()]
-    proc = busybox.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = busybox.start(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert wait_for(lambda: processes_with_argv(argv), 10)
-    busybox._release(proc)  # end of file on the control pipe: the supervisor stops it
-    assert proc.wait(10) == 128 + signal.SIGINT
+    proc.release()  # end of file on the control pipe: slabkit is gone, the supervisor ends it
+    assert proc.wait(10) == 128 + signal.SIGTERM
     assert not processes_with_argv(argv)
 
 

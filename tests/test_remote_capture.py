@@ -13,15 +13,15 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import procs
-import slabkit
-from bench.workload import Workload
+import pytest
 from conftest import require_tool
 from live_capture import capture_around
-from slabkit.host.ssh import SSHTarget
 from sshd import sshd_server  # noqa: F401  (fixture)
+
+import slabkit
+from bench.workload import Workload
+from slabkit.host.ssh import SSHTarget
 
 pytestmark = pytest.mark.ssh
 N = 2000
@@ -43,7 +43,7 @@ def _count(cap, pid, host=None):
 
 def test_remote_capture_counts_exactly_like_a_local_one(remote, tmp_path):
     with Workload("open", N, "/etc/hostname") as w:
-        cap = capture_around("filp", w.go, host=remote, base=tmp_path)
+        cap = capture_around("filp", w.go, target=remote, base=tmp_path)
     assert _count(cap, w.pid) == N
     assert cap.meta["host"] == remote.name and set(cap.allocs["host"]) == {remote.name}
     assert cap.meta["target"] == remote.name
@@ -61,7 +61,7 @@ def test_cache_table_reads_the_same_over_ssh(remote):
 
 def test_two_targets_at_once_merge_with_a_host_column(remote, tmp_path):
     with Workload("open", N, "/etc/hostname") as w:
-        cap = capture_around("filp", w.go, hosts=[remote, None], base=tmp_path)
+        cap = capture_around("filp", w.go, targets=[remote, None], base=tmp_path)
     hosts = set(cap.allocs["host"])
     assert remote.name in hosts and len(hosts) == 2
     for h in hosts:
@@ -77,7 +77,7 @@ def test_an_unreachable_host_fails_clearly_and_the_other_result_is_kept(remote, 
         closed_port = s.getsockname()[1]
     dead = SSHTarget(f"root@127.0.0.1:{closed_port}", connect_timeout_s=3)
     with Workload("open", N, "/etc/hostname") as w:
-        cap = capture_around("filp", w.go, hosts=[dead, remote], base=tmp_path)
+        cap = capture_around("filp", w.go, targets=[dead, remote], base=tmp_path)
     assert _count(cap, w.pid, remote.name) == N
     (failed_host, message), = cap.meta["failed_hosts"].items()
     assert str(closed_port) in failed_host

@@ -15,13 +15,13 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from conftest import DATA, FIXTURES
+from conftest import FIXTURES, SAMPLES, tables
 
-from slabkit.model import schema
 from slabkit.backends import stap
 from slabkit.errors import InvalidInput, ParseError, ProbeFailed
 from slabkit.host.facts import KernelFacts
 from slabkit.host.target import LocalTarget
+from slabkit.model import schema
 
 CLASSIC = FIXTURES / "stap" / "classic-size32.txt"
 REAL = FIXTURES / "stap" / "real-6.1-filp.txt"
@@ -35,11 +35,11 @@ FUNCS = ["kmem_cache_alloc", "kmem_cache_alloc_lru"]
 
 @pytest.fixture(scope="module")
 def classic():
-    return stap.parse_classic(CLASSIC.read_text())
+    return tables(stap.parse_classic(CLASSIC.read_text()))
 
 
 def test_sample_copy_is_the_fixture():
-    assert (DATA / "samples" / "stap-classic" / "raw.txt").read_bytes() == CLASSIC.read_bytes()
+    assert (SAMPLES / "stap-classic" / "raw.txt").read_bytes() == CLASSIC.read_bytes()
 
 
 def test_classic_totals_per_process_equal_the_first_section(classic):
@@ -109,7 +109,7 @@ Exec: bash Name: dentry  Count: 1
 
 
 def test_classic_comm_with_spaces_and_colon_and_shared_stack():
-    allocs, frames = stap.parse_classic(CLASSIC_SMALL, object_size=192)
+    allocs, frames = tables(stap.parse_classic(CLASSIC_SMALL, object_size=192))
     assert allocs[["comm", "stack_id", "count", "bytes"]].values.tolist() == [
         ["my prog: x", 0, 3, 576], ["bash", 0, 1, 192]]
     assert frames.stack_id.unique().tolist() == [0]
@@ -132,7 +132,7 @@ def test_classic_inconsistent_totals_are_an_error():
 
 @pytest.fixture(scope="module")
 def real():
-    return stap.parse(REAL.read_text(), object_size=256, path=str(REAL))
+    return tables(stap.parse_text(REAL.read_text(), object_size=256, path=str(REAL)))
 
 
 def test_real_counts_are_exact_for_the_workload(real):
@@ -183,7 +183,7 @@ def test_real_meta_and_stderr():
 
 @pytest.fixture(scope="module")
 def own():
-    return stap.parse(OWN.read_text(), object_size=192)
+    return tables(stap.parse_text(OWN.read_text(), object_size=192))
 
 
 def test_own_allocs(own):
@@ -212,7 +212,7 @@ def test_own_frames(own):
 
 
 def test_own_without_object_size_has_no_bytes():
-    allocs, _ = stap.parse(OWN.read_text())
+    allocs, _ = tables(stap.parse_text(OWN.read_text()))
     assert allocs["bytes"].isna().all()
 
 
@@ -250,7 +250,7 @@ def test_own_comm_with_newline_and_truncated_output():
             "slabkit-stap end-stack\n"
             "slabkit-stap stack count=2 pid=2 tid=2 comm=1:x\n"
             " 0xffffffff8134e5a1 : kmem_cache_alloc+0x11/0x2d0 [kernel]\n")
-    allocs, _ = stap.parse(text)
+    allocs, _ = tables(stap.parse_text(text))
     assert allocs.comm.tolist() == ["ab\ncd", "x"]
     assert allocs.stack_id.tolist() == [0, 0]
     meta = stap.parse_meta(text)
@@ -264,10 +264,10 @@ def test_own_error_end_is_not_complete():
 
 def test_own_rejects_foreign_lines():
     with pytest.raises(ParseError) as e:
-        stap.parse("slabkit-stap begin format=1 pid_filter=0 ms=0 cache=x\nhello world\n")
+        stap.parse_text("slabkit-stap begin format=1 pid_filter=0 ms=0 cache=x\nhello world\n")
     assert e.value.lineno == 2
     with pytest.raises(ParseError, match="not closed"):
-        stap.parse("slabkit-stap stack count=1 pid=1 tid=1 comm=1:x\n"
+        stap.parse_text("slabkit-stap stack count=1 pid=1 tid=1 comm=1:x\n"
                    "slabkit-stap stack count=1 pid=1 tid=1 comm=1:y\n")
 
 
@@ -384,11 +384,11 @@ class _Target(LocalTarget):
     def which(self, program):
         return f"/usr/bin/{program}" if program in self.programs else None
 
-    def popen(self, argv, *, stdout, stderr, env=None):
+    def start(self, argv, *, stdout, stderr, env=None, teardown=None):
         self.started.append(list(argv))
         assert argv[0] == "staprun" and self.fake_staprun
-        return super().popen([sys.executable, str(self.fake_staprun), *argv[1:]],
-                             stdout=stdout, stderr=stderr, env=env)
+        return super().start([sys.executable, str(self.fake_staprun), *argv[1:]],
+                             stdout=stdout, stderr=stderr, env=env, teardown=teardown)
 
 
 @pytest.mark.parametrize("release", ["6.1.0-57-amd64", "6.12.117+deb12-amd64",
@@ -547,7 +547,7 @@ def test_build_module_in_a_root(tmp_path):
 def test_run_builds_copies_stapruns_and_cleans_up(tmp_path, monkeypatch):
     """The whole "compile here, run there" path of StapBackend.run/parse, with a fake stap
     (writes a .ko) and a fake staprun (replays the real 6.1 output, its counts on SIGINT)."""
-    from slabkit.capturing.control import RunControl
+    from slabkit.backends.control import RunControl
     fake_stap = tmp_path / "fake_stap.py"
     fake_stap.write_text(FAKE_STAP)
     fake_staprun = tmp_path / "fake_staprun.py"

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 
 import pandas as pd
 import pytest
-from conftest import DATA, FIXTURES, require_tool
+from conftest import FIXTURES, SAMPLES, require_tool
 from matplotlib.patches import Rectangle
 
 import slabkit
@@ -24,7 +24,6 @@ from slabkit.errors import PermissionNeeded, TracerUnavailable
 from slabkit.ui.widgets import CachePicker, CaptureRunner, PivotExplorer
 
 FAKE_ROOT = FIXTURES / "slabinfo"
-SAMPLES = DATA / "samples"
 
 
 def _poll(predicate, timeout: float, what: str) -> None:
@@ -42,7 +41,7 @@ def _poll(predicate, timeout: float, what: str) -> None:
 
 @pytest.fixture
 def picker() -> CachePicker:
-    return CachePicker(root=str(FAKE_ROOT))
+    return CachePicker(target=str(FAKE_ROOT))
 
 
 def test_picker_lists_caches_by_memory(picker):
@@ -169,6 +168,11 @@ def test_explorer_stacks_hide_allocator_frames(sample):
     ex.show_allocator.value = True
     assert ex.frame["stack"].tolist() == want["stack"].tolist()
     assert len(_bars(ex.ax)) == 3
+    # the bars name the stack and its first frames from the call site out, either way
+    labels = [t.get_text() for t in ex.ax.get_yticklabels()]
+    hidden = slabkit.top_stacks(sample, 3, hide_allocator=True)
+    assert labels == [f"#{i} " + " <- ".join(s.split(" <- ")[:3])
+                      for i, s in hidden["stack"].items()]
 
 
 def test_explorer_outstanding_objects(sample):

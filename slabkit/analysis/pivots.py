@@ -22,9 +22,10 @@ that has no rows in ``frames``) and ``[allocator only]`` for a stack made of all
 alone.
 
 The allocator frames at the inner end of every stack (``kmem_cache_alloc``, ``___slab_alloc``,
-the tracer's own glue, ...) say nothing about who allocated; :data:`ALLOCATOR_FUNCTIONS` lists
-them and :func:`is_allocator` tests a name. The *callsite* of a stack is its first frame,
-going outwards from the innermost, that is not one of them.
+the tracer's own glue, ...) say nothing about who allocated; :mod:`slabkit.model.vocabulary`
+lists them (:data:`ALLOCATOR_FUNCTIONS`, :func:`is_allocator`, re-exported here). The
+*callsite* of a stack is its first frame, going outwards from the innermost, that is not one
+of them.
 
 How exact the sums are: ``df.attrs["exactness"]`` of ``by_process``, ``by_frame`` and
 ``top_stacks`` is ``"exact"`` or ``"spread"`` (an exact total divided among sampled stacks:
@@ -40,10 +41,8 @@ capture of 100,000 distinct 30-frame stacks pivots in well under a second.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
@@ -52,6 +51,15 @@ import pandas as pd
 from slabkit.errors import InvalidInput, expected_one_of
 from slabkit.model.tables import Capture
 
+# ALLOCATOR_FUNCTIONS and is_allocator: re-exported, as before the vocabulary had its module
+from slabkit.model.vocabulary import (  # noqa: F401
+    ALLOCATOR_FUNCTIONS,
+    allocator_mask,
+    hide_allocator_frames,
+    is_allocator,
+    leading_run_lengths,
+)
+
 CaptureLike = Union[Capture, "tuple[pd.DataFrame, pd.DataFrame]"]
 
 NO_STACK = "[no stack]"
@@ -59,53 +67,6 @@ ALLOCATOR_ONLY = "[allocator only]"
 UNKNOWN = "[unknown]"
 INNERMOST = "[innermost]"
 OUTERMOST = "[outermost]"
-
-#: Functions that belong to the allocator or to the tracer, never to the code that asked for
-#: the object. Each entry: (regular expression matched against the whole function name, with
-#: any ``.isra.0``/``.constprop.0``/``.cold`` suffix removed; why it is here).
-ALLOCATOR_FUNCTIONS: tuple[tuple[str, str], ...] = (
-    (r"_*kmem_cache_alloc\w*|kmem_cache_zalloc",
-     ("the slab API entry points and their variants: _node, _lru (5.18+), _trace (<6.1), "
-      "_bulk, _from_sheaf (6.18), the *_noprof names of 6.10+ and 6.1's "
-      "__kmem_cache_alloc_node")),
-    (r"_*kv?[mz]alloc\w*|_*kv?calloc\w*|_*kv?realloc\w*|kmalloc_array\w*",
-     ("kmalloc and friends: __kmalloc, __kmalloc_node, kmalloc_trace, kmalloc_node_trace, "
-      "kmalloc_large, __kmalloc_cache_noprof, __do_kmalloc_node, kvmalloc_node, krealloc")),
-    ((r"_*slab_alloc\w*|new_slab|allocate_slab|alloc_slab_page|get_partial\w*|get_any_partial"
-     r"|get_freelist|slab_pre_alloc_hook|slab_post_alloc_hook|_*memcg_slab_post_alloc_hook"
-     r"|alloc_tagging_slab_alloc_hook|alloc_from_pcs\w*|__pcs_\w+"),
-     ("SLUB internals: the fast path (slab_alloc_node), the slow path (__slab_alloc, "
-      "___slab_alloc), refilling from partial or new slabs, hooks, 6.18 per-CPU sheaves")),
-    (r"_*cache_alloc\w*|cache_alloc_refill|cache_grow\w*|fallback_alloc",
-     "SLAB internals (SLAB was removed in 6.8): __cache_alloc, cache_alloc_refill"),
-    (r"trace_\w+|perf_trace_\w+|__traceiter_\w+|__bpf_trace_\w+|bpf_trace_run\d*",
-     ("tracepoint glue: trace_kmem_cache_alloc, trace_event_raw_event_*, perf_trace_* and "
-      "the functions that run BPF programs attached to a tracepoint")),
-    ((r"bpf_prog_\w+|bpf_trampoline_\w+|_*bpf_get_stack\w*|bpf_overflow_handler"
-     r"|__bpf_prog_enter\w*|trace_call_bpf"),
-     "BPF programs and trampolines (bpftrace, fentry) and the helpers that take the stack"),
-    ((r"stack_trace_save\w*|_*ftrace_trace_stack|event_triggers_call|stacktrace_\w*trigger"
-     r"|ftrace_\w*call\w*|arch_ftrace_ops_list_func|kprobe_ftrace_handler"),
-     ("ftrace: the stacktrace trigger (stack_trace_save, __ftrace_trace_stack, "
-      "event_triggers_call, trace_event_buffer_commit) and ftrace-based kprobes")),
-    ((r"perf_tp_event\w*|perf_swevent_\w+|perf_event_output\w*|_*perf_event_overflow"
-     r"|perf_callchain\w*|get_perf_callchain|perf_prepare_sample"),
-     ("perf: the sample path of a tracepoint event; only these names, because "
-      "perf_event_alloc and other perf_* functions really do allocate perf's own objects")),
-    (r"kprobe_\w+|pre_handler_kretprobe|kretprobe_\w+|asm_exc_int3|exc_int3|do_int3|_stp_\w+",
-     "kprobes (SystemTap, perf probe): the int3 trap and dispatch, and stap's runtime"),
-)
-_ALLOCATOR_RE = re.compile("|".join(f"(?:{p})" for p, _ in ALLOCATOR_FUNCTIONS))
-
-
-def is_allocator(function: str) -> bool:
-    """True when ``function`` is an allocator or tracer frame (see :data:`ALLOCATOR_FUNCTIONS`).
-
-    >>> is_allocator("kmem_cache_alloc_lru_noprof"), is_allocator("d_alloc")
-    (True, False)
-    """
-    return _ALLOCATOR_RE.fullmatch(function.split(".", 1)[0]) is not None
-
 
 # --------------------------------------------------------------------------------------------
 # preparation: integer codes for stacks and frame labels
@@ -143,6 +104,7 @@ class _Stacks:
     starts: np.ndarray        # per stack: first row
     lengths: np.ndarray       # per stack: number of frames
     first_caller: np.ndarray  # per stack: pos of the first non-allocator frame (= length: none)
+    rows: np.ndarray          # per row: its row position in the frames table given
 
     @property
     def n(self) -> int:
@@ -174,12 +136,13 @@ def _prepare(frames: pd.DataFrame) -> _Stacks:
     func = frames["function"]
     mod = frames["module"]
     addr = frames["address"]
+    rows = np.arange(len(sid))
     if order is not None:
-        sid = sid[order]
+        sid, rows = sid[order], order
         func, mod, addr = func.iloc[order], mod.iloc[order], addr.iloc[order]
     keep = sid >= 0
     if not keep.all():
-        sid = sid[keep]
+        sid, rows = sid[keep], rows[keep]
         func, mod, addr = func[keep], mod[keep], addr[keep]
 
     fcode, labels = _codes(func)
@@ -208,13 +171,9 @@ def _prepare(frames: pd.DataFrame) -> _Stacks:
     stack_ids, first_row, lengths = _runs(sid)
     row_stack = np.repeat(np.arange(len(stack_ids)), lengths)
     pos = np.arange(len(sid)) - np.repeat(first_row, lengths)
-    is_alloc = np.fromiter((is_allocator(str(x)) for x in labels), dtype=bool, count=len(labels))
-    non_alloc_rows = np.flatnonzero(~is_alloc[fcode])
-    first_caller = lengths.copy()
-    s_idx, first, _ = _runs(row_stack[non_alloc_rows])
-    first_caller[s_idx] = pos[non_alloc_rows[first]]
+    first_caller = leading_run_lengths(row_stack, allocator_mask(labels)[fcode])
     return _Stacks(stack_ids, row_stack, pos, fcode, labels, mcode, modules, first_row,
-                   lengths, first_caller)
+                   lengths, first_caller, rows)
 
 
 @dataclass
@@ -365,17 +324,46 @@ def _responsible_codes(st: _Stacks) -> tuple[np.ndarray, np.ndarray]:
     return out, np.array(names, dtype=object)
 
 
-def _stack_labels_text(st: _Stacks, idx: int, *, sep: str = " <- ",
-                       with_module: bool = True) -> str:
-    rows = range(st.starts[idx], st.starts[idx] + st.lengths[idx])
+def _stack_labels_text(st: _Stacks, idx: int, *, sep: str = " <- ", with_module: bool = True,
+                       max_frames: int | None = None) -> str:
+    length = int(st.lengths[idx]) if max_frames is None else min(int(st.lengths[idx]),
+                                                                  max_frames)
     parts = []
-    for r in rows:
+    for r in range(st.starts[idx], st.starts[idx] + length):
         text = str(st.labels[st.label[r]])
         m = st.modules[st.module[r]]
         if with_module and m not in ("vmlinux", UNKNOWN) and not text.endswith("]"):
             text += f" [{m}]"
         parts.append(text)
     return sep.join(parts)
+
+
+def stack_text(cap: CaptureLike, stack_ids: Sequence[int] | None = None, *,
+               hide_allocator: bool = False, max_frames: int | None = None,
+               sep: str = " <- ") -> pd.Series:
+    """Stacks as one line of text each, as in :func:`top_stacks`' ``stack`` column: frame
+    labels innermost first joined by ``sep``, module functions marked ``[module]``.
+
+    ``stack_ids``: which stacks, in this order (default: every stack of the capture); one
+    without frames (-1) is ``[no stack]``. ``hide_allocator``: start at the call site
+    (:func:`slabkit.model.vocabulary.hide_allocator_frames`). ``max_frames``: only the first
+    (innermost) ones.
+
+    Index: ``stack_id``. Values: ``string``.
+    """
+    _, frames, _ = _unpack(cap)
+    if hide_allocator:
+        frames = hide_allocator_frames(frames)
+    st = _prepare(frames)
+    ids = st.stack_ids if stack_ids is None else np.asarray(list(stack_ids), dtype=np.int64)
+    idx = np.searchsorted(st.stack_ids, ids)
+    texts = []
+    for sid, i in zip(ids, idx):
+        found = i < st.n and st.stack_ids[i] == sid
+        texts.append(_stack_labels_text(st, i, sep=sep, max_frames=max_frames) if found
+                     else NO_STACK)
+    return pd.Series(pd.array(texts, dtype="string"),
+                     index=pd.Index(ids, dtype="int64", name="stack_id"), name="stack")
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,17 +467,22 @@ def by_frame(cap: CaptureLike, how: str = "callsite", *, keep_allocator: bool = 
     return out
 
 
-def top_stacks(cap: CaptureLike, n: int = 10, *, value: str = "count") -> pd.DataFrame:
+def top_stacks(cap: CaptureLike, n: int = 10, *, value: str = "count",
+               hide_allocator: bool = False) -> pd.DataFrame:
     """The ``n`` stacks that allocated most (summed over processes).
 
     Index: ``stack_id`` (-1: allocations recorded without a stack). Columns: count, bytes,
     share, per_s, ``callsite``, ``module`` (responsible, as in :func:`by_module`), ``comms``
-    (the processes, most allocations first, as ``"crond (2), ps (1)"``), ``frames`` (depth of
-    the stack) and ``stack``: the frames innermost first joined by ``" <- "`` (read it as
-    "allocated by ... called from ..."), module functions marked ``[module]``.
+    (the processes, most allocations first, as ``"crond (2), ps (1)"``), ``frames`` (how
+    many frames ``stack`` shows) and ``stack``: the frames innermost first joined by
+    ``" <- "`` (read it as "allocated by ... called from ..."), module functions marked
+    ``[module]``. ``hide_allocator=True`` leaves out the allocator frames at the inner end,
+    so ``stack`` starts at the call site (a stack of allocator frames alone is shown whole).
     """
     _check_value(value)
     allocs, frames, meta = _unpack(cap)
+    if hide_allocator:
+        frames = hide_allocator_frames(frames)
     st = _prepare(frames)
     w = _weights(allocs, st)
     vals = w.count if value == "count" else w.bytes
@@ -708,7 +701,7 @@ def diff(a: Capture, b: Capture, by: str = "comm") -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------------
-# folded stacks (FlameGraph input)
+# process names as frames (folded stacks, icicle)
 
 
 def _clean_comm(comm: object) -> str:
@@ -724,39 +717,6 @@ def _comm_codes(allocs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     cleaned = np.array([_clean_comm(c) for c in uniq], dtype=object)
     names, inverse = np.unique(cleaned.astype(str), return_inverse=True)
     return inverse[np.asarray(codes, np.int64)].astype(np.int64), names.astype(object)
-
-
-def to_folded(cap: CaptureLike) -> str:
-    """The capture as FlameGraph "folded" stacks: one line per (comm, stack),
-    ``comm;outermost;...;innermost count``, root first, sorted; the full stack including the
-    allocator frames. ``;`` and newlines in a comm become ``_`` and space; allocations without
-    a stack are a line ``comm count``.
-
-    >>> print(to_folded(cap))          # doctest: +SKIP
-    crond;syscall_call;sys_getdents;vfs_readdir;ext3_readdir;kmem_cache_alloc 2
-    """
-    allocs, frames, _ = _unpack(cap)
-    st = _prepare(frames)
-    w = _weights(allocs, st)
-    folded = np.append(_joined_stacks(st, ";", root_first=True), None)
-    ccode, cnames = _comm_codes(allocs)
-    key = ccode * (st.n + 1) + w.alloc_stack
-    count = allocs["count"].to_numpy(np.int64, na_value=0)
-    g = pd.Series(count).groupby(key, sort=False).sum()
-    g = g[g > 0]
-    keys = g.index.to_numpy(np.int64)
-    lines = [f"{c};{p} {n}" if p is not None else f"{c} {n}"
-             for c, p, n in zip(cnames[keys // (st.n + 1)], folded[keys % (st.n + 1)],
-                                g.to_numpy())]
-    lines.sort()
-    return "\n".join(lines) + ("\n" if lines else "")
-
-
-def write_folded(cap: CaptureLike, path: str | Path) -> Path:
-    """Write :func:`to_folded` to ``path`` (for ``flamegraph.pl`` or speedscope); returns it."""
-    p = Path(path)
-    p.write_text(to_folded(cap))
-    return p
 
 
 # --------------------------------------------------------------------------------------------

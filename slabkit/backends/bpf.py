@@ -41,20 +41,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
+from slabkit.backends import (
+    Backend,
+    Options,
+    Parsed,
+    Program,
+    RunResult,
+    run_marked_tracer,
+)
 from slabkit.errors import ParseError, ProbeFailed, TracerUnavailable
 from slabkit.validate import check_cache_name, check_comm
-from slabkit.host.target import LocalTarget
-from slabkit.backends import Backend, Options, Parsed, Program, RunResult, run_marked_tracer
-from slabkit.backends.bpftrace import (finish_allocs, frames_from_addresses, load_kallsyms,
-                                       spread_counts)
 
 if TYPE_CHECKING:
-    from slabkit.capturing.control import RunControl
+    import pandas as pd
+
+    from slabkit.backends.control import RunControl
     from slabkit.host.facts import KernelFacts
-    from slabkit.plan import Plan
     from slabkit.host.target import Target
+    from slabkit.plan import Plan
 
 RAW = "slabcount.tsv"
 STDERR = "slabcount.stderr"
@@ -72,15 +76,11 @@ COUNT_LOSSES = ("count_map_full",)
 STACK_LOSSES = ("stack_failed", "stack_map_full", "sample_map_full")
 
 
-def _is_this_machine(target: "Target") -> bool:
-    return isinstance(target, LocalTarget) and str(target.root) == "/"
-
-
 def install(target: "Target") -> str:
     """The path of the current ``slabcount`` on the target (built here, copied if remote)."""
     from slabkit.slabcount.build import build, source_hash
     local = build()
-    if _is_this_machine(target):
+    if target.is_this_machine:
         return str(local)
     folder = f"{REMOTE_DIR}/{source_hash()}"
     path = f"{folder}/slabcount"          # named so that its comm is "slabcount" there too
@@ -231,6 +231,7 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
     Both tables have a ``call_site`` column: the tracepoint's call-site address (format 3),
     missing in older outputs, which had none. A key printed twice (a CPU's pending events and
     the map's, format 3) is summed. ``stats["format"]`` is the output's format."""
+    import pandas as pd  # the parser needs pandas; rendering and running do not
     path = Path(path)
     counts, samples, stacks, stats = [], [], {}, {}
     ended = False
@@ -248,7 +249,7 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
                     cs, rest = (int(parts[5], 16), parts[6:]) if fmt >= 3 else (None, parts[5:])
                     samples.append((int(parts[1]), int(parts[2]), int(parts[3]),
                                     _comm(parts[4]), cs, int(rest[0], 16), int(rest[1]),
-                                    int(rest[2]) if len(rest) > 2 else 0))
+                                    int(rest[2]) if len(rest) > 2 else None))
                 elif kind == "stack":
                     stacks[int(parts[1], 16)] = tuple(int(a, 16) for a in parts[2:])
                 elif kind == "stat":
@@ -269,6 +270,7 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
     sampled = pd.DataFrame(samples, columns=keys + ["stack", "samples", "bytes_req"])
     for df in (exact, sampled):
         df["call_site"] = df["call_site"].astype("UInt64")
+    sampled["bytes_req"] = sampled["bytes_req"].astype("Int64")   # missing where not given
     exact = exact.groupby(keys, as_index=False, dropna=False, sort=False)[
         ["count", "bytes_req"]].sum()
     return exact, sampled, stacks, stats
@@ -283,6 +285,8 @@ def _spread(exact: pd.DataFrame, sampled: pd.DataFrame) -> pd.DataFrame:
     remainders: per-(process, call site) sums stay exact). A (process, call site) with no
     stack of its own (a thread whose comm changed at exec after its first stack) uses its
     thread's stacks from the same call site; with none at all it keeps stack_id -1."""
+    import pandas as pd
+    from slabkit.backends._tables import spread_counts
     keys = KEYS + ["call_site"]
     out = spread_counts(exact[keys + ["count"]], sampled[keys + ["stack_id", "samples"]], keys,
                         by_thread=False)
@@ -303,6 +307,8 @@ def _name_call_sites(allocs: pd.DataFrame, kallsyms_path: Path | None) -> pd.Dat
     """The call_site column as the function called from (through the saved kallsyms; the
     address in hex where it does not resolve), rows that become equal summed."""
     import numpy as np
+    import pandas as pd
+    from slabkit.backends._tables import load_kallsyms
     addrs = allocs["call_site"]
     known = (addrs != 0).to_numpy()
     names = pd.array([pd.NA] * len(allocs), dtype="string")
@@ -326,6 +332,7 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     """Tables from a ``slabcount`` output (see the module doc).
 
     Sets ``meta["count_exactness"]``: which sums of ``allocs["count"]`` are exact."""
+    from slabkit.backends._tables import finish_allocs, frames_from_addresses
     exact, sampled, by_hash, stats = read_output(path)
     with_sites = stats["format"] >= 3
     for df in (exact, sampled):     # 0 for the call site of an output that has none
@@ -336,7 +343,7 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     hash_to_id = {h: ids.setdefault(addrs, len(ids)) for h, addrs in by_hash.items() if addrs}
     sampled["stack_id"] = sampled["stack"].map(hash_to_id).fillna(-1).astype("int64")
     sampled = sampled.groupby(keys + ["stack_id"], as_index=False, dropna=False)[
-        ["samples", "bytes_req"]].sum()
+        ["samples", "bytes_req"]].sum(min_count=1)      # bytes_req stays missing if not given
     every = int(meta.get("options", {}).get("stack_sample", 1) or 1)
     kmalloc = plan.strategy in KMALLOC_STRATEGIES
     full = every == 1 and exact.empty

@@ -32,19 +32,25 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-import pandas as pd
-
+from slabkit.backends import (
+    Backend,
+    Options,
+    Parsed,
+    Program,
+    RunResult,
+    run_marked_tracer,
+)
 from slabkit.errors import ParseError, ProbeFailed
-from slabkit.validate import check_cache_name, check_comm
-from slabkit.backends import Backend, Options, Parsed, Program, RunResult, run_marked_tracer
 
 if TYPE_CHECKING:
-    from slabkit.capturing.control import RunControl
+    import pandas as pd
+
+    from slabkit.backends.control import RunControl
     from slabkit.host.facts import KernelFacts
-    from slabkit.plan import Plan
     from slabkit.host.target import Target
+    from slabkit.plan import Plan
 
 RAW = "bpftrace.jsonl"
 STDERR = "bpftrace.stderr"
@@ -55,28 +61,29 @@ def _version_tuple(text: str | None) -> tuple[int, ...]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
-def _filter(plan: "Plan", *, args: str = "args->") -> list[str]:
-    """Predicate terms common to every probe of the plan, cheapest first."""
-    terms = []
-    if plan.pid is not None:
-        terms.append(f"pid == {int(plan.pid)}")
-    if plan.strategy == "tracepoint-name":
-        if plan.match_bytes_alloc is not None:
-            terms.append(f"{args}bytes_alloc == {int(plan.match_bytes_alloc)}")
-        name = check_cache_name(plan.match_name or "")
-        terms.append(f'str({args}name, {len(name) + 2}) == "{name}"')
-    elif plan.strategy == "kprobe-cachep":
-        name = check_cache_name(plan.match_name or "")
-        terms.append(f'str(((struct kmem_cache *)arg0)->name, {len(name) + 2}) == "{name}"')
-    elif plan.strategy == "kmalloc-size-class":
-        terms.append(f"{args}bytes_alloc == {int(plan.match_bytes_alloc or 0)}")
-        if plan.gfp_require:
-            terms.append(f"({args}gfp_flags & {plan.gfp_require:#x}) != 0")
-        if plan.gfp_forbid:
-            terms.append(f"({args}gfp_flags & {plan.gfp_forbid:#x}) == 0")
-    if plan.comm is not None:
-        terms.append(f'comm == "{check_comm(plan.comm)}"')
-    return terms
+def render_predicate(plan: "Plan", *, args: str = "args->") -> str:
+    """The plan's filter (:meth:`Plan.predicate`) as a bpftrace predicate, in its order.
+
+    ``pid`` is bpftrace's process id (the thread group); a string compare reads only the
+    name's length plus 2 bytes, not the 64-byte default."""
+    parts = []
+    for term in plan.predicate():
+        f, op, v = term.field, term.op, term.value
+        if f == "bytes_alloc" and op == "==":
+            parts.append(f"{args}bytes_alloc == {int(v)}")
+        elif f == "pid" and op == "==":
+            parts.append(f"pid == {int(v)}")
+        elif f == "name" and op == "==":
+            parts.append(f'str({args}name, {len(str(v)) + 2}) == "{v}"')
+        elif f == "cache_name" and op == "==":
+            parts.append(f'str(((struct kmem_cache *)arg0)->name, {len(str(v)) + 2}) == "{v}"')
+        elif f == "gfp_flags" and op in ("any", "none"):
+            parts.append(f"({args}gfp_flags & {int(v):#x}) {'!=' if op == 'any' else '=='} 0")
+        elif f == "comm" and op == "==":
+            parts.append(f'comm == "{v}"')
+        else:
+            raise ProbeFailed(f"a bpftrace predicate cannot test {f} {op} {v!r}")
+    return " && ".join(parts)
 
 
 def render_program(plan: "Plan", options: Options) -> str:
@@ -85,7 +92,7 @@ def render_program(plan: "Plan", options: Options) -> str:
         probes = ", ".join(f"kprobe:{f}" for f in plan.functions)
     else:
         probes = ", ".join(f"tracepoint:{e}" for e in plan.alloc_events)
-    pred = " && ".join(_filter(plan))
+    pred = render_predicate(plan)
     key = "pid, tid, cgroup, comm"
     n = max(1, int(options.stack_sample))
     body = [f"  @c[{key}] = count();"]
@@ -177,7 +184,15 @@ def _split_key(key: str, nfixed: int, path: Path) -> list[str]:
     return parts
 
 
-def read_maps(path: Path) -> tuple[dict[str, dict], dict[str, int], list[str]]:
+class BpftraceOutput(NamedTuple):
+    """What a bpftrace ``-f json`` output holds (see :func:`read_maps`)."""
+
+    maps: dict[str, dict]          # map name ("@c") -> key text -> value
+    errors: dict[str, int]         # helper errors and lost events, counted
+    printed: list[str]             # printf lines
+
+
+def read_maps(path: Path) -> BpftraceOutput:
     """Maps by name, counters of helper errors, and printf lines of a bpftrace json output.
 
     Helper errors are counted by helper (``map_update_elem_failed``) and also by the program
@@ -210,50 +225,7 @@ def read_maps(path: Path) -> tuple[dict[str, dict], dict[str, int], list[str]]:
             elif kind == "lost_events":
                 errors["lost_events"] = errors.get("lost_events", 0) + int(
                     doc.get("data", {}).get("events", 0))
-    return maps, errors, printed
-
-
-def spread_counts(exact: pd.DataFrame, sampled: pd.DataFrame, keys: list[str], *,
-                  by_thread: bool = True) -> pd.DataFrame:
-    """Spread each key's exact ``count`` over its sampled stacks in proportion.
-
-    ``exact``: keys + count. ``sampled``: keys + stack_id + samples (weighted). Uses largest
-    remainders, so per-key sums stay exact. A key with no stack of its own (a thread whose
-    comm changed at exec after its first stack was taken) uses its thread's stacks
-    (``by_thread``); one with none at all keeps its count with stack_id -1.
-    """
-    if sampled.empty:
-        out = exact.copy()
-        out["stack_id"] = -1
-        return out
-    merged = sampled.merge(exact, on=keys, how="inner")
-    tot = merged.groupby(keys, dropna=False)["samples"].transform("sum")
-    share = merged["count"] * merged["samples"] / tot
-    base = share.astype("int64")
-    merged["rem"] = share - base
-    merged["count"] = base
-    short = (exact.set_index(keys)["count"]
-             - merged.groupby(keys, dropna=False)["count"].sum()).rename("short")
-    merged = merged.join(short, on=keys)
-    merged = merged.sort_values(keys + ["rem"], ascending=[True] * len(keys) + [False])
-    merged["rank"] = merged.groupby(keys, dropna=False).cumcount()
-    merged["count"] += (merged["rank"] < merged["short"]).astype("int64")
-    out = merged[keys + ["stack_id", "count"]]
-    missing = exact.merge(sampled[keys].drop_duplicates(), on=keys, how="left", indicator=True)
-    missing = missing[missing["_merge"] == "left_only"].drop(columns="_merge")
-    if len(missing):
-        thread = [k for k in ("pid", "tid") if k in keys]
-        cand = pd.DataFrame()
-        if by_thread and thread and thread != keys:
-            per_thread = sampled.groupby(thread + ["stack_id"], as_index=False)["samples"].sum()
-            cand = missing[keys].merge(per_thread, on=thread)
-        if len(cand):
-            out = pd.concat([out, spread_counts(missing, cand, keys, by_thread=False)],
-                            ignore_index=True)
-        else:
-            missing = missing.assign(stack_id=-1)[keys + ["stack_id", "count"]]
-            out = pd.concat([out, missing], ignore_index=True)
-    return out[out["count"] > 0].reset_index(drop=True)
+    return BpftraceOutput(maps, errors, printed)
 
 
 _FRAME_RE = re.compile(r"^\s*([0-9a-fA-F]+)\s+(\S.*)?$")
@@ -261,6 +233,13 @@ _FRAME_RE = re.compile(r"^\s*([0-9a-fA-F]+)\s+(\S.*)?$")
 
 def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     """Tables from a bpftrace ``-f json`` output written by :func:`render_program`."""
+    import pandas as pd  # the parser needs pandas; rendering and running do not
+
+    from slabkit.backends._tables import (
+        finish_allocs,
+        frames_from_addresses,
+        spread_counts,
+    )
     path = Path(path)
     maps, errors, printed = read_maps(path)
     keys = ["pid", "tid", "cgroup_id", "comm"]
@@ -366,27 +345,10 @@ def _split_helper_errors(errors: dict[str, int], program: str, plan: "Plan"
     return losses, stack
 
 
-def finish_allocs(allocs: pd.DataFrame, req: pd.DataFrame | None, plan: "Plan", meta: dict,
-                  keys: list[str]) -> pd.DataFrame:
-    """Add ``bytes`` (count x slot size), ``bytes_req`` (``req``: requested bytes summed per
-    key, spread over the key's stacks by share of its count) and ``cgroup`` (path from the
-    capture's cgroup map, else ``id:<n>``) to allocation rows keyed by ``keys``."""
-    slot = int(plan.match_bytes_alloc or meta.get("slab_size") or 0) or None
-    allocs["bytes"] = allocs["count"] * slot if slot else pd.NA
-    if req is not None and len(req):
-        allocs = allocs.merge(req, on=keys, how="left")
-        tot = allocs.groupby(keys)["count"].transform("sum")
-        allocs["bytes_req"] = (allocs["req"] * allocs["count"] / tot).round().astype("Int64")
-        allocs = allocs.drop(columns=["req"])
-    allocs["cgroup"] = allocs["cgroup_id"].map(meta.get("cgroups", {}).get).astype("string")
-    missing = allocs["cgroup"].isna()
-    allocs.loc[missing, "cgroup"] = "id:" + allocs.loc[missing, "cgroup_id"].astype(str)
-    return allocs.drop(columns=["cgroup_id"])
-
-
 def _outstanding(maps: dict, printed: list[str], path: Path, slot: int | None, meta: dict,
                  stack_ids: dict[tuple[int, ...], int]) -> pd.DataFrame:
     """Objects still live at the end, grouped by (process, stack), with their ages."""
+    import pandas as pd
     end_ns = None
     for line in printed:
         if line.startswith("slabkit-end "):
@@ -413,45 +375,3 @@ def _outstanding(maps: dict, printed: list[str], path: Path, slot: int | None, m
     out["cgroup"] = out["cgroup_id"].map(meta.get("cgroups", {}).get).astype("string")
     return out.drop(columns=["cgroup_id"]).sort_values("count", ascending=False,
                                                       ignore_index=True)
-
-
-def load_kallsyms(path: Path | None):
-    """The capture's saved kernel symbols (``kallsyms.txt.gz``), or None."""
-    import gzip
-    from slabkit.model.stacks import Kallsyms
-    if path is None or not Path(path).is_file():
-        return None
-    with gzip.open(path, "rt") as f:
-        return Kallsyms.from_text(f.read())
-
-
-def frames_from_addresses(stacks: dict[int, list[int]], kallsyms_path: Path | None
-                          ) -> pd.DataFrame:
-    """The ``frames`` table for stacks of raw addresses, resolved through saved kallsyms."""
-    import numpy as np
-    from slabkit.model import schema
-    keys = list(stacks)
-    lengths = np.fromiter((len(stacks[k]) for k in keys), dtype=np.int64, count=len(keys))
-    total = int(lengths.sum())
-    if total == 0:
-        return schema.empty("frames")
-    addrs = np.fromiter((a for k in keys for a in stacks[k]), dtype=np.uint64, count=total)
-    starts = np.cumsum(lengths) - lengths
-    df = pd.DataFrame({
-        "stack_id": pd.array(np.repeat(np.asarray(keys, dtype=np.int64), lengths), dtype="Int64"),
-        "depth": pd.array(np.arange(total, dtype=np.int64) - np.repeat(starts, lengths),
-                          dtype="Int64"),
-        "address": pd.array(addrs, dtype="UInt64"),
-    })
-    ks = load_kallsyms(kallsyms_path)
-    if ks is not None:
-        uniq, inv = np.unique(addrs, return_inverse=True)
-        func, off, mod = ks.resolve(uniq)
-        df["function"] = func.take(inv)
-        df["offset"] = off.take(inv)
-        df["module"] = mod.take(inv)
-    else:
-        df["function"] = pd.array([pd.NA] * total, dtype="string")
-        df["offset"] = pd.array([pd.NA] * total, dtype="Int64")
-        df["module"] = pd.array([pd.NA] * total, dtype="string")
-    return df[["stack_id", "depth", "function", "offset", "module", "address"]]

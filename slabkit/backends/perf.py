@@ -19,7 +19,7 @@ Choices, checked here (perf 6.1, Linux 6.18):
   for a 300 MB file can outlast the stop grace period; symbols still come from kallsyms.
 * Sampling: ``-c N`` alone on a tracepoint recorded 27,405 samples for 10,000 events here;
   ``-c N --no-period`` records exactly 1 in N (1,000 of 10,000). Counts are scaled back by N
-  in :func:`parse_script` and the capture is marked estimated.
+  in :func:`parse_output` and the capture is marked estimated.
 * cgroup: perf 6.1's ``perf script -F`` has no cgroup field, so the cgroup column is missing.
 * Fields: no ``time``/``cpu`` and, for dedicated caches, no ``trace`` either: every event of a
   thread with the same stack then prints the same text block, so the parser counts identical
@@ -48,17 +48,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slabkit.errors import ParseError, ProbeFailed
-from slabkit.host.procs import tracer_process
-from slabkit.host.target import LocalTarget
 from slabkit.backends import Backend, Options, Parsed, Program, RunResult
-from slabkit.backends._common import build_tables, kernel_filter
+from slabkit.backends._common import tracefs_filter
+from slabkit.errors import ParseError, ProbeFailed
 
 if TYPE_CHECKING:
-    from slabkit.capturing.control import RunControl
+    from slabkit.backends.control import RunControl
     from slabkit.host.facts import KernelFacts
-    from slabkit.plan import Plan
     from slabkit.host.target import Target
+    from slabkit.plan import Plan
 
 DATA = "perf.data"
 RAW = "perf.script.txt"
@@ -95,7 +93,7 @@ def render_argv(plan: "Plan", options: Options, perf_version: str | None,
     """The ``perf record`` argv; ``{folder}`` stands for where perf.data goes."""
     version = _version_tuple(perf_version)
     known = version != (0, 0)
-    expr = kernel_filter(plan)
+    expr = tracefs_filter(plan)
     argv = ["perf", "record"]
     for ev in plan.alloc_events:
         argv += ["-e", ev]
@@ -174,8 +172,7 @@ class PerfBackend(Backend):
         log = folder / RECORD_LOG
         uses_delay = "-D" in argv
         with open(log, "wb") as logf:
-            with tracer_process(target, argv, stdout=logf, stderr=logf,
-                                env=program.env) as proc:
+            with target.start(argv, stdout=logf, stderr=logf, env=program.env) as proc:
                 started = time.monotonic()
 
                 def attached() -> bool:
@@ -202,8 +199,7 @@ class PerfBackend(Backend):
 
         script = [a.replace(FOLDER, workdir) for a in program.script_argv]
         with open(folder / RAW, "wb") as out, open(folder / SCRIPT_STDERR, "wb") as err:
-            with tracer_process(target, script, stdout=out, stderr=err,
-                                env=program.env) as sp:
+            with target.start(script, stdout=out, stderr=err, env=program.env) as sp:
                 sp.wait()
         script_err = (folder / SCRIPT_STDERR).read_text(errors="replace")
         if sp.returncode != 0:
@@ -215,13 +211,13 @@ class PerfBackend(Backend):
                          raw_files=kept + [RAW, RECORD_LOG, SCRIPT_STDERR])
 
     def parse(self, folder: Path, plan: "Plan", meta: dict) -> Parsed:
-        return parse_script(folder / RAW, plan, meta)
+        return parse_output(folder / RAW, plan, meta)
 
 
 def _workdir(target: "Target", folder: Path) -> tuple[str, str | None]:
     """Where perf.data is written: the capture folder here, a temporary folder on a remote
     target (removed after ``perf script`` streamed its text back)."""
-    if isinstance(target, LocalTarget):
+    if target.runs_here:
         return str(folder), None
     res = target.run(["mktemp", "-d", "/tmp/slabkit-perf.XXXXXX"], timeout=30)
     path = (res.stdout or "").strip()
@@ -243,7 +239,7 @@ def _is_kernel_frame(line: str) -> bool:
     return len(addr) == 16 and addr.startswith("ffff")
 
 
-def parse_script(path: Path, plan: "Plan", meta: dict) -> Parsed:
+def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     """Tables from ``perf script`` text written by :class:`PerfBackend` (see module doc).
 
     Streams the file in 16 MB chunks; memory grows with distinct (thread, stack) blocks, not
@@ -365,6 +361,7 @@ def parse_script(path: Path, plan: "Plan", meta: dict) -> Parsed:
         else:
             c[0] += n
             c[1] += req
+    from slabkit.backends._tables import build_tables  # pandas: only when parsing
     allocs, frames_df = build_tables(counts, stacks, plan, meta, scale=every)
     notes = ["perf script has no cgroup field here: cgroup is missing"]
     if every > 1:

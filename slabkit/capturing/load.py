@@ -17,8 +17,8 @@ import pandas as pd
 
 from slabkit.capturing import store
 from slabkit.errors import CaptureNotFound, InvalidInput, ParseError
-from slabkit.model.stacks import drop_tracer_glue
 from slabkit.model.tables import Capture
+from slabkit.model.vocabulary import drop_tracer_glue
 
 PathLike = Union[str, os.PathLike]
 
@@ -98,6 +98,7 @@ def merge(caps: list[Capture]) -> Capture:
 def reparse_folder(folder: Path) -> Capture:
     """Rebuild a capture folder's tables from its raw tracer output and save them."""
     import json
+
     from slabkit.backends import get_backend
     from slabkit.plan import Plan
     meta_path = folder / store.META if (folder / store.META).is_file() else folder / store.RUNNING
@@ -148,15 +149,16 @@ def load_raw(path: Path) -> Capture:
         from slabkit.backends import stap
         text = path.read_text(errors="replace")
         if kind == "stap-classic":
-            allocs, frames = stap.parse_classic(text, path=str(path))
+            parsed = stap.parse_classic(text, path=str(path))
             text_meta.update(stap.parse_classic_meta(text))
         else:
-            allocs, frames = stap.parse(text, path=str(path))
+            parsed = stap.parse_text(text, path=str(path))
             text_meta.update(stap.parse_meta(text))
     else:
         raise InvalidInput(f"{path} looks like {kind} output: load the capture folder it came "
                            "from (it holds the plan needed to read it), or use "
                            "`slabkit load --reparse FOLDER`")
+    allocs, frames = parsed.allocs, parsed.frames
     text_meta.setdefault("cache", text_meta.get("cache") or "?")
     text_meta["total_allocs"] = int(allocs["count"].sum()) if len(allocs) else 0
     if "host" not in allocs.columns:

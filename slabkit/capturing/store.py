@@ -17,15 +17,15 @@ import glob
 import json
 import os
 import re
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Union
 
 import pandas as pd
 
-from slabkit.model import schema
+from slabkit.capturing.folder import CaptureFolder
 from slabkit.errors import CaptureNotFound, InvalidInput
+from slabkit.model import schema
 from slabkit.model.tables import Capture
 
 META = "meta.json"
@@ -43,63 +43,64 @@ def _safe(text: str) -> str:
 
 
 def new_folder(cache: str, host: str, base: Union[str, os.PathLike, None] = None,
-               out: Union[str, os.PathLike, None] = None) -> Path:
-    """Create the capture's folder: ``out`` itself, or a fresh ``<cache>-<time>-<host>``."""
+               out: Union[str, os.PathLike, None] = None) -> CaptureFolder:
+    """Create the capture's folder: ``out`` itself (new, or an empty folder of ours), or a fresh
+    ``<cache>-<time>-<host>`` under ``base`` (default :func:`default_base`). Written safely
+    (:mod:`slabkit.capturing.folder`)."""
     if out is not None:
-        folder = Path(out)
-        if folder.exists() and any(folder.iterdir()):
-            raise InvalidInput(f"output folder {folder} exists and is not empty: "
-                               "pick a new folder so no earlier capture is overwritten")
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        return CaptureFolder.make(Path(out), exist_ok_empty=True)
     root = Path(base) if base is not None else default_base()
-    root.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     stem = f"{_safe(cache)}-{stamp}-{_safe(host)}"
     for i in range(1000):
-        folder = root / (stem if i == 0 else f"{stem}-{i}")
         try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            continue
+            return CaptureFolder.make(root / (stem if i == 0 else f"{stem}-{i}"))
+        except InvalidInput:
+            if not (root / (stem if i == 0 else f"{stem}-{i}")).exists():
+                raise
     raise InvalidInput(f"could not make a new capture folder under {root}")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _folder(folder: Union[CaptureFolder, str, os.PathLike]) -> tuple[CaptureFolder, bool]:
+    """(an open CaptureFolder, whether we opened it and must close it)."""
+    if isinstance(folder, CaptureFolder):
+        return folder, False
+    return CaptureFolder.open(Path(folder)), True
 
 
-def write_running(folder: Path, meta: dict[str, Any]) -> None:
+def write_running(folder: Union[CaptureFolder, str, os.PathLike], meta: dict[str, Any]) -> None:
     """Record that a capture is in progress (never loads as a capture)."""
-    _atomic_write(folder / RUNNING, json.dumps(meta, indent=1, default=str).encode())
+    cf, close = _folder(folder)
+    try:
+        cf.write_bytes(RUNNING, json.dumps(meta, indent=1, default=str).encode())
+    finally:
+        if close:
+            cf.close()
 
 
-def save(folder: Path, cap: Capture) -> Capture:
-    """Write the tables, then ``meta.json`` last; returns the capture with ``path`` set."""
+def save(folder: Union[CaptureFolder, str, os.PathLike], cap: Capture) -> Capture:
+    """Write the tables, then ``meta.json`` last, then hand the folder to its owner (root
+    writing into a user's tree); returns the capture with ``path`` set."""
     cap = cap.validate()
-    for name in TABLES:
-        df = getattr(cap, name)
-        target = folder / f"{name}.parquet"
-        if df is None:
-            target.unlink(missing_ok=True)
-            continue
-        tmp = folder / f".{name}.parquet.tmp"
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, target)
-    _atomic_write(folder / META, json.dumps(cap.meta, indent=1, default=str).encode())
-    (folder / RUNNING).unlink(missing_ok=True)
-    cap.path = folder
+    cf, close = _folder(folder)
+    try:
+        for name in TABLES:
+            df = getattr(cap, name)
+            if df is None:
+                cf.remove(f"{name}.parquet")
+                continue
+            tmp = f".{name}.parquet.tmp"
+            cf.remove(tmp)
+            with cf.create(tmp) as f:
+                df.to_parquet(f, index=False)
+            cf.rename(tmp, f"{name}.parquet")
+        cf.write_bytes(META, json.dumps(cap.meta, indent=1, default=str).encode())
+        cf.remove(RUNNING)
+        cf.hand_over()
+    finally:
+        if close:
+            cf.close()
+    cap.path = cf.path
     return cap
 
 

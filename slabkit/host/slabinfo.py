@@ -46,8 +46,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pandas as pd
-
 from slabkit.errors import (
     InvalidInput,
     ParseError,
@@ -55,10 +53,9 @@ from slabkit.errors import (
     SlabkitError,
     UnknownCache,
 )
+from slabkit.host.target import Target
+from slabkit.host.where import Where, as_target, legacy_target
 from slabkit.validate import check_cache_name, check_seconds
-from slabkit.host.target import LocalTarget, Target, as_target
-
-Root = str | os.PathLike | Target
 
 SLABINFO = "/proc/slabinfo"
 SYS_SLAB = "/sys/kernel/slab"
@@ -116,18 +113,10 @@ def kmalloc_class(name: str) -> tuple[str, int] | None:
 
 # --- /proc/slabinfo ------------------------------------------------------------------------
 
-def parse_slabinfo(text: str, *, source: str = SLABINFO, page_size: int = 4096) -> pd.DataFrame:
-    """Parse ``/proc/slabinfo`` (version 2.1) into one row per cache.
-
-    Columns: ``name`` and the counts of the file (see the module table), plus ``memory_bytes``,
-    ``active_bytes`` and ``utilisation``. Raises :class:`~slabkit.errors.ParseError` (file, line
-    number, line) for a wrong version line, a truncated row or a non-numeric field.
-
-    >>> df = parse_slabinfo("slabinfo - version: 2.1\\n"
-    ...     "pid 357 357 192 21 1 : tunables 0 0 0 : slabdata 17 17 0\\n")
-    >>> int(df.loc[0, "memory_bytes"])  # 17 slabs * 1 page * 4096
-    69632
-    """
+def parse_rows(text: str, *, source: str = SLABINFO) -> list[dict]:
+    """Parse ``/proc/slabinfo`` (version 2.1) into plain rows: ``name`` and the counts of the
+    file. Raises :class:`~slabkit.errors.ParseError` (file, line number, line) for a wrong
+    version line, a truncated row or a non-numeric field."""
     lines = text.splitlines()
     first = lines[0] if lines else ""
     if not _VERSION_RE.match(first):
@@ -142,14 +131,33 @@ def parse_slabinfo(text: str, *, source: str = SLABINFO, page_size: int = 4096) 
             raise ParseError(f"truncated or malformed cache line, expected {_LINE_FORMAT}",
                              path=source, lineno=lineno, line=line)
         fields = m.group("counts").split() + m.group("slabdata").split()
-        row: list[object] = [m.group("name")]
+        row: dict = {"name": m.group("name")}
         for column, value in zip(COUNT_COLUMNS, fields):
             if not value.isdigit():
                 raise ParseError(f"{column} is {value!r}, expected a whole number",
                                  path=source, lineno=lineno, line=line)
-            row.append(int(value))
+            row[column] = int(value)
         rows.append(row)
+    return rows
 
+
+def parse_slabinfo(text: str, *, source: str = SLABINFO, page_size: int = 4096):
+    """Parse ``/proc/slabinfo`` (version 2.1) into a DataFrame, one row per cache.
+
+    Columns: ``name`` and the counts of the file (see the module table), plus ``memory_bytes``,
+    ``active_bytes`` and ``utilisation``. Raises :class:`~slabkit.errors.ParseError` (file, line
+    number, line) for a wrong version line, a truncated row or a non-numeric field.
+
+    >>> df = parse_slabinfo("slabinfo - version: 2.1\\n"
+    ...     "pid 357 357 192 21 1 : tunables 0 0 0 : slabdata 17 17 0\\n")
+    >>> int(df.loc[0, "memory_bytes"])  # 17 slabs * 1 page * 4096
+    69632
+    """
+    return _frame_of_rows(parse_rows(text, source=source), page_size)
+
+
+def _frame_of_rows(rows: list[dict], page_size: int):
+    import pandas as pd
     df = pd.DataFrame(rows, columns=["name", *COUNT_COLUMNS])
     df = df.astype({"name": "string", **{c: "Int64" for c in COUNT_COLUMNS}})
     df["memory_bytes"] = df["num_slabs"] * df["pagesperslab"] * page_size
@@ -173,47 +181,52 @@ def _open(where: object) -> tuple[Target | None, str | None]:
     return as_target(path), None
 
 
-def _page_size(target: Target) -> int:
-    if isinstance(target, LocalTarget):
-        return os.sysconf("SC_PAGE_SIZE")
-    done = target.run(["getconf", "PAGESIZE"], timeout=30)
-    if done.returncode != 0 or not done.stdout.strip().isdigit():
-        raise SlabkitError(f"cannot learn the page size on {target.name}: `getconf PAGESIZE` "
-                           f"said {(done.stderr or done.stdout).strip()[-200:]!r}")
-    return int(done.stdout)
+def _saved_rows(path: str) -> list[dict]:
+    try:
+        with open(path, errors="replace") as f:
+            text = f.read()
+    except PermissionError:
+        raise PermissionNeeded(f"cannot read {path}: permission denied") from None
+    return parse_rows(text, source=str(path))
 
 
-def read_slabinfo(root_or_file: Root = "/", *, page_size: int | None = None) -> pd.DataFrame:
+def _read_text(where: Target) -> tuple[str, str]:
+    """(``/proc/slabinfo`` text, its name for messages) of a target."""
+    try:
+        text = where.read_text(SLABINFO)
+    except PermissionError:
+        on = "" if where.name == "local" else f" on {where.name}"
+        raise PermissionNeeded(f"reading {SLABINFO}{on} needs root") from None
+    except FileNotFoundError:
+        raise SlabkitError(
+            f"{SLABINFO} does not exist on {where.name}: this kernel does not list its slab "
+            "caches (SLUB kernels need CONFIG_SLUB_DEBUG for it)") from None
+    return text, SLABINFO if where.name == "local" else f"{where.name}:{SLABINFO}"
+
+
+def read_slabinfo(target: Where = None, *, page_size: int | None = None, **deprecated):
     """The :func:`parse_slabinfo` table of a target, or of a saved copy of ``/proc/slabinfo``.
 
     A path to a regular file is parsed as a saved copy (``page_size`` defaults to this
-    machine's); anything else is a root or target whose ``/proc/slabinfo`` is read.
-    ``/proc/slabinfo`` is readable by root only: others get
-    :class:`~slabkit.errors.PermissionNeeded`.
+    machine's); anything else is a root or target whose ``/proc/slabinfo`` is read (through
+    slabkit's capture helper for a user who may use it but may not read the file).
 
     >>> read_slabinfo("tests/fixtures/slabinfo/proc/slabinfo").shape[1]
     11
     """
-    target, saved = _open(root_or_file)
-    if target is None:
-        try:
-            with open(str(saved), errors="replace") as f:
-                text = f.read()
-        except PermissionError:
-            raise PermissionNeeded(f"cannot read {saved}: permission denied") from None
-        return parse_slabinfo(text, source=str(saved),
-                              page_size=page_size or os.sysconf("SC_PAGE_SIZE"))
+    where, saved = _open(legacy_target(target, deprecated, func="read_slabinfo",
+                                       names=("root", "root_or_file")))
+    if where is None:
+        return _frame_of_rows(_saved_rows(str(saved)), page_size or os.sysconf("SC_PAGE_SIZE"))
     try:
-        text = target.read_text(SLABINFO)
-    except PermissionError:
-        where = "" if target.name == "local" else f" on {target.name}"
-        raise PermissionNeeded(f"reading {SLABINFO}{where} needs root: run with sudo") from None
-    except FileNotFoundError:
-        raise SlabkitError(
-            f"{SLABINFO} does not exist on {target.name}: this kernel does not list its slab "
-            "caches (SLUB kernels need CONFIG_SLUB_DEBUG for it)") from None
-    source = SLABINFO if target.name == "local" else f"{target.name}:{SLABINFO}"
-    return parse_slabinfo(text, source=source, page_size=page_size or _page_size(target))
+        text, source = _read_text(where)
+    except PermissionNeeded:
+        from slabkit.host.helper import Helper
+        helper = Helper(where)
+        if helper.unavailable():
+            raise
+        text, source = helper.slabinfo_text(), SLABINFO
+    return parse_slabinfo(text, source=source, page_size=page_size or where.page_size())
 
 
 # --- /sys/kernel/slab ----------------------------------------------------------------------
@@ -270,59 +283,112 @@ def bucket_caches(object_sizes: dict[str, int | None]) -> set[str]:
     return {name for family in families.values() if len(family) >= need for name in family}
 
 
-def _aliases(name: str, entries: dict[str, str | None], by_dir: dict[str, list[str]]):
+def _aliases(name: str, entries: dict[str, str | None],
+             by_dir: dict[str, list[str]]) -> list[str] | None:
     if name not in entries:
-        return pd.NA  # no /sys/kernel/slab entry: unknown, not "none"
+        return None  # no /sys/kernel/slab entry: unknown, not "none"
     merged = entries[name]
     return sorted(set(by_dir[merged]) - {name}) if merged else []
 
 
-def caches(root: Root = "/") -> pd.DataFrame:
-    """The slab cache table: :func:`read_slabinfo` plus ``/sys/kernel/slab`` facts.
+def records_from(rows: list[dict], page_size: int, entries: dict[str, str | None],
+                 attrs: dict) -> list[dict]:
+    """Cache records (plain dicts with the :data:`CACHE_COLUMNS`, None where unknown) from
+    slabinfo rows (:func:`parse_rows`) and the ``/sys/kernel/slab`` facts of :func:`_read_sysfs`."""
+    by_dir: dict[str, list[str]] = {}
+    for entry, merged in entries.items():
+        if merged:
+            by_dir.setdefault(merged, []).append(entry)
+    out = []
+    for row in rows:
+        name = row["name"]
+        rec = dict(row)
+        rec["memory_bytes"] = row["num_slabs"] * row["pagesperslab"] * page_size
+        rec["active_bytes"] = row["active_objs"] * row["objsize"]
+        rec["utilisation"] = (row["active_objs"] / row["num_objs"]) if row["num_objs"] else None
+        for col in SYSFS_COLUMNS:
+            rec[col] = attrs.get((name, col))
+        if rec["reclaim_account"] is not None:
+            rec["reclaim_account"] = bool(rec["reclaim_account"])
+        rec["merged_dir"] = entries.get(name)
+        rec["aliases"] = _aliases(name, entries, by_dir)
+        out.append(rec)
+    # Without /sys/kernel/slab, slabinfo's slot size stands in for the object size.
+    buckets = bucket_caches({r["name"]: r["object_size"] if r["object_size"] is not None
+                             else r["objsize"] for r in out})
+    for rec in out:
+        km = kmalloc_class(rec["name"])
+        if km:
+            kind, size = "kmalloc", km[1]
+        elif rec["name"] in buckets:
+            kind, size = "bucket", _size_bytes(_SIZED_NAME_RE.match(rec["name"]).group("size"))
+        else:
+            kind, size = "dedicated", None
+        rec.update(kind=kind, kmalloc_type=km[0] if km else None, size_class=size)
+    return [{c: rec[c] for c in CACHE_COLUMNS} for rec in out]
 
-    ``root`` is ``"/"``, a fake root folder, a :class:`~slabkit.host.target.Target`, or a saved
-    slabinfo file (then the ``/sys/kernel/slab`` columns are NA). Columns: see the module docs.
-    Kinds: ``kmalloc`` from the name (:func:`kmalloc_class`), ``bucket`` by the rule of
-    :func:`bucket_caches`, else ``dedicated``.
+
+def cache_records(target: Where = None) -> list[dict]:
+    """The slab cache table as plain records (no pandas): what :func:`caches` shows, and what
+    slabkit's capture helper hands to users who may not read ``/proc/slabinfo`` themselves.
+
+    ``target``: as for :func:`caches`. Raises PermissionNeeded where ``/proc/slabinfo`` is not
+    readable (not root)."""
+    where, saved = _open(target)
+    if where is None:
+        rows, page_size = _saved_rows(saved), os.sysconf("SC_PAGE_SIZE")
+        return records_from(rows, page_size, {}, {})
+    text, source = _read_text(where)
+    rows = parse_rows(text, source=source)
+    entries, attrs = _read_sysfs(where, [r["name"] for r in rows])
+    return records_from(rows, where.page_size(), entries, attrs)
+
+
+def table_of(records: list[dict]):
+    """The :func:`caches` DataFrame of cache records (dtypes of the module table)."""
+    import pandas as pd
+    df = pd.DataFrame(records, columns=CACHE_COLUMNS)
+    ints = [*COUNT_COLUMNS, "memory_bytes", "active_bytes", "object_size", "slab_size",
+            "order", "size_class"]
+    df = df.astype({**{c: "Int64" for c in ints}, "utilisation": "Float64",
+                    "reclaim_account": "boolean", "name": "string", "kind": "string",
+                    "kmalloc_type": "string", "merged_dir": "string"})
+    df["aliases"] = [r["aliases"] if isinstance(r["aliases"], list) else pd.NA for r in records]
+    return df
+
+
+def caches(target: Where = None, **deprecated):
+    """The slab cache table: ``/proc/slabinfo`` plus ``/sys/kernel/slab`` facts, a DataFrame.
+
+    ``target`` is None (this machine), a fake root folder, an SSH destination, a
+    :class:`~slabkit.host.target.Target`, or a saved slabinfo file (then the
+    ``/sys/kernel/slab`` columns are NA). Columns: see the module docs. Kinds: ``kmalloc`` from
+    the name (:func:`kmalloc_class`), ``bucket`` by the rule of :func:`bucket_caches`, else
+    ``dedicated``. A user who may not read ``/proc/slabinfo`` gets it through slabkit's capture
+    helper where that is installed for them (:mod:`slabkit.host.helper`).
 
     >>> df = caches("tests/fixtures/slabinfo").set_index("name")
     >>> df.loc["pid", "aliases"], int(df.loc["kmalloc-cg-1k", "size_class"])
     (['cred'], 1024)
     """
-    target, saved = _open(root)
-    df = read_slabinfo(saved or target)
-    names = df["name"].tolist()
-    entries, attrs = _read_sysfs(target, names)
+    target = legacy_target(target, deprecated, func="caches")
+    return table_of(_records_or_helper(target))
 
-    by_dir: dict[str, list[str]] = {}
-    for entry, merged in entries.items():
-        if merged:
-            by_dir.setdefault(merged, []).append(entry)
-    for col in SYSFS_COLUMNS:
-        df[col] = pd.array([attrs.get((n, col)) for n in names], dtype="Int64")
-    df["reclaim_account"] = df["reclaim_account"].astype("boolean")
-    df["merged_dir"] = pd.array([entries.get(n) for n in names], dtype="string")
-    df["aliases"] = [_aliases(n, entries, by_dir) for n in names]
 
-    # Without /sys/kernel/slab, slabinfo's slot size stands in for the object size.
-    object_sizes = df["object_size"].fillna(df["objsize"])
-    buckets = bucket_caches(dict(zip(names, object_sizes.tolist())))
-    kinds, types, sizes = [], [], []
-    for name in names:
-        km = kmalloc_class(name)
-        if km:
-            kind, size = "kmalloc", km[1]
-        elif name in buckets:
-            kind, size = "bucket", _size_bytes(_SIZED_NAME_RE.match(name).group("size"))
-        else:
-            kind, size = "dedicated", None
-        kinds.append(kind)
-        types.append(km[0] if km else None)
-        sizes.append(size)
-    df["kind"] = pd.array(kinds, dtype="string")
-    df["kmalloc_type"] = pd.array(types, dtype="string")
-    df["size_class"] = pd.array(sizes, dtype="Int64")
-    return df[CACHE_COLUMNS]
+def _records_or_helper(target: Where) -> list[dict]:
+    """:func:`cache_records`, or the capture helper's copy of them when this user may not read
+    ``/proc/slabinfo`` but may use the helper."""
+    try:
+        return cache_records(target)
+    except PermissionNeeded as e:
+        from slabkit.host.helper import Helper
+        where, saved = _open(target)
+        if where is None:
+            raise
+        helper = Helper(where)
+        if helper.unavailable():
+            raise PermissionNeeded(f"{e}; or {helper.unavailable()}") from None
+        return helper.cache_records()
 
 
 # --- resolving a name the user typed ---------------------------------------------------------
@@ -360,45 +426,61 @@ class ResolvedCache:
         return text
 
 
-def _int(value) -> int | None:
-    return None if pd.isna(value) else int(value)
+def optional_int(value) -> int | None:
+    """``value`` as an int, or None where it is missing (None, NaN, pandas' NA)."""
+    if value is None or value != value:  # None, NaN
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):   # pandas' NA
+        return None
 
 
-def _resolve(table: pd.DataFrame, name: str) -> ResolvedCache:
+def resolve(records: list[dict], name: str) -> ResolvedCache:
+    """Resolve ``name`` against cache records (:func:`cache_records`); see :func:`resolve_cache`."""
     name = check_cache_name(name)
-    rows = table[table["name"] == name]
+    rec = next((r for r in records if r["name"] == name), None)
     via_alias = False
-    if rows.empty:
-        has = table["aliases"].map(lambda a: isinstance(a, list) and name in a)
-        rows, via_alias = table[has], True
-    if rows.empty:
-        known = table["name"].tolist() + [a for al in table["aliases"] if isinstance(al, list)
-                                          for a in al]
+    if rec is None:
+        rec = next((r for r in records if isinstance(r.get("aliases"), list)
+                    and name in r["aliases"]), None)
+        via_alias = True
+    if rec is None:
+        known = [r["name"] for r in records] + [a for r in records
+                                                  if isinstance(r.get("aliases"), list)
+                                                  for a in r["aliases"]]
         raise UnknownCache(name, close=difflib.get_close_matches(name, known, n=5))
-    row = rows.iloc[0]
-    aliases = row["aliases"] if isinstance(row["aliases"], list) else []
+    aliases = rec["aliases"] if isinstance(rec.get("aliases"), list) else []
+    ktype = rec.get("kmalloc_type")
     return ResolvedCache(
-        name=str(row["name"]), requested=name, via_alias=via_alias, aliases=tuple(aliases),
-        kind=str(row["kind"]),
-        kmalloc_type=None if pd.isna(row["kmalloc_type"]) else str(row["kmalloc_type"]),
-        size_class=_int(row["size_class"]), object_size=_int(row["object_size"]),
-        slab_size=_int(row["slab_size"]))
+        name=str(rec["name"]), requested=name, via_alias=via_alias, aliases=tuple(aliases),
+        kind=str(rec["kind"]), kmalloc_type=ktype if isinstance(ktype, str) else None,
+        size_class=optional_int(rec.get("size_class")), object_size=optional_int(rec.get("object_size")),
+        slab_size=optional_int(rec.get("slab_size")))
 
 
-def resolve_cache(name: str, root: Root = "/", *, table: pd.DataFrame | None = None
-                  ) -> ResolvedCache:
+def resolve_cache(name: str, target: Where = None, *, table=None,
+                  **deprecated) -> ResolvedCache:
     """Map a cache name (a slabinfo name or an alias of a merged cache) to the kernel's name.
 
-    ``table`` is a :func:`caches` table of the same root already read (saves reading it again).
-    Raises :class:`~slabkit.errors.InvalidInput` for characters no cache name has and
-    :class:`~slabkit.errors.UnknownCache` (with close matches) for a name this kernel lacks.
+    ``table`` is a :func:`caches` table (or :func:`cache_records`) of the same target already
+    read (saves reading it again). Raises :class:`~slabkit.errors.InvalidInput` for characters
+    no cache name has and :class:`~slabkit.errors.UnknownCache` (with close matches) for a
+    name this kernel lacks.
 
     >>> r = resolve_cache("cred", "tests/fixtures/slabinfo")
     >>> r.name, r.via_alias
     ('pid', True)
     """
     check_cache_name(name)
-    return _resolve(caches(root) if table is None else table, name)
+    target = legacy_target(target, deprecated, func="resolve_cache")
+    if table is None:
+        records = _records_or_helper(target)
+    elif isinstance(table, list):
+        records = table
+    else:
+        records = table.to_dict("records")
+    return resolve(records, name)
 
 
 # --- sampling over time -------------------------------------------------------------------
@@ -406,9 +488,9 @@ def resolve_cache(name: str, root: Root = "/", *, table: pd.DataFrame | None = N
 SERIES_COLUMNS = ("time_s", "name", "active_objs", "num_objs", "memory_bytes", "active_bytes")
 
 
-def sample(duration_s: float, interval_s: float = 1.0, root: Root = "/",
+def sample(duration_s: float, interval_s: float = 1.0, target: Where = None,
            names: list[str] | None = None,
-           on_sample: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+           on_sample: Callable[[int, int], None] | None = None, **deprecated):
     """Snapshot ``/proc/slabinfo`` every ``interval_s`` for ``duration_s`` (first one at 0).
 
     Returns a long table: ``time_s`` (Float64, seconds since the first snapshot), ``name``,
@@ -416,7 +498,7 @@ def sample(duration_s: float, interval_s: float = 1.0, root: Root = "/",
     or aliases, which map to their slabinfo name) limits the rows. ``on_sample(i, n)`` is called
     after snapshot ``i`` of ``n`` (1-based) for progress.
 
-    >>> series = sample(1, 0.5, root="tests/fixtures/slabinfo", names=["cred"])
+    >>> series = sample(1, 0.5, target="tests/fixtures/slabinfo", names=["cred"])
     >>> series["name"].unique().tolist(), len(series)  # cred counts under pid; 0, 0.5, 1 s
     (['pid'], 3)
     """
@@ -425,12 +507,13 @@ def sample(duration_s: float, interval_s: float = 1.0, root: Root = "/",
     if interval_s > duration_s:
         raise InvalidInput(f"interval of {interval_s:g} s is longer than the duration of "
                            f"{duration_s:g} s")
-    target = as_target(root)
-    page_size = _page_size(target)
+    target = as_target(legacy_target(target, deprecated, func="sample"))
+    page_size = target.page_size()
+    import pandas as pd
     wanted = None
     if names is not None:
-        table = caches(target)
-        wanted = {_resolve(table, n).name for n in names}
+        records = _records_or_helper(target)
+        wanted = {resolve(records, n).name for n in names}
     count = int(duration_s / interval_s + 1e-9) + 1
     frames = []
     start = time.monotonic()
@@ -450,17 +533,18 @@ def sample(duration_s: float, interval_s: float = 1.0, root: Root = "/",
     return pd.concat(frames, ignore_index=True)
 
 
-def growth(series: pd.DataFrame) -> pd.DataFrame:
+def growth(series):
     """Per cache: first and last ``active_objs`` and ``memory_bytes`` of a :func:`sample`
     series, their change, and the change per second; fastest growing (bytes) first.
 
     Columns: name, first_active_objs, last_active_objs, first_memory_bytes, last_memory_bytes,
     delta_objs, delta_bytes (memory), seconds, objs_per_s, bytes_per_s (NA over 0 seconds).
 
-    >>> series = sample(1, 0.5, root="tests/fixtures/slabinfo", names=["pid"])
+    >>> series = sample(1, 0.5, target="tests/fixtures/slabinfo", names=["pid"])
     >>> growth(series)[["name", "delta_objs"]].to_dict("records")  # a saved file never grows
     [{'name': 'pid', 'delta_objs': 0}]
     """
+    import pandas as pd
     missing = [c for c in SERIES_COLUMNS if c not in series.columns]
     if missing:
         raise InvalidInput(f"growth() needs a sample() series; this one lacks {missing}")

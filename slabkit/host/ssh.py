@@ -24,14 +24,12 @@ How it works, and why:
 * **One round trip for many files.** :meth:`SSHTarget.read_many` sends the paths on stdin to a
   small shell loop that prints each file followed by a random end marker and its ``cat`` status;
   :meth:`SSHTarget.readlinks` lists a folder with each symlink's target in one call.
-* **Remote tracers die with us.** :meth:`SSHTarget.popen` (and :meth:`SSHTarget.run`) run the
-  program under a small shell supervisor that watches the ssh session's stdin, which is a pipe
-  only this process holds. A line such as ``INT`` on it signals the program's process group
-  (:meth:`SSHTarget.signal`); end of file -- this process closed it, exited, crashed, or the local
-  ``ssh`` was killed -- stops the program: SIGINT, then SIGTERM after ``stop_grace_s`` seconds,
-  then SIGKILL. The local ``ssh`` runs in its own session and gets SIGTERM when this process
-  dies. Signals travel in-band rather than as a separate ``kill PID`` call: no remote pid has to
-  be scraped from the tracer's stderr, and a signal cannot reach a recycled pid.
+* **Remote tracers die with us.** :meth:`SSHTarget.start` (and :meth:`SSHTarget.run`) run the
+  program under slabkit's supervisor (:mod:`slabkit.host.procs`, the same one as on this
+  machine), whose stdin is the ssh session's, a pipe only this process holds: signals travel
+  in-band, and end of file -- this process let go, exited, crashed, or the local ``ssh`` was
+  killed -- ends the program. The local ``ssh`` runs in its own session and gets SIGTERM when
+  this process dies.
 
 Options: extra ``ssh`` arguments come from ``ssh_options=[...]`` and then from the environment
 variable ``SLABKIT_SSH_OPTIONS`` (split like a shell would, e.g. ``"-i ~/.ssh/lab -J bastion"``).
@@ -60,7 +58,6 @@ import os
 import re
 import shlex
 import shutil
-import signal as _signal
 import subprocess
 import tempfile
 import uuid
@@ -69,18 +66,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from slabkit.errors import TargetUnreachable, InvalidInput
+from slabkit.errors import InvalidInput, TargetUnreachable
+from slabkit.host.procs import (
+    SUPERVISE,
+    Supervised,
+    die_with_parent,
+    start_supervised,
+    supervisor_args,
+)
+from slabkit.host.target import Target
 from slabkit.validate import check_seconds
-from slabkit.host.target import Target, _die_with_parent
 
-__all__ = ["SIGNALS", "SSHDestination", "SSHTarget", "TargetUnreachable", "parse_destination",
-           "send_signal", "stop_process"]
+__all__ = ["SSHDestination", "SSHTarget", "TargetUnreachable", "parse_destination"]
 
 ENV_OPTIONS = "SLABKIT_SSH_OPTIONS"
 
-#: Signals :meth:`SSHTarget.signal` and :func:`send_signal` accept (STOP and CONT are left out:
-#: they would also stop the remote supervisor).
-SIGNALS = ("INT", "TERM", "HUP", "QUIT", "KILL", "USR1", "USR2")
 
 
 # --- destinations ------------------------------------------------------------------------------
@@ -91,7 +91,6 @@ _ACCEPTED = ("expected 'host', 'user@host', 'user@host:port' or 'ssh://user@host
 _HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")
 _USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 _IPV6_RE = re.compile(r"[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*")
-_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -206,48 +205,6 @@ for d in $PATH; do
 done
 exit 1'''
 
-# The supervisor: "$1" is the grace period in whole seconds, then env assignments NAME=VALUE up
-# to "--", then the program and its arguments. This shell (which sshd made a session and process
-# group leader) runs the program in the foreground and exits with its status, so a program that a
-# signal ends reports 128+N (had it exec'd, ssh would only say 255). A background watcher reads
-# our stdin:
-#   a line INT/TERM/... -> that signal to the process group (program, its children, this shell);
-#   end of file         -> SIGINT, then SIGTERM after the grace period, then SIGKILL.
-# This shell traps the signals so it outlives the program and reports its status; trapped signals
-# are reset to the default in the program. The watcher is an asynchronous list, so SIGINT is
-# ignored in it already; it ignores the others it sends, being in the group it signals. Its
-# output goes to /dev/null so it never holds the ssh session open. The program's stdin is
-# /dev/null.
-_SUPERVISE = r'''me=$$
-grace=$1
-shift
-while [ "$#" -gt 0 ] && [ "$1" != -- ]; do export "$1"; shift; done
-shift
-exec 3<&0
-(
-  trap '' HUP TERM QUIT USR1 USR2
-  while IFS= read -r cmd; do
-    case $cmd in
-      INT|TERM|HUP|QUIT|KILL|USR1|USR2)
-        kill -s "$cmd" -- "-$me" 2>/dev/null || kill -s "$cmd" "$me" 2>/dev/null ;;
-    esac
-  done
-  for sig in INT TERM; do
-    kill -0 "$me" 2>/dev/null || exit 0
-    kill -s "$sig" -- "-$me" 2>/dev/null || kill -s "$sig" "$me" 2>/dev/null
-    n=0
-    while [ "$n" -lt "$grace" ] && kill -0 "$me" 2>/dev/null; do sleep 1; n=$((n+1)); done
-  done
-  kill -0 "$me" 2>/dev/null || exit 0
-  kill -s KILL -- "-$me" 2>/dev/null || kill -s KILL "$me" 2>/dev/null
-) <&3 >/dev/null 2>&1 &
-watcher=$!
-trap : INT TERM HUP QUIT USR1 USR2
-"$@" </dev/null 3<&-
-status=$?
-kill -s KILL "$watcher" 2>/dev/null
-exit "$status"'''
-
 _EXEC = 'exec "$@"'
 
 # Bytes of one read_many command line. OpenSSH's sshd takes ~256 KiB, but dropbear refuses a
@@ -298,22 +255,6 @@ def _os_error(stderr: bytes, path: str, where: str) -> OSError:
     return OSError(code, f"{said} (on {where})", path)  # OSError() picks the subclass by errno
 
 
-def _signal_name(signame: object) -> str:
-    """``"INT"``, ``"SIGINT"``, ``signal.SIGINT`` or ``2`` -> ``"INT"``, checked against SIGNALS."""
-    if isinstance(signame, str):
-        name = signame.upper().removeprefix("SIG")
-    elif isinstance(signame, int) and not isinstance(signame, bool):
-        try:
-            name = _signal.Signals(signame).name.removeprefix("SIG")
-        except ValueError:
-            name = str(signame)
-    else:
-        name = repr(signame)
-    if name not in SIGNALS:
-        raise InvalidInput(f"signal must be one of {', '.join(SIGNALS)}, not {signame!r}")
-    return name
-
-
 # --- the target ----------------------------------------------------------------------------------
 
 def _teardown(exit_argv: list[str], control_dir: str, socket_path: str) -> None:
@@ -334,9 +275,7 @@ class SSHTarget(Target):
     (see :func:`parse_destination`). ``ssh_options`` are extra ``ssh`` arguments, for example
     ``["-i", "~/.ssh/lab", "-o", "StrictHostKeyChecking=accept-new"]``; ``$SLABKIT_SSH_OPTIONS``
     adds more. ``connect_timeout_s`` bounds connecting, ``timeout_s`` each of slabkit's own file
-    operations, ``persist_s`` how long an idle shared connection stays up, and ``stop_grace_s``
-    how long a remote program gets after SIGINT (and again after SIGTERM) once its local side
-    is gone. Creating the object connects to nothing; the first command does (or
+    operations, and ``persist_s`` how long an idle shared connection stays up. Creating the object connects to nothing; the first command does (or
     :meth:`connect`). Use it as a context manager, or call :meth:`close`.
 
     >>> with SSHTarget("root@lab-3", ssh_options=["-i", "/keys/lab"]) as lab:   # doctest: +SKIP
@@ -348,7 +287,7 @@ class SSHTarget(Target):
     def __init__(self, destination: str | SSHDestination, *,
                  ssh_options: list[str] | tuple[str, ...] | None = None,
                  connect_timeout_s: float = 10, timeout_s: float = 60, persist_s: int = 60,
-                 stop_grace_s: float = 5, ssh: str = "ssh"):
+                 ssh: str = "ssh"):
         self.destination = (destination if isinstance(destination, SSHDestination)
                             else parse_destination(destination))
         self.name = str(self.destination)
@@ -366,7 +305,6 @@ class SSHTarget(Target):
         self.connect_timeout_s = check_seconds(connect_timeout_s, what="connect_timeout_s")
         self.timeout_s = check_seconds(timeout_s, what="timeout_s")
         self.persist_s = math.ceil(check_seconds(persist_s, what="persist_s"))
-        self.stop_grace_s = check_seconds(stop_grace_s, what="stop_grace_s")
         self._ssh = ssh
         self._ssh_path: str | None = None
         self._control: tuple[str, weakref.finalize] | None = None
@@ -588,19 +526,11 @@ class SSHTarget(Target):
         found = done.stdout.decode(errors="replace").strip()
         return found if done.returncode == 0 and found else None
 
-    def _supervised(self, argv: list[str], env: dict | None = None) -> str:
-        argv = _check_argv(argv)
-        assignments = []
-        for key, value in (env or {}).items():
-            if not isinstance(key, str) or not _ENV_NAME_RE.fullmatch(key):
-                raise InvalidInput(f"environment variable name {key!r} is not usable "
-                                   "(letters, digits and _, not starting with a digit)")
-            if not isinstance(value, str) or "\0" in value:
-                raise InvalidInput(f"environment variable {key} must be a string without NULs, "
-                                   f"not {value!r}")
-            assignments.append(f"{key}={value}")
-        grace = str(max(1, math.ceil(self.stop_grace_s)))
-        return _OWN_GROUP + _sh(_SUPERVISE, grace, *assignments, "--", *argv, via="$S")
+    def _supervised(self, argv: list[str], env: dict | None = None,
+                    teardown: str | None = None) -> str:
+        """The remote command line that runs ``argv`` under slabkit's supervisor."""
+        args = supervisor_args(argv, env, _remote_path(teardown) if teardown else None)
+        return _OWN_GROUP + _sh(SUPERVISE, *args, via="$S")
 
     def run(self, argv: list[str], *, timeout: float = 60, input: str | None = None
             ) -> subprocess.CompletedProcess:
@@ -611,7 +541,8 @@ class SSHTarget(Target):
         that text on stdin and runs directly. Raises :class:`TargetUnreachable` when ssh cannot
         connect.
         """
-        argv = _check_argv(argv)
+        supervisor_args(argv)  # checks argv
+        argv = list(argv)
         if input is not None:
             local = self._command_argv(_sh(_EXEC, *argv))
             proc = subprocess.Popen(local, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -651,51 +582,21 @@ class SSHTarget(Target):
                                            out.decode(errors="replace"),
                                            err.decode(errors="replace"))
 
-    def popen(self, argv: list[str], *, stdout: IO, stderr: IO, env: dict | None = None
-              ) -> subprocess.Popen:
-        """Start a long-running program there (a tracer); returns the local ``ssh`` process.
+    def command(self, argv: list[str]) -> list[str]:
+        """The local ``ssh`` command line that runs ``argv`` there directly (quoted, as
+        positional parameters of a fixed script), stdin and stdout passed through."""
+        supervisor_args(argv)  # checks argv
+        return self._command_argv(_sh(_EXEC, *argv))
 
-        ``stdout`` and ``stderr`` receive the program's output. The program stops -- SIGINT, then
-        SIGTERM and SIGKILL after ``stop_grace_s`` each -- when the returned process is stopped
-        with :func:`stop_process`, when the local ``ssh`` dies, or when this Python process exits.
-        Send it a signal with :meth:`signal`. ``proc.wait()`` returns the program's exit status
-        (128 + N when signal N killed it; 255 when the connection failed). ``proc.stdin`` is
-        None, as with :meth:`LocalTarget.popen`; the control pipe is kept privately.
-        """
-        local = self._command_argv(self._supervised(argv, env))
-        read_end, write_end = os.pipe()
-        try:
-            proc = subprocess.Popen(local, stdin=read_end, stdout=stdout, stderr=stderr,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
-        except BaseException:
-            os.close(write_end)
-            raise
-        finally:
-            os.close(read_end)
-        control = open(write_end, "wb", buffering=0)  # noqa: SIM115 - lives as long as proc
-        proc._slabkit_control = control  # type: ignore[attr-defined]
-        weakref.finalize(proc, control.close)
-        return proc
+    def start(self, argv: list[str], *, stdout: IO, stderr: IO, env: dict | None = None,
+              teardown: str | None = None) -> Supervised:
+        """Start a long-running program there (a tracer): see :meth:`Target.start`.
 
-    def signal(self, proc: subprocess.Popen, signame: object = "INT") -> None:
-        """Send ``signame`` (``"INT"``, ``"TERM"``, ... see :data:`SIGNALS`) to the process
-        group of a program started with :meth:`popen`. Does nothing once it has ended."""
-        name = _signal_name(signame)
-        control = getattr(proc, "_slabkit_control", None)
-        if control is None:
-            raise InvalidInput("SSHTarget.signal() needs a process that SSHTarget.popen() started")
-        if control.closed or proc.poll() is not None:
-            return
-        try:
-            control.write(f"{name}\n".encode())
-        except (BrokenPipeError, ValueError):  # ssh already gone, or closed meanwhile
-            pass
-
-    def _release(self, proc: subprocess.Popen) -> None:
-        """Close the control pipe: the supervisor stops the program if it still runs."""
-        control = getattr(proc, "_slabkit_control", None)
-        if control is not None:
-            control.close()
+        The returned process is the local ``ssh``; its exit status is the program's (128 + N
+        when signal N ended it; 255 when the connection failed)."""
+        local = self._command_argv(self._supervised(argv, env, teardown))
+        return start_supervised(local, list(argv), stdout=stdout, stderr=stderr,
+                                preexec_fn=die_with_parent)
 
     def is_root(self) -> bool:
         done = self._call(_sh(_PRELUDE + "exec id -u"), what="asking for the user id")
@@ -706,63 +607,3 @@ class SSHTarget(Target):
         if done.returncode != 0:
             raise _os_error(done.stderr, "uname", self.name)
         return done.stdout.decode(errors="replace").strip()
-
-
-def _check_argv(argv: object) -> list[str]:
-    if isinstance(argv, (str, bytes)) or not isinstance(argv, (list, tuple)) or not argv:
-        raise InvalidInput(f"a command is a non-empty list of arguments, not {argv!r}")
-    if not all(isinstance(a, str) and "\0" not in a for a in argv):
-        raise InvalidInput(f"command arguments must be strings without NUL bytes: {argv!r}")
-    return list(argv)
-
-
-# --- signalling, for any target ------------------------------------------------------------------
-
-def send_signal(target: Target, proc: subprocess.Popen, signame: object = "INT") -> None:
-    """Send a signal to the process group of a program that ``target.popen()`` started.
-
-    Works for :class:`SSHTarget` (through its control pipe) and for :class:`LocalTarget`
-    (``os.killpg``; its ``popen`` starts a new session). Does nothing once the program ended.
-    """
-    name = _signal_name(signame)
-    if isinstance(target, SSHTarget):
-        target.signal(proc, name)
-        return
-    if proc.poll() is not None:  # reaped: its pid (and group id) may belong to someone else now
-        return
-    try:
-        os.killpg(proc.pid, getattr(_signal, "SIG" + name))
-    except ProcessLookupError:
-        pass
-
-
-def stop_process(target: Target, proc: subprocess.Popen, *, signame: object = "INT",
-                 grace_s: float = 5) -> int:
-    """Stop a program ``target.popen()`` started and return its exit status.
-
-    Sends ``signame`` (SIGINT by default: tracers print their maps and exit on it), then SIGTERM
-    after ``grace_s`` seconds, then SIGKILL after 2 more; on an :class:`SSHTarget` it finally closes
-    the control pipe (the remote supervisor then stops whatever is left) and, as a last resort,
-    kills the local ``ssh``.
-    """
-    steps = [(signame, grace_s), ("TERM", 2.0), ("KILL", 2.0)]
-    try:
-        for sig, wait_s in steps:
-            if proc.poll() is not None:
-                break
-            send_signal(target, proc, sig)
-            try:
-                proc.wait(timeout=wait_s)
-            except subprocess.TimeoutExpired:
-                continue
-    finally:
-        if isinstance(target, SSHTarget):
-            target._release(proc)
-        if proc.poll() is None:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    return proc.returncode
-

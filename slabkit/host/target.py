@@ -8,27 +8,15 @@ maps them under that folder.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
-import signal
 import socket
 import subprocess
 from pathlib import Path
 from typing import IO, Union
 
-from slabkit.errors import InvalidInput, PermissionNeeded
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    """Ask the kernel to SIGTERM the child when its parent dies, so no tracer outlives us."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except Exception:  # pragma: no cover - best effort, the process group still helps
-        pass
+from slabkit.errors import PermissionNeeded
+from slabkit.host.procs import SUPERVISE, Supervised, start_supervised, supervisor_args
 
 
 class Target:
@@ -80,11 +68,41 @@ class Target:
 
     def run(self, argv: list[str], *, timeout: float = 60, input: str | None = None
             ) -> subprocess.CompletedProcess:
+        """Run a short command there and wait for it (output as text)."""
         raise NotImplementedError
 
-    def popen(self, argv: list[str], *, stdout: IO, stderr: IO, env: dict | None = None
-              ) -> subprocess.Popen:
+    def start(self, argv: list[str], *, stdout: IO, stderr: IO, env: dict | None = None,
+              teardown: str | None = None) -> Supervised:
+        """Start a long-running program there (a tracer) under slabkit's supervisor
+        (:mod:`slabkit.host.procs`): in a process group of its own, signalled in-band, stopped
+        by :meth:`Supervised.stop` and ended within a second of this process's death.
+        ``stdout``/``stderr`` receive its output; ``env`` adds environment variables;
+        ``teardown`` names a tracefs instance folder to disable and remove when it ends."""
         raise NotImplementedError
+
+    def command(self, argv: list[str]) -> list[str]:
+        """The local command line that runs ``argv`` there directly, its stdin, stdout and
+        stderr connected to the local process's (slabkit's capture helper talks this way)."""
+        raise NotImplementedError
+
+    @property
+    def runs_here(self) -> bool:
+        """Whether commands run on this machine (a local target, fake root or not)."""
+        return False
+
+    @property
+    def is_this_machine(self) -> bool:
+        """Whether both commands and files are this machine's (no fake root, no SSH)."""
+        return False
+
+    def page_size(self) -> int:
+        """The target's memory page size in bytes."""
+        done = self.run(["getconf", "PAGESIZE"], timeout=30)
+        if done.returncode != 0 or not done.stdout.strip().isdigit():
+            from slabkit.errors import SlabkitError
+            raise SlabkitError(f"cannot learn the page size on {self.name}: `getconf PAGESIZE` "
+                               f"said {(done.stderr or done.stdout).strip()[-200:]!r}")
+        return int(done.stdout)
 
     def is_root(self) -> bool:
         raise NotImplementedError
@@ -147,40 +165,33 @@ class LocalTarget(Target):
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                               input=input, errors="replace")
 
-    def popen(self, argv: list[str], *, stdout: IO, stderr: IO, env: dict | None = None
-              ) -> subprocess.Popen:
-        """Start a long-running tool in its own process group, dying with this process."""
-        full_env = None
-        if env:
-            full_env = dict(os.environ)
-            full_env.update(env)
-        return subprocess.Popen(argv, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
-                                env=full_env, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+    def start(self, argv: list[str], *, stdout: IO, stderr: IO, env: dict | None = None,
+              teardown: str | None = None) -> Supervised:
+        command = ["/bin/sh", "-c", SUPERVISE, "slabkit",
+                   *supervisor_args(argv, env, str(self.path(teardown)) if teardown else None)]
+        return start_supervised(command, list(argv), stdout=stdout, stderr=stderr,
+                                record=self.is_this_machine)
+
+    def command(self, argv: list[str]) -> list[str]:
+        supervisor_args(argv)  # checks argv
+        return list(argv)
+
+    @property
+    def runs_here(self) -> bool:
+        return True
+
+    @property
+    def is_this_machine(self) -> bool:
+        return str(self.root) == "/"
+
+    def page_size(self) -> int:
+        return os.sysconf("SC_PAGE_SIZE")
 
     def is_root(self) -> bool:
         return os.geteuid() == 0
 
     def hostname(self) -> str:
         return socket.gethostname()
-
-
-def as_target(where: Union[str, os.PathLike, Target, None] = None) -> Target:
-    """Turn what a user passed (None, a root folder, a target) into a :class:`Target`.
-
-    A string that looks like ``user@host`` or ``ssh://...`` is an SSH host (``slabkit.host.ssh``).
-    """
-    if where is None:
-        return LocalTarget("/")
-    if isinstance(where, Target):
-        return where
-    text = os.fspath(where)
-    if text.startswith("ssh://") or ("@" in text and not text.startswith("/")):
-        from slabkit.host.ssh import SSHTarget  # imported late: optional feature
-        return SSHTarget(text)
-    if not os.path.isdir(text):
-        raise InvalidInput(f"root folder {text!r} does not exist; pass '/' for this machine")
-    return LocalTarget(text)
 
 
 def require_root(target: Target, what: str) -> None:

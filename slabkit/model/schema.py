@@ -106,6 +106,36 @@ def empty(table: str) -> pd.DataFrame:
     return pd.DataFrame({c.name: pd.Series(dtype=c.dtype) for c in TABLES[table]})
 
 
+def table(name: str, columns: dict, *, omit: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Build table ``name`` from ``columns`` (column -> values, all of one length), in the
+    schema's order and dtypes; every schema column not given is filled with missing values
+    (a tracer that cannot tell a value leaves it ``<NA>``, never invents it). ``omit``: schema
+    columns to leave out (``host``, which the capture adds later).
+
+    >>> table("allocs", {"comm": ["a"], "count": [3]}, omit=("host",)).dtypes["pid"]
+    Int64Dtype()
+    """
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"columns of different lengths for table {name!r}: {sorted(lengths)}")
+    n = lengths.pop() if lengths else 0
+    spec = TABLES[name]
+    unknown = set(columns) - {c.name for c in spec}
+    if unknown:
+        raise ValueError(f"table {name!r} has no column(s) {sorted(unknown)}")
+    data = {}
+    for c in spec:
+        if c.name in omit:
+            continue
+        if c.name in columns:
+            data[c.name] = pd.array(columns[c.name], dtype=c.dtype) \
+                if not isinstance(columns[c.name], pd.api.extensions.ExtensionArray) \
+                else columns[c.name].astype(c.dtype)
+        elif c.required:
+            data[c.name] = pd.array([pd.NA] * n, dtype=c.dtype)
+    return pd.DataFrame(data)
+
+
 def validate(df: pd.DataFrame, table: str, *, source: str | None = None) -> pd.DataFrame:
     """Check ``df`` against the table's schema and return it with the documented dtypes.
 

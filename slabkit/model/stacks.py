@@ -58,8 +58,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from slabkit.model import schema
 from slabkit.errors import ParseError, PermissionNeeded
+from slabkit.model import schema
 
 
 class Frame(NamedTuple):
@@ -358,70 +358,3 @@ class Kallsyms:
             out.loc[need, "offset"] = off
             out.loc[need, "module"] = mod
         return out
-
-
-#: Tracing machinery a stack may start with, depending on how the tracer attached and on what
-#: *else* is attached: with two or more probes on one tracepoint the kernel calls them through
-#: ``__traceiter_<event>``, so the same allocation's stack gains a frame when another tracer
-#: runs. Dropped from the inner end only, so stacks mean the same whoever else is tracing.
-#: slabcount (``slabkit/bpf/slabcount.c``, ``is_machinery_name``) cuts the same names while its
-#: program is loaded, the only time its ``bpf_prog_`` frame can be named: keep the lists alike.
-TRACER_GLUE_RE = re.compile(
-    r"(?:__traceiter_\w+|perf_trace_\w+|trace_event_raw_event_\w+|__bpf_trace_\w+"
-    r"|bpf_trace_run\d+|bpf_prog_\w+|trace_call_bpf)$")
-
-
-def drop_tracer_glue(allocs: pd.DataFrame, frames: pd.DataFrame,
-                     outstanding: pd.DataFrame | None = None
-                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
-    """Drop :data:`TRACER_GLUE_RE` frames at the inner end of every stack.
-
-    Stacks that become equal are merged (one ``stack_id``; the rows of ``allocs`` and
-    ``outstanding`` that pointed at either are summed), so a stack's identity does not depend
-    on what else was attached. Returns the tables unchanged when no stack starts with glue.
-    """
-    if not len(frames):
-        return allocs, frames, outstanding
-    inner = frames.loc[frames["depth"] == 0, "function"].astype("string")
-    if not inner.str.match(TRACER_GLUE_RE).fillna(False).astype(bool).any():
-        return allocs, frames, outstanding          # the common case: a cheap test
-    fr = frames.sort_values(["stack_id", "depth"], kind="stable")
-    near = (fr["depth"] < 8).to_numpy()             # glue is only ever a few frames deep
-    glue = np.zeros(len(fr), dtype=bool)
-    glue[near] = (fr.loc[near, "function"].astype("string").str.match(TRACER_GLUE_RE)
-                  .fillna(False).astype(bool).to_numpy())
-    # leading = glue and every frame before it in the stack is glue too
-    sid = fr["stack_id"].to_numpy()
-    leading = pd.Series(glue.astype(np.int8)).groupby(sid).cummin().to_numpy().astype(bool)
-    kept = fr.loc[~leading].copy()
-    dropped = pd.Series(leading.astype(np.int64)).groupby(sid).sum()
-    kept["depth"] = (kept["depth"].to_numpy(np.int64)
-                     - dropped.reindex(kept["stack_id"].to_numpy()).to_numpy())
-    kept["depth"] = kept["depth"].astype("Int64")
-    # one id per distinct remaining stack: a 64-bit signature of (depth, frame) per stack
-    parts = kept[["depth", "function", "offset", "module", "address"]]
-    h = pd.util.hash_pandas_object(parts, index=False).to_numpy(np.uint64)
-    sig = pd.Series(h).groupby(kept["stack_id"].to_numpy()).sum()   # wraps: fine for a hash
-    canon = sig.reset_index().groupby(0)["index"].transform("min")
-    remap = dict(zip(sig.index, canon.to_numpy()))
-    kept = kept[kept["stack_id"].map(remap) == kept["stack_id"]]
-    # a stack made only of glue keeps no frames; its rows keep their id (no frames, as before)
-
-    def merge_rows(df: pd.DataFrame | None) -> pd.DataFrame | None:
-        if df is None or not len(df):
-            return df
-        new = df["stack_id"].map(remap).fillna(df["stack_id"]).astype(df["stack_id"].dtype)
-        if (new == df["stack_id"]).all():
-            return df
-        df = df.assign(stack_id=new)
-        sums = [c for c in ("count", "bytes", "bytes_req") if c in df.columns]
-        keys = [c for c in df.columns if c not in sums and c not in
-                ("oldest_age_s", "median_age_s")]
-        agg = {c: (lambda x: x.sum(min_count=1)) for c in sums}
-        if "oldest_age_s" in df.columns:
-            agg["oldest_age_s"] = "max"
-            agg["median_age_s"] = "median"      # of the merged groups' medians: approximate
-        out = df.groupby(keys, dropna=False, sort=False, as_index=False).agg(agg)
-        return out.astype({c: df[c].dtype for c in out.columns})[list(df.columns)]
-
-    return merge_rows(allocs), kept.reset_index(drop=True), merge_rows(outstanding)

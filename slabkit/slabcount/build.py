@@ -46,6 +46,13 @@ def binary_path() -> Path:
     return cache_dir() / f"slabcount-{source_hash()}" / "slabcount"
 
 
+def prebuilt_path() -> Path:
+    """Where a binary built for these very sources may lie beside them: the capture helper's
+    root-owned copy of slabkit has one (``slabkit helper install`` builds it), so the helper
+    never compiles nor runs anything from a user's cache."""
+    return HERE / "prebuilt" / source_hash() / "slabcount"   # its comm: slabcount
+
+
 def missing_tools() -> str | None:
     """What the build lacks on this machine, as advice, or None."""
     missing = [t for t in ("clang", "bpftool", "cc") if not shutil.which(t)]
@@ -76,6 +83,9 @@ def _step(argv: list[str], cwd: Path, stdout=None) -> None:
 
 def build(force: bool = False) -> Path:
     """The path of a ``slabcount`` built from the current sources (building it if needed)."""
+    prebuilt = prebuilt_path()
+    if prebuilt.is_file() and not force:
+        return prebuilt
     out = binary_path()
     if out.exists() and not force:
         return out

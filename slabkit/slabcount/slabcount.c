@@ -192,9 +192,10 @@ static void print_comm(const char *c)
  * The frames a raw tracepoint program sees first are the tracing machinery itself (the BPF
  * program, bpf_trace_runN, __bpf_trace_<tp>): they are cut here, where /proc/kallsyms is at
  * hand, so stacks start at the allocator as they do from other tracers. They cannot be left to
- * slabkit/frames.py (TRACER_GLUE_RE drops the same names from every tracer's stacks): the
- * program's own bpf_prog_ symbol is gone from kallsyms once it is unloaded, before slabkit
- * saves kallsyms, and an unnamed first frame would stop the cut there. Keep the lists alike.
+ * slabkit/model/vocabulary.py (TRACER_GLUE drops the same names from every tracer's stacks):
+ * the program's own bpf_prog_ symbol is gone from kallsyms once it is unloaded, before slabkit
+ * saves kallsyms, and an unnamed first frame would stop the cut there. Keep the lists alike:
+ * tests/test_vocabulary.py checks that every name cut here is TRACER_GLUE there.
  */
 struct range { unsigned long long lo, hi; };
 static struct range text = { 0, ~0ULL };

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from slabkit import __version__
+from slabkit._version import __version__
 from slabkit.errors import SlabkitError
 
 
@@ -18,7 +18,7 @@ def _add_target(p: argparse.ArgumentParser) -> None:
 
 
 def _target(args):
-    from slabkit.host.target import as_target
+    from slabkit.host.where import as_target
     if getattr(args, "host", None):
         return as_target(args.host if "@" in args.host or args.host.startswith("ssh://")
                          else "ssh://" + args.host)
@@ -93,6 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-code", action="store_true", help="keep the code cells in the page")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("helper", help="slabkit's capture helper for normal users: install "
+                                      "(root), uninstall (root), status",
+                       add_help=False)
+    p.add_argument("helper_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_helper)
+
+    p = sub.add_parser("export", help="a capture in other tools' formats: pprof "
+                                      "(go tool pprof, Pyroscope, Parca), folded stacks")
+    p.add_argument("capture", nargs="+", help="capture folder(s), glob, or raw tracer output")
+    p.add_argument("--pprof", default=None, metavar="OUT.pb.gz",
+                   help="write a gzip-compressed pprof profile (profile.proto)")
+    p.add_argument("--folded", default=None, metavar="OUT.folded",
+                   help="write FlameGraph folded stacks (flamegraph.pl, speedscope)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("demo", help="the README's demo: caches, then a capture and a report")
     p.add_argument("-d", "--duration", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--cache", default=None, help="capture this cache (default: the busiest)")
@@ -102,11 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_capture(args) -> int:
+    from slabkit.backends.base import DEFAULT_STACK_SAMPLE, Options
     from slabkit.capturing.run import capture, prepare
     stack_sample = 1 if args.full_stacks else args.stack_sample
     opts = dict(backend=args.backend, mode="outstanding" if args.outstanding else "allocs",
-                pid=args.pid, comm=args.comm, host=_target(args), stack_sample=stack_sample,
-                sample_every=args.sample_every)
+                pid=args.pid, comm=args.comm, target=_target(args),
+                options=Options(stack_sample=DEFAULT_STACK_SAMPLE if stack_sample is None
+                                else stack_sample,
+                                sample_every=args.sample_every))
     if args.print_program:
         from slabkit.validate import check_seconds
         check_seconds(args.duration)
@@ -124,39 +142,8 @@ def cmd_capture(args) -> int:
         print(prep.program.text if prep.program.text else " ".join(prep.program.argv))
         return 0
     cap = capture(args.cache, args.duration, out=args.output, progress=not args.quiet, **opts)
-    print_summary(cap, top=args.top)
+    _print_summary(cap, top=args.top)
     return 0
-
-
-def print_summary(cap, *, top: int = 10, file=None) -> None:
-    """The end-of-capture summary: where it is, what was lost, top processes and call sites."""
-    from slabkit import analysis
-    out = file or sys.stdout
-    m = cap.meta
-    print(f"{m.get('cache')}: {m.get('total_allocs', 0)} allocations in "
-          f"{float(m.get('duration_s') or 0):.1f} s via {m.get('backend')} "
-          f"({m.get('status')}); saved in {cap.path}", file=out)
-    lost = int(m.get("lost_total") or 0)
-    if lost:
-        print(f"WARNING: the tracer reported {lost} lost events/updates: {m.get('losses')}",
-              file=out)
-    for note in m.get("notes", []):
-        print(f"note: {note}", file=out)
-    if not len(cap.allocs):
-        print("no allocations were seen", file=out)
-        return
-    import pandas as pd
-    with pd.option_context("display.width", 160, "display.max_colwidth", 60):
-        print("\nTop processes:", file=out)
-        print(analysis.by_process(cap).head(top).to_string(), file=out)
-        if len(cap.frames):
-            print("\nTop call sites (first frame outside the allocator):", file=out)
-            print(analysis.by_frame(cap).head(top).to_string(), file=out)
-            stacks = analysis.top_stacks(cap, min(top, 5))
-            if len(stacks):
-                print("\nTop stacks (innermost first):", file=out)
-                for _, row in stacks.iterrows():
-                    print(f"{int(row['count']):>10}  {str(row['stack'])[:150]}", file=out)
 
 
 def cmd_list(args) -> int:
@@ -172,13 +159,36 @@ def cmd_list(args) -> int:
 def cmd_show(args) -> int:
     from slabkit.capturing.load import load
     cap = load(args.path if len(args.path) > 1 else args.path[0], reparse=args.reparse)
-    print_summary(cap, top=args.top)
+    _print_summary(cap, top=args.top)
     return 0
 
 
+def _print_summary(cap, *, top: int) -> None:
+    from slabkit.ui.summary import summarize
+    print(summarize(cap, top=top).to_text())
+
+
+def cmd_helper(args) -> int:
+    from slabkit.helper.install import main as helper_main
+    return helper_main(args.helper_args or ["status"])
+
+
 def cmd_cleanup(args) -> int:
-    from slabkit.host.procs import cleanup_leftovers
-    done = cleanup_leftovers()
+    import os
+
+    from slabkit.host.cleanup import cleanup_leftovers
+    if os.geteuid() == 0:
+        done = cleanup_leftovers()
+    else:
+        from slabkit.host.helper import Helper
+        from slabkit.host.target import LocalTarget
+        helper = Helper(LocalTarget())
+        why = helper.unavailable()
+        if why:
+            from slabkit.errors import PermissionNeeded
+            raise PermissionNeeded(f"slabkit cleanup ends root's tracers: run it with sudo "
+                                   f"(or {why})")
+        done = helper.cleanup()
     print("\n".join(done) if done else "nothing left behind")
     return 0
 
@@ -189,6 +199,19 @@ def cmd_report(args) -> int:
     from slabkit.ui.report import write_report
     out = args.output or f"{Path(args.capture).resolve().name}.html"
     print(f"report: {write_report(args.capture, out, show_code=args.show_code)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from slabkit.analysis.export import to_pprof, write_folded
+    from slabkit.capturing.load import load
+    if not (args.pprof or args.folded):
+        raise SlabkitError_("say what to write: --pprof OUT.pb.gz and/or --folded OUT.folded")
+    cap = load(args.capture if len(args.capture) > 1 else args.capture[0])
+    if args.pprof:
+        print(f"pprof: {to_pprof(cap, args.pprof)}")
+    if args.folded:
+        print(f"folded: {write_folded(cap, args.folded)}")
     return 0
 
 
@@ -215,10 +238,10 @@ def cmd_caches(args) -> int:
         raise SlabkitError_("--top must be a positive number of rows")
     if args.watch is not None:
         series = slabinfo.sample(duration_s=args.watch, interval_s=args.interval,
-                                 root=_target(args))
+                                 target=_target(args))
         df = slabinfo.growth(series)
     else:
-        df = slabinfo.caches(root=args.file or _target(args))
+        df = slabinfo.caches(args.file or _target(args))
         df = df.sort_values("memory_bytes", ascending=False)
         cols = [c for c in ("name", "kind", "active_objs", "num_objs", "objsize", "memory_bytes",
                             "utilisation", "aliases") if c in df.columns]

@@ -2,7 +2,8 @@
 
 As root: the cache table, the busiest cache right now, a capture of it for ``duration``
 seconds, its summary, and a shareable HTML report. Without root: says why, then shows what
-works without root: a sample capture from ``data/samples`` and its report.
+works without root: a sample capture shipped with slabkit (:mod:`slabkit.samples`) and its
+report.
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import sys
 from pathlib import Path
 
 from slabkit.errors import PermissionNeeded, SlabkitError
+from slabkit.ui.summary import summarize
 
-SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
+#: the sample capture shown without root
+DEMO_SAMPLE = "bpftrace-filp"
 
 
 def _say(text: str = "") -> None:
@@ -22,7 +25,6 @@ def _say(text: str = "") -> None:
 def run_demo(duration: float = 10.0, cache: str | None = None,
              report_dir: str | os.PathLike = "data/reports") -> int:
     from slabkit.host import slabinfo
-    from slabkit.ui.cli import print_summary
     _say("== slab caches, biggest first ==")
     try:
         table = slabinfo.caches().sort_values("memory_bytes", ascending=False)
@@ -53,20 +55,16 @@ def run_demo(duration: float = 10.0, cache: str | None = None,
         _say(f"capture failed: {e}")
         _say("showing a sample capture instead.\n")
         return _demo_from_sample(report_dir)
-    print_summary(cap)
+    _say(summarize(cap).to_text())
     _write_report(cap.path, report_dir)
     return 0
 
 
 def _demo_from_sample(report_dir) -> int:
     from slabkit.capturing.load import load
-    from slabkit.ui.cli import print_summary
-    samples = sorted(p for p in SAMPLES.glob("*/meta.json"))
-    if not samples:
-        _say(f"no sample captures in {SAMPLES}")
-        return 2
-    cap = load(samples[0].parent)
-    print_summary(cap)
+    from slabkit.samples import sample_path
+    cap = load(sample_path(DEMO_SAMPLE))
+    _say(summarize(cap).to_text())
     _write_report(cap.path, report_dir)
     return 0
 

@@ -201,7 +201,7 @@ def write_report(capture_path: PathLike, out_html: PathLike, *, show_code: bool 
     output). ``notebook``: another parameterised notebook to use instead. The page is
     self-contained (plots inline); code cells are hidden unless ``show_code``.
 
-    >>> write_report("data/samples/bpftrace-filp", "filp.html")   # doctest: +SKIP
+    >>> write_report("data/captures/filp-20261130-091812-vm", "filp.html")   # doctest: +SKIP
     PosixPath('filp.html')
     """
     import nbformat
@@ -233,5 +233,5 @@ def write_report(capture_path: PathLike, out_html: PathLike, *, show_code: bool 
 
 
 def _version() -> str:
-    from slabkit import __version__
+    from slabkit._version import __version__
     return __version__

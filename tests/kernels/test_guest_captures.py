@@ -67,7 +67,7 @@ def slabwork(target, *args: str):
 
 def _capture(target, cache: str, work, tmp_path, backend: str = "auto"):
     # The stop event ends the capture (status "interrupted"); 600 s is only an upper bound.
-    return capture_around(cache, work, host=target, base=tmp_path, seconds=600, backend=backend)
+    return capture_around(cache, work, target=target, base=tmp_path, seconds=600, backend=backend)
 
 
 #: both in-kernel counters: slabkit's own raw-tracepoint program (built here, copied to the

@@ -91,7 +91,7 @@ def test_filp_counts_slabwork_opens_exactly_through_staprun(stap_guest, tmp_path
 
     t = time.monotonic()
     # the module is built when the capture starts (cold: ~50 s), so allow the attach its time
-    cap = capture_around("filp", work, backend="stap", host=target, base=tmp_path, seconds=1200,
+    cap = capture_around("filp", work, backend="stap", target=target, base=tmp_path, seconds=1200,
                          settle_s=1.0, attach_timeout_s=900)
     wall = time.monotonic() - t
 

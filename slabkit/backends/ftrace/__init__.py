@@ -48,11 +48,10 @@ in ring-buffer entries (an event and its stack are two); ``trace_pipe`` also pri
 ``CPU:N [LOST M EVENTS]`` lines, reported in the notes.
 
 Modules: ``program`` (what is written to tracefs, and its text), ``backend`` (running it),
-``tasks`` (the end-of-capture comm/tgid lookup), ``parse`` (the trace_pipe text -> tables).
+``tasks`` (the end-of-capture comm/tgid lookup), ``parse`` (the trace_pipe text -> tables; imported on its own, it needs pandas).
 The tracefs instance itself (create, stats, remove) is :mod:`slabkit.host.tracefs`.
 """
 from slabkit.backends.ftrace.backend import FtraceBackend
-from slabkit.backends.ftrace.parse import parse_output
 from slabkit.backends.ftrace.program import (
            RAW,
            STATS,
@@ -63,5 +62,5 @@ from slabkit.backends.ftrace.program import (
 )
 from slabkit.backends.ftrace.tasks import read_tasks, save_tasks, seen_tids
 
-__all__ = ["FtraceBackend", "FtraceProgram", "RAW", "STATS", "STDERR", "TASKS", "parse_output",
+__all__ = ["FtraceBackend", "FtraceProgram", "RAW", "STATS", "STDERR", "TASKS",
            "read_tasks", "render_text", "save_tasks", "seen_tids"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from slabkit.backends import Parsed
-from slabkit.backends._common import build_tables
+from slabkit.backends._tables import build_tables
 from slabkit.backends.ftrace.program import TASKS
 from slabkit.backends.ftrace.tasks import read_tasks
 from slabkit.errors import ParseError

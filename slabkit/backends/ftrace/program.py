@@ -2,7 +2,6 @@
 """
 from __future__ import annotations
 
-import itertools
 import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,7 +25,6 @@ TASK_EVENTS = ("task/task_newtask", "task/task_rename")
 #: how long to wait for trace_pipe to drain after the event is disabled
 DRAIN_TIMEOUT_S = 10.0
 
-_instance_seq = itertools.count()
 
 # --------------------------------------------------------------------------------------------
 # rendering

@@ -40,12 +40,22 @@ registered, so the capture counts as attached only at the script's ``armed`` lin
 """
 from slabkit.backends.stap.backend import StapBackend, StapProgram
 from slabkit.backends.stap.build import (
-    CompileSettings, build_module, check_release, compile_argv, module_name,
+    CompileSettings,
+    build_module,
+    check_release,
+    compile_argv,
+    module_name,
 )
 from slabkit.backends.stap.classic import parse_classic, parse_classic_meta
-from slabkit.backends.stap.parse import parse, parse_meta, parse_stderr
+from slabkit.backends.stap.parse import (
+    parse_meta,
+    parse_output,
+    parse_stderr,
+    parse_text,
+)
 from slabkit.backends.stap.program import argv, render, script_template
 
 __all__ = ["CompileSettings", "StapBackend", "StapProgram", "argv", "build_module",
-           "check_release", "compile_argv", "module_name", "parse", "parse_classic",
-           "parse_classic_meta", "parse_meta", "parse_stderr", "render", "script_template"]
+           "check_release", "compile_argv", "module_name", "parse_classic",
+           "parse_classic_meta", "parse_meta", "parse_output", "parse_stderr", "parse_text", "render",
+           "script_template"]

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slabkit.backends import Program
+from slabkit.backends import Backend, Program
 from slabkit.backends.stap.build import (
     ENV_COMPILE,
     ENV_ROOT,
@@ -21,7 +21,7 @@ from slabkit.backends.stap.build import (
     compile_argv,
     module_name,
 )
-from slabkit.backends.stap.parse import ARMED, parse, parse_meta, parse_stderr
+from slabkit.backends.stap.parse import ARMED, parse_output, parse_stderr
 from slabkit.backends.stap.program import (
     BUILD_INFO,
     BUILD_LOG,
@@ -50,7 +50,7 @@ class StapProgram(Program):
     release: str | None = None
 
 
-class StapBackend:
+class StapBackend(Backend):
     """SystemTap on kernels with kprobes and loadable modules (the classic tool's home).
 
     Two ways to run, chosen per target:
@@ -168,8 +168,6 @@ class StapBackend:
         import uuid
 
         from slabkit.backends import RunResult
-        from slabkit.host.procs import tracer_process
-        from slabkit.host.target import LocalTarget
         (folder / SCRIPT_FILE).write_text(program.text)
         build = isinstance(program, StapProgram) and bool(program.build_argv)
         raw_files = [RAW, STDERR_FILE, SCRIPT_FILE]
@@ -179,7 +177,7 @@ class StapBackend:
             target.write_bytes(remote_file, data)
             cmd = list(program.argv)
             raw_files += [BUILD_LOG, BUILD_INFO]
-        elif isinstance(target, LocalTarget):
+        elif target.runs_here:
             remote_file = None
             cmd = [str(folder / SCRIPT_FILE) if a == "{folder}/" + SCRIPT_FILE else a
                    for a in program.argv]
@@ -191,7 +189,7 @@ class StapBackend:
         what = "staprun" if build else "stap"
         try:
             with open(raw, "wb") as out, open(errf, "wb") as err:
-                with tracer_process(target, cmd, stdout=out, stderr=err) as proc:
+                with target.start(cmd, stdout=out, stderr=err) as proc:
                     def attached() -> bool:  # "begin" runs before the kprobes exist
                         with open(raw, "rb") as f:
                             return ARMED.encode() in f.read(4096)
@@ -219,27 +217,4 @@ class StapBackend:
                          losses=losses, raw_files=raw_files)
 
     def parse(self, folder, plan, meta):
-        from slabkit.backends import Parsed
-        path = folder / RAW
-        allocs, frames = parse(path.read_text(errors="replace"),
-                               object_size=meta.get("slab_size"), path=str(path))
-        notes: list[str] = []
-        losses: dict[str, int] = {}
-        errf = folder / STDERR_FILE
-        info = parse_meta(path.read_text(errors="replace"),
-                          errf.read_text(errors="replace") if errf.exists() else "")
-        why = "; ".join(info["error_lines"][:3]) or "no error printed"
-        if info["truncated"] or info["how"] is None:
-            losses["report_truncated"] = 1
-            notes.append(f"stap's listing stopped part way ({why}): only the stacks printed "
-                         "before that are counted")
-        elif info["how"] == "error":
-            notes.append(f"stap stopped on an error ({why}); the counts are those up to it")
-        if (folder / BUILD_INFO).exists():
-            b = json.loads((folder / BUILD_INFO).read_text())
-            where = f" in the root {b['root']}" if b.get("root") else ""
-            notes.append(f"stap module {b['module']} built here{where} for {b['release']} in "
-                         f"{b['build_seconds']:g} s ({b['module_bytes']} bytes) and loaded on "
-                         f"the target with staprun")
-        return Parsed(allocs=allocs.drop(columns=["host"]), frames=frames, notes=notes,
-                      losses=losses)
+        return parse_output(folder / RAW, plan, meta)

@@ -14,6 +14,7 @@ from typing import Any
 
 from slabkit.backends.stap.program import SCRIPT_FILE, argv
 from slabkit.errors import InvalidInput, ProbeFailed
+from slabkit.host.procs import die_with_parent
 
 # --------------------------------------------------------------------------------------------
 # compiling here for another kernel ("compile here, run there")
@@ -115,8 +116,7 @@ def compile_argv(script: str, cache: str, seconds: float | None, pid: int | None
 def _in_root(root: str, workdir: str):
     """preexec_fn: chroot into ``root``, go to ``workdir`` there, die with the parent."""
     def enter() -> None:
-        from slabkit.host.target import _die_with_parent
-        _die_with_parent()
+        die_with_parent()
         os.chroot(root)
         os.chdir(workdir)
     return enter
@@ -135,7 +135,6 @@ def build_module(script_text: str, cmd: list[str], module: str, *, root: str | N
     import signal
     import tempfile
 
-    from slabkit.host.target import _die_with_parent
     if root is not None:
         base = os.path.join(root, "tmp")
         os.makedirs(base, mode=0o1777, exist_ok=True)
@@ -147,7 +146,7 @@ def build_module(script_text: str, cmd: list[str], module: str, *, root: str | N
                     "TMPDIR": "/tmp"}}
     else:
         work = tempfile.mkdtemp(prefix="slabkit-stap-")
-        popen_kw = {"cwd": work, "preexec_fn": _die_with_parent,
+        popen_kw = {"cwd": work, "preexec_fn": die_with_parent,
                     "env": dict(os.environ, LC_ALL="C")}
     try:
         with open(os.path.join(work, SCRIPT_FILE), "w") as f:

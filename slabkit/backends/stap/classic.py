@@ -6,13 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
-from slabkit.backends.stap.parse import bytes_column
+from slabkit.backends.base import Parsed
 from slabkit.errors import ParseError
-from slabkit.model import schema
-from slabkit.model.stacks import frames_table
 
 # --------------------------------------------------------------------------------------------
 # the classic slab.stp output
@@ -73,8 +68,8 @@ def _read_classic(text: str, path: str | None):
 
 
 def parse_classic(text: str, *, object_size: int | None = None, path: str | None = None
-                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read the output of the classic ``slab.stp`` into ``(allocs, frames)``.
+                  ) -> Parsed:
+    """Read the output of the classic ``slab.stp`` into tables.
 
     The classic output has two sections::
 
@@ -126,20 +121,15 @@ def parse_classic(text: str, *, object_size: int | None = None, path: str | None
             sids.append(-1)
             counts.append(rest)
     n = len(comms)
-    counts_a = np.array(counts, dtype=np.int64)
-    allocs = pd.DataFrame({
-        "host": pd.array([pd.NA] * n, dtype="string"),
-        "pid": pd.array([pd.NA] * n, dtype="Int64"),
-        "tid": pd.array([pd.NA] * n, dtype="Int64"),
-        "comm": pd.array(comms, dtype="string"),
-        "cgroup": pd.array([pd.NA] * n, dtype="string"),
-        "stack_id": pd.array(sids, dtype="Int64"),
-        "count": pd.array(counts_a, dtype="Int64"),
-        "bytes": bytes_column(counts_a, object_size),
-    })
+    from slabkit.model import schema   # pandas: only when parsing
+    from slabkit.model.stacks import frames_table
+    counts_a = list(counts)
+    allocs = schema.table("allocs", {
+        "comm": comms, "stack_id": sids, "count": counts_a,
+        **({"bytes": [c * int(object_size) for c in counts_a]} if object_size else {})})
     frames = frames_table({sid: list(fr) for fr, sid in stack_ids.items()})
-    return schema.validate(allocs, "allocs", source=path), schema.validate(frames, "frames",
-                                                                              source=path)
+    return Parsed(allocs=schema.validate(allocs, "allocs", source=path),
+                  frames=schema.validate(frames, "frames", source=path))
 
 
 def parse_classic_meta(text: str) -> dict[str, Any]:

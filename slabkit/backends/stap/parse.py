@@ -2,15 +2,17 @@
 """
 from __future__ import annotations
 
+import json
 import re
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
-
+from slabkit.backends.base import Parsed
+from slabkit.backends.stap.program import BUILD_INFO, STDERR_FILE
 from slabkit.errors import ParseError
-from slabkit.model import schema
-from slabkit.model.stacks import frames_table
+
+if TYPE_CHECKING:
+    from slabkit.plan import Plan
 
 # --------------------------------------------------------------------------------------------
 # slabkit's own output
@@ -82,9 +84,9 @@ def _read_own(text: str, path: str | None) -> tuple[list[_Block], dict[str, Any]
     return blocks, info
 
 
-def parse(text: str, *, object_size: int | None = None, path: str | None = None
-          ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read slabkit's own stap output (format in ``slabkit.stp``) into ``(allocs, frames)``.
+def parse_text(text: str, *, object_size: int | None = None, path: str | None = None
+               ) -> Parsed:
+    """Read slabkit's own stap output (format in ``slabkit.stp``) into tables.
 
     One ``allocs`` row per printed block: pid, tid and comm as stap saw them, ``count`` from
     ``@count``; ``bytes`` is ``count * object_size`` where the caller knows the cache's slot
@@ -97,26 +99,16 @@ def parse(text: str, *, object_size: int | None = None, path: str | None = None
     rows_sid = []
     for count, pid, tid, comm, frames in blocks:
         rows_sid.append(stack_ids.setdefault(frames, len(stack_ids)) if frames else -1)
-    counts = np.array([b[0] for b in blocks], dtype=np.int64)
-    allocs = pd.DataFrame({
-        "host": pd.array([pd.NA] * len(blocks), dtype="string"),
-        "pid": pd.array([b[1] for b in blocks], dtype="Int64"),
-        "tid": pd.array([b[2] for b in blocks], dtype="Int64"),
-        "comm": pd.array([b[3] for b in blocks], dtype="string"),
-        "cgroup": pd.array([pd.NA] * len(blocks), dtype="string"),
-        "stack_id": pd.array(rows_sid, dtype="Int64"),
-        "count": pd.array(counts, dtype="Int64"),
-        "bytes": bytes_column(counts, object_size),
-    })
+    from slabkit.model import schema   # pandas: only when parsing
+    from slabkit.model.stacks import frames_table
+    counts = [b[0] for b in blocks]
+    allocs = schema.table("allocs", {
+        "pid": [b[1] for b in blocks], "tid": [b[2] for b in blocks],
+        "comm": [b[3] for b in blocks], "stack_id": rows_sid, "count": counts,
+        **({"bytes": [c * int(object_size) for c in counts]} if object_size else {})})
     frames = frames_table({sid: list(fr) for fr, sid in stack_ids.items()})
-    return schema.validate(allocs, "allocs", source=path), schema.validate(frames, "frames",
-                                                                              source=path)
-
-
-def bytes_column(counts: np.ndarray, object_size: int | None):
-    if object_size is None:
-        return pd.array([pd.NA] * len(counts), dtype="Int64")
-    return pd.array(counts * int(object_size), dtype="Int64")
+    return Parsed(allocs=schema.validate(allocs, "allocs", source=path),
+                  frames=schema.validate(frames, "frames", source=path))
 
 
 def parse_meta(stdout: str, stderr: str = "") -> dict[str, Any]:
@@ -184,3 +176,29 @@ def parse_stderr(text: str) -> dict[str, Any]:
     }
 
 
+
+
+def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
+    """Tables from a stap capture's output (``stap.out``, with ``stap.stderr`` and the build
+    record beside it): counts, and what stap said about stopping early or building."""
+    path = Path(path)
+    folder = path.parent
+    text = path.read_text(errors="replace")
+    parsed = parse_text(text, object_size=meta.get("slab_size"), path=str(path))
+    errf = folder / STDERR_FILE
+    info = parse_meta(text, errf.read_text(errors="replace") if errf.exists() else "")
+    why = "; ".join(info["error_lines"][:3]) or "no error printed"
+    if info["truncated"] or info["how"] is None:
+        parsed.losses["report_truncated"] = 1
+        parsed.notes.append(f"stap's listing stopped part way ({why}): only the stacks printed "
+                            "before that are counted")
+    elif info["how"] == "error":
+        parsed.notes.append(f"stap stopped on an error ({why}); the counts are those up to it")
+    if (folder / BUILD_INFO).exists():
+        b = json.loads((folder / BUILD_INFO).read_text())
+        where = f" in the root {b['root']}" if b.get("root") else ""
+        parsed.notes.append(f"stap module {b['module']} built here{where} for {b['release']} in "
+                            f"{b['build_seconds']:g} s ({b['module_bytes']} bytes) and loaded on "
+                            "the target with staprun")
+    parsed.allocs = parsed.allocs.drop(columns=["host"])
+    return parsed

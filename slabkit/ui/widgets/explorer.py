@@ -10,6 +10,7 @@ import ipywidgets as W
 import pandas as pd
 
 import slabkit
+from slabkit.analysis import stack_text
 from slabkit.errors import SlabkitError
 from slabkit.ui.widgets.html import error_html, frame_html, style
 
@@ -100,10 +101,7 @@ class PivotExplorer(W.VBox):
             return slabkit.by_module(data, value=value)
         if group == "callsite":
             return slabkit.by_frame(data, "callsite", keep_allocator=keep, value=value)
-        df = slabkit.top_stacks(data, n, value=value)
-        if not keep:
-            df = df.assign(stack=df["stack"].map(_hide_allocator_frames).astype("string"))
-        return df
+        return slabkit.top_stacks(data, n, value=value, hide_allocator=not keep)
 
     def update(self) -> None:
         """Recompute the pivot and redraw the table and the chart."""
@@ -136,8 +134,8 @@ class PivotExplorer(W.VBox):
         df = self.frame
         if self.group_by.value == "stack":
             # the stack id and its frames from the call site outwards, as far as they fit
-            labels = [f"#{i} " + " <- ".join(str(_hide_allocator_frames(st)).split(" <- ")[:3])
-                      for i, st in zip(df.index, df["stack"])]
+            texts = stack_text(self.data(), df.index, hide_allocator=True, max_frames=3)
+            labels = [f"#{i} {text}" for i, text in texts.items()]
         else:
             labels = [" / ".join(map(str, k)) if isinstance(k, tuple) else str(k)
                       for k in df.index]
@@ -145,8 +143,11 @@ class PivotExplorer(W.VBox):
 
     def _draw(self) -> bytes:
         """Draw the bar chart of :attr:`frame` on a new Figure; return it as PNG bytes."""
-        import seaborn as sns
         from matplotlib.figure import Figure
+
+        from slabkit.plots import (
+            plot_bars,  # here: matplotlib loads when a chart is drawn
+        )
 
         df = self.frame
         value = self.measure.value
@@ -154,21 +155,16 @@ class PivotExplorer(W.VBox):
         ax = fig.add_subplot()
         what = {"process": "process", "module": "module", "callsite": "call site",
                 "stack": "stack"}[self.group_by.value]
-        source = "objects outstanding" if self.source.value == "outstanding" else "allocations"
-        ax.set_title(f"{self.capture.cache}: {source} by {what}", fontsize="medium")
-        if df.empty or df[value].isna().all():
-            ax.text(0.5, 0.5, "nothing to show", ha="center", va="center",
-                    transform=ax.transAxes)
-            ax.set_axis_off()
-        else:
-            data = pd.DataFrame({"label": self._labels(),
-                                 value: df[value].astype("float64").fillna(0).to_numpy()})
-            sns.barplot(data=data, x=value, y="label", orient="h", ax=ax,
-                        color=sns.color_palette()[0])
-            noun = "objects" if self.source.value == "outstanding" else "allocations"
-            ax.set_xlabel(noun if value == "count" else f"bytes ({noun})")
-            ax.set_ylabel("")
-            ax.tick_params(axis="y", labelsize="small")
+        outstanding = self.source.value == "outstanding"
+        noun = "objects" if outstanding else "allocations"
+        source = "objects outstanding" if outstanding else "allocations"
+        bars = pd.DataFrame({"label": self._labels(), value: df[value].to_numpy(),
+                             "share": df["share"].to_numpy()})
+        plot_bars(bars, x=value, y="label", share="share", ylabel="",
+                  title=f"{self.capture.cache}: {source} by {what}",
+                  xlabel=noun if value == "count" else f"bytes ({noun})", ax=ax)
+        ax.title.set_fontsize("medium")
+        ax.tick_params(axis="y", labelsize="small")
         self.figure, self.ax = fig, ax
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
@@ -181,16 +177,3 @@ def _first_items(text: Any, n: int = 4) -> Any:
         return text
     items = text.split(", ")
     return text if len(items) <= n else ", ".join(items[:n]) + f", +{len(items) - n} more"
-
-
-def _hide_allocator_frames(stack: Any) -> Any:
-    """``"kmem_cache_alloc <- alloc_empty_file <- ..."`` -> ``"alloc_empty_file <- ..."``:
-    the allocator frames at the inner end dropped (a stack of nothing else is kept whole)."""
-    from slabkit.analysis.pivots import is_allocator
-    if not isinstance(stack, str) or " <- " not in stack:
-        return stack
-    frames = stack.split(" <- ")
-    i = 0
-    while i < len(frames) and is_allocator(frames[i].split(" ", 1)[0]):
-        i += 1
-    return " <- ".join(frames[i:]) if i < len(frames) else stack

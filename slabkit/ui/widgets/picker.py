@@ -11,6 +11,7 @@ import pandas as pd
 import traitlets
 
 import slabkit
+from slabkit.host.where import legacy_target
 from slabkit.errors import SlabkitError
 from slabkit.ui.widgets.html import error_html, human_bytes, int_text, style
 
@@ -35,16 +36,19 @@ class CachePicker(W.VBox):
         growth: the :func:`slabkit.growth` table of the last growth window, or None.
         search, sort, refresh_button, select, details, message: the controls and panes.
 
-    ``root``: what :func:`slabkit.caches` reads ("/" this machine, a fake root folder, a saved
-    slabinfo file); ``table``: use this table instead of reading one.
+    ``target``: what :func:`slabkit.caches` reads (None: this machine; a fake root folder, a
+    saved slabinfo file, an SSH destination); ``table``: use this table instead of reading one.
+    (``root=`` still works, with a DeprecationWarning.)
     """
 
     value = traitlets.Unicode(None, allow_none=True)
 
-    def __init__(self, *, root: Any = "/", table: pd.DataFrame | None = None,
+    def __init__(self, *, target: Any = None, table: pd.DataFrame | None = None,
                  sort: str = "memory", growth_seconds: float = 2.0, rows: int = 12,
                  value: str | None = None, **kwargs):
-        self.root = root
+        if "root" in kwargs:
+            target = legacy_target(target, {"root": kwargs.pop("root")}, func="CachePicker")
+        self.target = target
         self.growth_seconds = growth_seconds
         self.table: pd.DataFrame | None = None
         self.growth: pd.DataFrame | None = None
@@ -99,7 +103,7 @@ class CachePicker(W.VBox):
     def refresh(self) -> None:
         """Read the cache table again (and re-measure growth when sorted by growth)."""
         try:
-            self.table = slabkit.caches(self.root)
+            self.table = slabkit.caches(self.target)
             self.message.value = ""
         except SlabkitError as e:
             self.table = None
@@ -119,7 +123,7 @@ class CachePicker(W.VBox):
 
         def work():
             try:
-                series = slabkit.sample(seconds, min(1.0, seconds), root=self.root)
+                series = slabkit.sample(seconds, min(1.0, seconds), target=self.target)
                 self.growth = slabkit.growth(series)
                 self.message.value = ""
             except Exception as e:  # noqa: BLE001 - a thread: shown in the widget, not raised

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import ipywidgets as W
@@ -11,6 +12,7 @@ import traitlets
 
 import slabkit
 from slabkit.errors import SlabkitError
+from slabkit.ui.summary import Summary, summarize
 from slabkit.ui.widgets.html import error_html, frame_html, style
 from slabkit.ui.widgets.picker import CachePicker
 
@@ -221,8 +223,9 @@ class CaptureRunner(W.VBox):
             if status == "complete":
                 self.progress.value = 1.0
             self.progress.bar_style = "success" if status == "complete" else "warning"
-            self.messages.value += _tracer_html(cap, shown=prep.plan.notes)
-            self.summary.value = _summary_html(cap)
+            summary = summarize(cap, top=5, stacks=3)
+            self.messages.value += tracer_html(summary, shown=prep.plan.notes)
+            self.summary.value = summary_html(summary)
             self._set_status(status, f"{status} ({cap.duration_s:.1f} s)")
         finally:
             self.start_button.disabled = False
@@ -246,37 +249,40 @@ def _plan_html(prep) -> str:
             f"<details><summary>program</summary><pre>{html.escape(program)}</pre></details>")
 
 
-def _tracer_html(cap, shown: list[str] = ()) -> str:
-    """Losses, notes (less those in ``shown``, already on screen) and the tracer's stderr."""
-    m = cap.meta
+def tracer_html(summary: Summary, shown: Sequence[str] = ()) -> str:
+    """The tracer's side of a :class:`~slabkit.ui.summary.Summary` as HTML: losses, notes
+    (less those in ``shown``, already on screen) and the tracer's stderr."""
     parts = []
-    lost = int(m.get("lost_total") or 0)
-    if lost:
-        parts.append(f'<div class="slabkit-error">the tracer reported {lost} lost events: '
-                     f"{html.escape(str(m.get('losses')))}</div>")
-    for note in m.get("notes") or []:
+    if summary.lost_total:
+        parts.append(f'<div class="slabkit-error">the tracer reported {summary.lost_total} '
+                     f"lost events: {html.escape(str(summary.losses))}</div>")
+    for note in summary.notes:
         if note in shown:
             continue
-        parts.append(f'<div class="slabkit-note">note: {html.escape(str(note))}</div>')
-    stderr = str(m.get("tracer_stderr") or "").strip()
-    if stderr:
+        parts.append(f'<div class="slabkit-note">note: {html.escape(note)}</div>')
+    if summary.tracer_messages:
         parts.append(f"<details><summary>tracer messages</summary><pre>"
-                     f"{html.escape(stderr[-3000:])}</pre></details>")
+                     f"{html.escape(summary.tracer_messages[-3000:])}</pre></details>")
     return "".join(parts)
 
 
-def _summary_html(cap, top: int = 5) -> str:
-    m = cap.meta
-    head = (f"<b>{html.escape(cap.cache)}</b>: {int(m.get('total_allocs') or 0):,} allocations "
-            f"in {cap.duration_s:.1f} s via {html.escape(str(m.get('backend')))} "
-            f"({html.escape(str(m.get('status')))}); saved in "
-            f"<code>{html.escape(str(cap.path))}</code>")
-    if not len(cap.allocs):
+def summary_html(summary: Summary) -> str:
+    """A :class:`~slabkit.ui.summary.Summary` as HTML: the headline, whether counts are
+    exact, and the top processes, call sites and stacks as tables."""
+    head = (f"<b>{html.escape(summary.cache)}</b>: {summary.total_allocs:,} allocations "
+            f"in {summary.duration_s or 0.0:.1f} s via {html.escape(str(summary.backend))} "
+            f"({html.escape(str(summary.status))}); saved in "
+            f"<code>{html.escape(str(summary.path))}</code>")
+    counts = summary.counts_line()
+    if counts is not None:
+        head += f'<div class="slabkit-note">{html.escape(counts)}</div>'
+    if summary.top_processes.empty:
         return head + '<div class="slabkit-note">no allocations were seen</div>'
-    procs = slabkit.by_process(cap).head(top)
-    parts = [head, "<b>top processes</b>", frame_html(procs)]
-    if len(cap.frames):
-        parts += ["<b>top call sites</b>", frame_html(slabkit.by_frame(cap).head(top))]
+    parts = [head, "<b>top processes</b>", frame_html(summary.top_processes)]
+    if summary.top_callsites is not None:
+        parts += ["<b>top call sites</b>", frame_html(summary.top_callsites)]
+    if summary.top_stacks is not None and len(summary.top_stacks):
+        stacks = summary.top_stacks[["count", "share", "callsite", "stack"]]
+        parts += ["<b>top stacks</b> (innermost first)",
+                  frame_html(stacks, text_columns=("callsite",), stack_columns=("stack",))]
     return '<div class="slabkit-table">' + "".join(f"<div>{p}</div>" for p in parts) + "</div>"
-
-

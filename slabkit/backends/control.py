@@ -8,6 +8,7 @@ captured), or the tracer exited by itself.
 """
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from typing import Callable
@@ -97,22 +98,52 @@ class RunControl:
         return self.ended_s - self.attached_s
 
     def _make_bar(self):
-        if self._progress is False or self._progress is None:
-            return None
-        if callable(self._progress):
-            cb = self._progress
+        return progress_bar(self._progress, self.seconds, self.description)
 
-            def update(done, total, close=False):
-                cb(done, total)
-            return update
-        from tqdm.auto import tqdm
-        bar = tqdm(total=round(self.seconds, 1), desc=self.description, unit="s",
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s",
-                   leave=True)
+
+def progress_bar(progress: bool | Callable[[float, float], None] | None, seconds: float,
+                 description: str):
+    """The progress display of a capture: ``update(done, total, close=False)``, or None.
+
+    ``progress``: False/None (none), a callable ``progress(done, total)`` (widgets), or True (a
+    tqdm bar: a terminal or a notebook)."""
+    if progress is False or progress is None:
+        return None
+    if callable(progress):
+        cb = progress
 
         def update(done, total, close=False):
-            bar.n = round(done, 1)
-            bar.refresh()
-            if close:
-                bar.close()
+            cb(done, total)
         return update
+    from tqdm.auto import tqdm
+    bar = tqdm(total=round(seconds, 1), desc=description, unit="s",
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s",
+               leave=True)
+
+    def update(done, total, close=False):
+        bar.n = round(done, 1)
+        bar.refresh()
+        if close:
+            bar.close()
+    return update
+
+
+class TermAsInterrupt:
+    """While active (main thread only), SIGTERM and SIGHUP raise KeyboardInterrupt, so a
+    capture being killed politely stops its tracer and keeps what it captured."""
+
+    def __enter__(self) -> TermAsInterrupt:
+        self._old: dict[int, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                self._old[sig] = signal.signal(sig, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def __exit__(self, *exc: object) -> bool:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
