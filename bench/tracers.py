@@ -256,10 +256,12 @@ class SlabkitCapture(Tracer):
 
         def run() -> None:
             try:
+                from slabkit.backends import Options
+                options = (Options(stack_sample=self.stack_sample)
+                           if self.stack_sample is not None else None)
                 result["cap"] = capture(self.cache, 3600, backend=self.backend, out=folder,
                                         progress=lambda done, total: attached.set(),
-                                        stop_event=stop, stack_sample=self.stack_sample,
-                                        **self.kw)
+                                        stop_event=stop, options=options, **self.kw)
             except BaseException as e:  # handed over below
                 result["error"] = e
                 attached.set()
