@@ -19,12 +19,12 @@
  * a CPU, 1 in `hot_every` there: a stack walk costs some 30 times a counted event, and a hot
  * key has stacks enough. Each sample weighs the mean gap it was drawn with, so per-stack
  * counts are unbiased estimates whose per-key sums are exact (user space spreads each exact
- * count over its stacks). With `stack_every` 1 (full stacks) every event updates only the per-CPU
- * (key, stack) map, which then holds the exact counts.
+ * count over its stacks). With `stack_every` 1 (full stacks) every event updates only the
+ * per-CPU (key, stack) map, which then holds the exact counts.
  *
  * kmalloc caches: the kmalloc tracepoints do not name the cache. By default the size class
  * and GFP bits select it (exact for plain kmalloc-N, an estimate where slab buckets or random
- * kmalloc copies share the size). With `--cache NAME` the object's own slab names it:
+ * kmalloc copies share the size). With `--cache NAME` too, the object's own slab names it:
  * object address -> struct slab -> slab_cache, through the kernel's bpf_get_kmem_cache kfunc
  * (6.13+) or, on older kernels, the kernel's own virt_to_page arithmetic with its
  * page_offset_base/vmemmap_base read from the addresses the loader found in kallsyms. The
