@@ -3,7 +3,8 @@
     .venv/bin/python -m bench                 # everything (about 25 minutes on 2 cores)
     .venv/bin/python -m bench --quick         # fewer rounds and variants (about 6 minutes)
     .venv/bin/python -m bench --only probe    # probe | accuracy | load, comma-separated;
-                                              # probe parts: variants, filp, kmalloc
+                                              # probe parts: variants, filp, filp-file,
+                                              # kmalloc, walk
 
 Prints one summary table (goal by goal) then the detail tables, on stdout, and writes the same
 text to bench/results/latest.md (``--out`` to change; the raw numbers go next to it as .json).
@@ -25,7 +26,7 @@ from slabkit.backends.control import TermAsInterrupt
 from .common import RESULTS, Log, machine, table
 
 STAGES = ("probe", "accuracy", "load")
-PROBE_PARTS = ("variants", "filp", "kmalloc")
+PROBE_PARTS = ("variants", "filp", "filp-file", "kmalloc", "walk")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -34,7 +35,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="a fast run: 3 rounds of 1 s, 6 bpftrace variants, smaller sizes")
     p.add_argument("--only", default="",
                    help="comma-separated: probe, accuracy, load (or a probe part: "
-                        "variants, filp, kmalloc)")
+                        "variants, filp, filp-file, kmalloc, walk)")
     p.add_argument("--rounds", type=int, help="probe-effect rounds (default 5, quick 3)")
     p.add_argument("--seconds", type=int, help="seconds per workload run (default 2, quick 1)")
     p.add_argument("--variants", default="",

@@ -331,7 +331,8 @@ def run_accuracy(*, quick: bool, log: Log) -> tuple[str, dict, list[list]]:
                                    "of 5 opens each running alongside): by_frame inclusive, "
                                    "rows >= 1 %"))
             names = [(f"N{s}", f"stack_sample={s}") for s in samples]
-            names += [(f"bpfN{s}", f"bpf backend stack_sample={s}") for s in BPF_SAMPLES]
+            names += [(f"bpfN{s}", f"bpf backend stack_sample={s} (1 in {8 * s} once a key "
+                                   "has had 128 samples on a CPU)") for s in BPF_SAMPLES]
             names += [(f"cand{n}-{f.replace(', ', '-')}", f"N={n}, @first[{f}] (candidate)")
                       for n, f in candidates]
             for key, what in names:

@@ -141,7 +141,7 @@ class Log:
 # ------------------------------------------------------------------------------------------
 # other people's tracers (this machine is shared): runs they overlap are repeated
 
-TRACER_COMMS = frozenset({"bpftrace", "perf", "stap", "staprun", "trace-cmd"})
+TRACER_COMMS = frozenset({"bpftrace", "perf", "stap", "staprun", "trace-cmd", "slabcount"})
 
 
 def _descendants(root: int) -> set[int]:
@@ -166,9 +166,17 @@ def _descendants(root: int) -> set[int]:
 
 def foreign_tracers() -> list[str]:
     """Tracers running on this machine that this process did not start: bpftrace, perf,
-    stap, trace-cmd, ``cat .../trace_pipe``, and kmem events enabled or triggered in tracefs
-    instances other than ours. Each is ``"<what> <pid or instance>"``."""
+    stap, trace-cmd, slabcount, ``cat .../trace_pipe``, BPF links on the allocation
+    tracepoints held by other processes, and kmem events enabled or triggered in tracefs
+    instances other than ours. Each is ``"<what> <pid, link id or instance>"``."""
     mine = _descendants(os.getpid())
+    from .rawtp import kmem_links, links_held_by
+    links = kmem_links()
+    if links:
+        ours = links_held_by(mine | {os.getpid()})
+        found_links = [f"bpf-link {i} ({tp})" for i, tp in links.items() if i not in ours]
+    else:
+        found_links = []
     found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) in mine or int(d.name) == os.getpid():
@@ -201,7 +209,7 @@ def foreign_tracers() -> list[str]:
                 continue
             if en != "0" or any(l and not l.startswith("#") for l in trig.splitlines()):
                 found.append(f"tracefs {root.name}/{ev}")
-    return found
+    return found + found_links
 
 
 class Guard:
@@ -230,9 +238,9 @@ class Guard:
         self.waited_s += time.monotonic() - t0
         return True
 
-    def run(self, mode: str, seconds: int) -> WorkResult:
+    def run(self, mode: str, seconds: int, path: str = "/dev/null") -> WorkResult:
         if not self.enabled:
-            return run_loop(mode, seconds)
+            return run_loop(mode, seconds, path)
         import threading
         for attempt in range(self.tries):
             quiet = self._wait_quiet()
@@ -246,7 +254,7 @@ class Guard:
             w = threading.Thread(target=watch, daemon=True)
             w.start()
             try:
-                res = run_loop(mode, seconds)
+                res = run_loop(mode, seconds, path)
             finally:
                 stop.set()
                 w.join()

@@ -77,7 +77,7 @@ def child(task: str, arg: str) -> dict:
         res["pivots_s"] = _time_pivots(cap)
         res["peak_mb"] = _hwm_mb() - base
     elif task == "perf-parse":
-        from slabkit.backends.perf import parse_script
+        from slabkit.backends.perf import parse_output as parse_script
         from slabkit.plan import Plan
         path, meta_path = arg.split("::")
         meta = json.loads(Path(meta_path).read_text())

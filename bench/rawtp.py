@@ -46,6 +46,99 @@ def _bpf(cmd: int, attr: ctypes.Array) -> int:
     return int(fd)
 
 
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_LINK_GET_FD_BY_ID = 30
+BPF_LINK_GET_NEXT_ID = 31
+BPF_LINK_TYPE_RAW_TRACEPOINT = 1
+BPF_LINK_TYPE_PERF_EVENT = 7
+BPF_PERF_EVENT_TRACEPOINT = 5
+#: the tracepoints whose programs run on the bench's workloads' allocations
+KMEM_TRACEPOINTS = ("kmem_cache_alloc", "kmalloc")
+
+
+def _link_info(fd: int, name_at: int | None) -> tuple[int, int, str]:
+    """(link type, perf event type, name) of a link; ``name_at``: where ``struct
+    bpf_link_info`` wants a name buffer for this link type (None: ask for no name)."""
+    name = ctypes.create_string_buffer(128)
+    info = ctypes.create_string_buffer(256)
+    if name_at is not None:
+        ctypes.memmove(ctypes.byref(info, name_at),
+                       (ctypes.c_uint64 * 1)(ctypes.addressof(name)), 8)
+        ctypes.memmove(ctypes.byref(info, name_at + 8), (ctypes.c_uint32 * 1)(len(name)), 4)
+    attr = ctypes.create_string_buffer(16)
+    ctypes.memmove(attr, (ctypes.c_uint32 * 2)(fd, len(info)), 8)
+    ctypes.memmove(ctypes.byref(attr, 8), (ctypes.c_uint64 * 1)(ctypes.addressof(info)), 8)
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return (ctypes.c_uint32.from_buffer(info, 0).value,
+            ctypes.c_uint32.from_buffer(info, 16).value, name.value.decode(errors="replace"))
+
+
+def _link_tracepoint(fd: int) -> str | None:
+    """The tracepoint a BPF link is attached to (raw, or a perf event's), or None.
+
+    ``struct bpf_link_info``: type, id, prog_id, then a union at byte 16: a raw tracepoint's
+    ``{u64 tp_name; u32 tp_name_len}``; a perf event's ``{u32 type; u32 pad; {u64 tp_name;
+    u32 name_len} tracepoint}``."""
+    try:
+        kind, _, _ = _link_info(fd, None)
+        if kind == BPF_LINK_TYPE_RAW_TRACEPOINT:
+            return _link_info(fd, 16)[2]
+        if kind == BPF_LINK_TYPE_PERF_EVENT:
+            _, event, _ = _link_info(fd, None)
+            if event == BPF_PERF_EVENT_TRACEPOINT:
+                return _link_info(fd, 24)[2]
+    except OSError:
+        pass
+    return None
+
+
+def kmem_links() -> dict[int, str]:
+    """BPF links on the allocation tracepoints, anyone's: link id -> tracepoint name.
+    Empty where links cannot be listed (not root, an old kernel)."""
+    if _SYS_BPF is None:
+        return {}
+    found: dict[int, str] = {}
+    start = 0
+    while True:
+        attr = ctypes.create_string_buffer(16)
+        ctypes.memmove(attr, (ctypes.c_uint32 * 1)(start), 4)
+        try:
+            _bpf(BPF_LINK_GET_NEXT_ID, attr)
+        except OSError:
+            return found
+        start = ctypes.c_uint32.from_buffer(attr, 4).value
+        get = ctypes.create_string_buffer(16)
+        ctypes.memmove(get, (ctypes.c_uint32 * 1)(start), 4)
+        try:
+            fd = _bpf(BPF_LINK_GET_FD_BY_ID, get)
+        except OSError:
+            continue       # gone meanwhile
+        try:
+            tp = _link_tracepoint(fd)
+        finally:
+            os.close(fd)
+        if tp and any(tp.endswith(k) for k in KMEM_TRACEPOINTS):
+            found[start] = tp
+
+
+def links_held_by(pids: set[int]) -> set[int]:
+    """Ids of the BPF links these processes hold open (from /proc/PID/fdinfo)."""
+    held = set()
+    for pid in pids:
+        try:
+            infos = list(Path(f"/proc/{pid}/fdinfo").iterdir())
+        except OSError:
+            continue
+        for info in infos:
+            try:
+                for line in info.read_text().splitlines():
+                    if line.startswith("link_id:"):
+                        held.add(int(line.split()[1]))
+            except (OSError, ValueError):
+                continue
+    return held
+
+
 def attach_empty(tracepoint: str = "kmem_cache_alloc") -> tuple[int, int]:
     """Load ``r0 = 0; exit`` and attach it to the raw tracepoint; (prog fd, link fd)."""
     if _SYS_BPF is None:

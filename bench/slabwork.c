@@ -19,6 +19,13 @@
  *                            from a fresh ring, whose empty request cache the kernel refills
  *                            with kmem_cache_alloc_bulk (a batch of 8 since the 5.15 io_uring,
  *                            which Debian's 5.10 has too); also N ring files (filp)
+ *   slabwork callsites N     N x memfd_create+close and 2N x epoll_create1+close: 3N kmalloc-256
+ *                            (or whichever cache holds 256 bytes) from two call sites,
+ *                            __do_sys_memfd_create (its name buffer) and do_epoll_create
+ *                            (struct eventpoll); the report line is "done 3N memfd N epoll 2N"
+ *   slabwork msg N SIZE      N x msgsnd of SIZE bytes + msgrcv on a private queue: N msg_msg
+ *                            headers+text (SIZE + 48 bytes on 64-bit: msg_msg-64 for SIZE 16,
+ *                            with CONFIG_SLAB_BUCKETS; kmalloc-cg-64 without)
  *   slabwork lifecycle N PATH  N x open(PATH) as "slabwork", renames itself "slabwork-b"
  *                            (prctl), N more, then forks a child that makes N more and exits:
  *                            3N filp allocations across a rename and a fork; the report line
@@ -49,6 +56,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/msg.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -154,7 +162,7 @@ int main(int argc, char **argv) {
     int nowait = 0;
     if (argc > 1 && strcmp(argv[1], "-n") == 0) { nowait = 1; argv++; argc--; }
     if (argc < 3) {
-        fprintf(stderr, "usage: slabwork [-n] open|stat|eventfd|pipe|iouring|sleep|hold|loop|eventfdloop|mixloop|lifecycle N [PATH]\n");
+        fprintf(stderr, "usage: slabwork [-n] open|stat|eventfd|pipe|iouring|callsites|msg|sleep|hold|loop|eventfdloop|mixloop|lifecycle N [PATH]\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -180,6 +188,34 @@ int main(int argc, char **argv) {
             return 1;
         }
         done = 3 * n;
+    } else if (strcmp(mode, "callsites") == 0) {
+        for (long i = 0; i < n; i++) {
+            int fd = memfd_create("slabwork", 0);
+            if (fd < 0) { perror("memfd_create"); return 1; }
+            close(fd);
+            for (int k = 0; k < 2; k++) {
+                if ((fd = epoll_create1(0)) < 0) { perror("epoll_create1"); return 1; }
+                close(fd);
+            }
+        }
+        printf("done %ld memfd %ld epoll %ld\n", 3 * n, n, 2 * n);
+        if (!nowait) while (wait_line() >= 0) {}
+        return 0;
+    } else if (strcmp(mode, "msg") == 0) {
+        long size = strtol(path, NULL, 10);
+        struct { long mtype; char mtext[8192]; } m = { 1, {0} };
+        if (size < 1 || size > (long)sizeof m.mtext) { fprintf(stderr, "msg SIZE: 1..8192\n"); return 2; }
+        int q = msgget(IPC_PRIVATE, 0600);
+        if (q < 0) { perror("msgget"); return 1; }
+        for (long i = 0; i < n; i++) {
+            if (msgsnd(q, &m, size, 0) < 0 || msgrcv(q, &m, sizeof m.mtext, 0, 0) < 0) {
+                perror("msgsnd/msgrcv");
+                msgctl(q, IPC_RMID, NULL);
+                return 1;
+            }
+            done++;
+        }
+        msgctl(q, IPC_RMID, NULL);
     } else if (strcmp(mode, "open") == 0) {
         if (open_close(path, n) < 0) return 1;
         done = n;

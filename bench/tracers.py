@@ -256,10 +256,12 @@ class SlabkitCapture(Tracer):
 
         def run() -> None:
             try:
+                from slabkit.backends import Options
+                options = (Options(stack_sample=self.stack_sample)
+                           if self.stack_sample is not None else None)
                 result["cap"] = capture(self.cache, 3600, backend=self.backend, out=folder,
                                         progress=lambda done, total: attached.set(),
-                                        stop_event=stop, stack_sample=self.stack_sample,
-                                        **self.kw)
+                                        stop_event=stop, options=options, **self.kw)
             except BaseException as e:  # handed over below
                 result["error"] = e
                 attached.set()
@@ -287,3 +289,39 @@ class SlabkitCapture(Tracer):
                 info["error"] = str(result["error"])
             if not self.keep:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------
+# slabcount directly (the bpf backend's program without the rest of a capture)
+
+@dataclass
+class Slabcount(Tracer):
+    """``slabcount ARGS`` (the current build), as the bpf backend runs it but without the
+    capture around it: for measuring variants of the program (sampling rates, stack depth)."""
+
+    args: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        return "slabcount " + shlex.join(self.args)
+
+    @contextmanager
+    def session(self, workdir: Path) -> Iterator[dict]:
+        from slabkit.backends.bpf import read_output
+        from slabkit.slabcount.build import build
+        out = workdir / f"{self.name}.slabcount.tsv"
+        err = workdir / f"{self.name}.slabcount.err"
+        info: dict = {}
+        try:
+            with open(out, "wb") as o, open(err, "wb") as e:
+                with _process([str(build()), *self.args], stdout=o, stderr=e) as proc:
+                    def seen() -> bool:
+                        with open(out, "rb") as f:
+                            return b"slabkit-attached" in f.read(4096)
+                    _wait_for(seen, lambda: proc.poll() is None, "slabcount", err)
+                    yield info
+            exact, sampled, _, stats = read_output(out)
+            info["lost_total"] = stats.get("count_map_full", 0)
+            info["counted"] = int(exact["count"].sum()) or int(sampled["samples"].sum())
+        finally:
+            out.unlink(missing_ok=True)
+            err.unlink(missing_ok=True)

@@ -21,10 +21,15 @@ The cases (see ``shared/KERNEL-NOTES.md``):
   probe counts the objects it returned, comparing the cache on entry. Where it has neither, the
   plan's notes say those allocations are not seen. (kmalloc() has no bulk form: callers of
   ``kmem_cache_alloc_bulk`` pass a cache they created.)
+* the kmalloc family with slabkit's own BPF counter where it can read each object's own slab
+  (object address -> struct slab -> slab_cache; ``slabcount --probe`` found the way and checked
+  it on live events: ``facts.bpf["slab_lookup"]``): the size class as a prefilter, then the
+  cache the slab names. Exact, whatever shares the size. :func:`for_backend` turns a
+  size-class plan into this one once the backend is known.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from slabkit.errors import InvalidInput, TracerUnavailable, expected_one_of
@@ -52,6 +57,7 @@ class Plan:
     requested: str                  # what the user asked for
     kind: str                       # dedicated | kmalloc | bucket
     strategy: str                   # tracepoint-name | kprobe-cachep | kmalloc-size-class
+                                    # | kmalloc-slab
     exact: bool
     reason: str
     alloc_events: list[str] = field(default_factory=list)   # "kmem:kmem_cache_alloc"
@@ -304,3 +310,27 @@ def _plan_kmalloc(resolved, facts: KernelFacts, names: dict[str, tuple[str, int 
                 gfp_forbid=forbid, free_events=_free_events(facts, common["mode"]),
                 notes=notes, **common)
 
+
+#: backends that can match a kmalloc object by its own slab where ``facts.bpf`` says so
+SLAB_READERS = ("bpf",)
+
+
+def for_backend(plan: Plan, backend: str, facts: KernelFacts) -> Plan:
+    """``plan`` as ``backend`` will carry it out on the kernel ``facts`` describe.
+
+    A kmalloc size-class plan becomes ``kmalloc-slab`` (exact) for a backend that reads each
+    object's own slab, where the kernel allows it (``facts.bpf["slab_lookup"] == 1``: found
+    and checked on live events by ``slabcount --probe``); every other plan is returned as is.
+    """
+    if (plan.strategy != "kmalloc-size-class" or backend not in SLAB_READERS
+            or facts.bpf.get("slab_lookup") != 1):
+        return plan
+    how = ("the kernel's bpf_get_kmem_cache" if facts.bpf.get("slab_lookup_kfunc") == 1
+           else "virt_to_page with the kernel's page_offset_base and vmemmap_base")
+    was = "" if plan.exact else " (the size class alone would have been an estimate)"
+    return replace(plan, strategy="kmalloc-slab", exact=True, match_name=plan.cache,
+                   reason=(f"kmalloc fires kmem:kmalloc without a cache name; bytes_alloc == "
+                           f"{plan.match_bytes_alloc} selects candidates, then each object's "
+                           f"own slab names its cache ({how}, checked on live events): "
+                           f"exact{was}"),
+                   notes=list(plan.notes))

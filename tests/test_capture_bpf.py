@@ -68,7 +68,8 @@ def test_auto_chooses_bpf_and_counts_filp_exactly(bpf, tmp_path):
 
 def test_full_stack_mode_counts_every_stack(bpf, tmp_path):
     with Workload("open", N, "/etc/hostname") as w:
-        cap = capture_around("filp", w.go, base=tmp_path, backend="bpf", options=Options(stack_sample=1))
+        cap = capture_around("filp", w.go, base=tmp_path, backend="bpf",
+                             options=Options(stack_sample=1))
     rows = pid_rows(cap, w.pid)
     assert int(rows["count"].sum()) == N
     assert cap.meta["estimated_stacks"] is False
@@ -84,23 +85,84 @@ def test_dentry_from_lookups_of_missing_names(bpf, tmp_path):
 
 
 @pytest.mark.parametrize("stack_sample", [32, 1])   # default sampling; full stacks
-def test_kmalloc_size_class_is_exact_with_requested_bytes(bpf, tmp_path, stack_sample):
+def test_kmalloc_is_exact_with_requested_bytes(bpf, tmp_path, stack_sample):
     with Workload("eventfd", N) as w:
         cap = capture_around("kmalloc-64", w.go, base=tmp_path, backend="bpf",
                              options=Options(stack_sample=stack_sample))
     rows = pid_rows(cap, w.pid)
-    assert cap.meta["plan"]["strategy"] == "kmalloc-size-class"
+    facts = probe_kernel(LocalTarget(), str(bpf))
+    by_slab = facts["slab_lookup"] == 1
+    assert cap.meta["plan"]["strategy"] == ("kmalloc-slab" if by_slab else "kmalloc-size-class")
+    assert cap.meta["exact"] is True or not by_slab
     assert int(rows["count"].sum()) == N
     req = int(rows["bytes_req"].sum())
     assert N * 33 <= req <= N * 64               # eventfd_ctx is requested at 33..64 bytes
     assert req == N * kernel_struct_size("eventfd_ctx")   # kmalloc(sizeof(*ctx)), from BTF
     assert "do_eventfd" in functions_of(cap, rows["stack_id"])
+    assert set(rows["call_site"]) == {"do_eventfd"}
     # full stacks come from the regular tracepoint where BTF describes its record
-    record = probe_kernel(LocalTarget(), str(bpf))["kmalloc_record"] == 1
+    record = facts["kmalloc_record"] == 1
     assert ("--record-event" in cap.meta["argv"]) == (record and stack_sample == 1)
     f = cap.frames
     first = f[(f["depth"] == 0) & f["stack_id"].isin(list(rows["stack_id"]))]["function"]
     assert set(first) == {"__kmalloc_cache_noprof"}       # the tracing frames are cut
+
+
+MSG_SIZE = 16    # + the 48-byte struct msg_msg header: 64 bytes, msgsnd's bucket msg_msg-64
+
+
+def test_a_bucket_and_the_plain_cache_of_its_size_get_exactly_their_own(bpf, tmp_path):
+    """msgsnd allocates from the msg_msg-64 slab bucket, eventfd from kmalloc-64: the same
+    size class and GFP type, so kmem:kmalloc cannot tell them apart. Read from each object's
+    own slab, each cache gets exactly its own count, and the plan says exact."""
+    if probe_kernel(LocalTarget(), str(bpf))["slab_lookup"] != 1:
+        skip_or_fail("slabcount cannot read an object's slab on this kernel (see --probe)")
+    caches = set(slabkit.caches()["name"])
+    if "msg_msg-64" not in caches:
+        skip_or_fail("no msg_msg-64 slab bucket here (CONFIG_SLAB_BUCKETS off)")
+    for cache in ("msg_msg-64", "kmalloc-64"):
+        with Workload("msg", N, str(MSG_SIZE)) as m, Workload("eventfd", 2 * N) as e:
+            def both():
+                m.go()
+                e.go()
+            cap = capture_around(cache, both, base=tmp_path / cache, backend="bpf")
+        assert cap.meta["plan"]["strategy"] == "kmalloc-slab" and cap.meta["exact"] is True
+        assert "own slab" in cap.meta["plan"]["reason"]
+        mine, other = (m, e) if cache == "msg_msg-64" else (e, m)
+        assert int(pid_rows(cap, mine.pid)["count"].sum()) == (N if mine is m else 2 * N)
+        assert pid_rows(cap, other.pid).empty, cache
+        assert set(pid_rows(cap, mine.pid)["call_site"]) == (
+            {"load_msg"} if mine is m else {"do_eventfd"})
+
+
+@pytest.mark.parametrize("stack_sample", [32, 1])   # default sampling; full stacks
+def test_counts_per_call_site_are_exact(bpf, tmp_path, stack_sample):
+    """memfd_create and epoll_create1 both allocate 256 bytes from the same kmalloc cache, N
+    and 2N times: each call site gets exactly its count, by the call_site column and by the
+    pivot's callsite (each exact count is spread over stacks of its own call site)."""
+    with Workload("callsites", N) as w:
+        cache = kmalloc_cache_of(256)
+        cap = capture_around(cache, w.go, base=tmp_path, backend="bpf",
+                             options=Options(stack_sample=stack_sample))
+    rows = pid_rows(cap, w.pid)
+    by_site = rows.groupby("call_site")["count"].sum().to_dict()
+    assert by_site == {"__do_sys_memfd_create": N, "do_epoll_create": 2 * N}, by_site
+    assert cap.meta["count_exactness"] == {
+        "process": "exact", "call_site": "exact",
+        "stack": "exact" if stack_sample == 1 else "spread"}
+    mine = (rows, cap.frames)
+    sites = slabkit.by_frame(mine, "callsite")["count"]
+    assert sites["__do_sys_memfd_create"] == N and sites["do_epoll_create"] == 2 * N
+    assert slabkit.by_frame(cap, "callsite").attrs["exactness"] == "exact"
+    assert slabkit.by_process(cap).attrs["exactness"] == "exact"
+
+
+def kmalloc_cache_of(size: int) -> str:
+    """The plain kmalloc cache of ``size`` bytes here (``kmalloc-256``), or skip."""
+    name = f"kmalloc-{size}" if size < 1024 else f"kmalloc-{size // 1024}k"
+    if name not in set(slabkit.caches()["name"]):
+        skip_or_fail(f"no {name} cache here (merged into another?)")
+    return name
 
 
 @pytest.mark.parametrize("by", ["pid", "comm"])
@@ -136,12 +198,17 @@ def test_a_full_counts_map_is_reported_not_hidden(bpf, tmp_path, stack_sample):
     assert_losses_match_the_raw_output(cap)         # by value: the raw output's stat lines
     assert any(f"{cap.meta['losses']['count_map_full']} events were not counted" in n
                for n in cap.meta["notes"])
-    assert len(cap.allocs.groupby(["pid", "tid", "comm"])) <= 16
+    # the map holds 16 keys; each CPU's last key counts in its own slot besides (a key the
+    # map had no room for is counted there while it stays its CPU's last key)
+    cpus = os.cpu_count() or 1
+    assert len(cap.allocs.groupby(["pid", "tid", "comm"])) <= 16 + cpus
     raw = (Path(cap.path) / "slabcount.tsv").read_text().splitlines()
-    # the map that was full holds 16 keys: (process, thread, cgroup, comm), or with full
-    # stacks (the same and the stack)
-    kind = "count\t" if stack_sample > 1 else "sample\t"
-    assert sum(line.startswith(kind) for line in raw) == 16
+    if stack_sample > 1:
+        # the full map's 16 keys, plus a line per CPU for its pending count
+        assert 16 <= sum(line.startswith("count\t") for line in raw) <= 16 + cpus
+    else:
+        # full stacks: the map that was full holds 16 (key, stack) pairs
+        assert sum(line.startswith("sample\t") for line in raw) == 16
     assert cap.meta["total_allocs"] == int(cap.allocs["count"].sum())
 
 
@@ -202,10 +269,17 @@ def test_argv_carries_only_validated_values():
     assert km[1:7] == ["--kmalloc-size", "64", "--gfp-forbid", "0x400000", "--stack-every", "1"]
     kmalloc = _plan(strategy="kmalloc-size-class", match_name=None, match_bytes_alloc=64,
                     alloc_events=["kmem:kmalloc"])
-    assert "--record-event" in render_argv("s", kmalloc, Options(stack_sample=1), kmalloc_record=True)
+    assert "--record-event" in render_argv("s", kmalloc, Options(stack_sample=1),
+                                           kmalloc_record=True)
     assert "--record-event" not in render_argv("s", kmalloc, Options(stack_sample=32),
                                                kmalloc_record=True)
     assert "--record-event" not in render_argv("s", _plan(), Options(), kmalloc_record=True)
+    slab = _plan(strategy="kmalloc-slab", match_name="msg_msg-64", match_bytes_alloc=64,
+                 alloc_events=["kmem:kmalloc"])
+    argv = render_argv("s", slab, Options(stack_sample=1), kmalloc_record=True)
+    assert argv[1:6] == ["--kmalloc-size", "64", "--cache", "msg_msg-64", "--record-event"]
+    assert "--record-event" not in render_argv("s", slab, Options(stack_sample=32),
+                                               kmalloc_record=True)
     with pytest.raises(InvalidInput):
         render_argv("s", _plan(match_name="filp; rm -rf /"), Options())
     with pytest.raises(InvalidInput):
@@ -225,20 +299,23 @@ def test_reasons_when_the_kernel_lacks_what_the_program_needs(tmp_path):
     assert "kmalloc_node" in backend.unsupported(node, old)
 
 
-@pytest.mark.parametrize("name", ["filp-6.18", "filp-6.18-v1"])   # v1: samples without bytes_req
+@pytest.mark.parametrize("name", ["filp-6.18", "filp-6.18-v2", "filp-6.18-v1"])
 def test_recorded_output_parses_to_the_known_workload(name):
-    """Recorded here: ``slabcount --cache filp`` around ``slabwork open 2000`` (pid and the
-    command in the .json beside it)."""
+    """Recorded here (tests/fixtures/bpf/record.py): ``slabcount --cache filp`` around
+    ``slabwork open 2000`` (pid and the command in the .json beside it). v2: before call
+    sites (format 2); v1: samples without bytes_req too."""
     exact, sampled, stacks, stats = read_output(FIXTURES / "bpf" / f"{name}.tsv")
     meta = json.loads((FIXTURES / "bpf" / f"{name}.json").read_text())
     mine = exact[exact["pid"] == meta["pid"]]
     # the forked python opened the binary before exec (comm still python3), then slabwork ran
     assert int(mine.loc[mine["comm"] == "slabwork", "count"].sum()) == meta["n"]
     assert set(mine["comm"]) <= {"slabwork", "python", "python3"}
-    assert stats["matched"] == int(exact["count"].sum())
+    if "matched" in stats:                       # formats 1 and 2 counted matches
+        assert stats["matched"] == int(exact["count"].sum())
+    assert exact["call_site"].notna().all() == (name == "filp-6.18")
     assert set(sampled["stack"]) <= set(stacks)
     assert all(len(a) > 3 for a in stacks.values())
-    # weights: 1 for each key's first stack, plus 32 for each later sample of that stack
+    # weights: 1 for each key's first stack, plus 32 (or 256 once hot) for each later sample
     assert (sampled["samples"] % 32).isin([0, 1]).all() and (sampled["samples"] > 0).all()
     # requested bytes: v1 did not write them (missing, never 0); a filp event has none (0)
     assert sampled["bytes_req"].isna().all() if name.endswith("-v1") \
@@ -251,10 +328,10 @@ OPEN, TEN, OTHER = 0xffffffff816b749e, 0xffffffff816c610d, 0xffffffff816ca5fd
 #: per (comm, pid): (stack, count), worked out by hand from the .tsv: every key's samples fall
 #: on one stack (after the merge), so each key's exact count goes to it whole
 PER_STACK = {
-    "filp-6.18": {("bash", 10121): (OTHER, 4), ("bash", 10113): (OTHER, 2),
-                  ("python", 10121): (OPEN, 118), ("slabwork", 10122): (OPEN, 2000),
-                  ("cat", 10123): (OPEN, 31), ("bash", 10123): (TEN, 2),
-                  ("python", 10122): (TEN, 1)},
+    "filp-6.18-v2": {("bash", 10121): (OTHER, 4), ("bash", 10113): (OTHER, 2),
+                     ("python", 10121): (OPEN, 118), ("slabwork", 10122): (OPEN, 2000),
+                     ("cat", 10123): (OPEN, 31), ("bash", 10123): (TEN, 2),
+                     ("python", 10122): (TEN, 1)},
     "filp-6.18-v1": {("bash", 28920): (OTHER, 4), ("bash", 28872): (OTHER, 2),
                      ("python", 28920): (OPEN, 118), ("slabwork", 28921): (OPEN, 2000),
                      ("cat", 28922): (OPEN, 31), ("bash", 28922): (TEN, 2),
@@ -304,6 +381,55 @@ def test_spread_counts_follows_the_sample_weights():
     }
     assert out.groupby("comm")["count"].sum().to_dict() == dict(zip(exact["comm"],
                                                                      exact["count"]))
+
+
+def test_recorded_call_sites_parse_exact_with_their_names():
+    """``slabcount --kmalloc-size 256 --cache kmalloc-256`` around ``slabwork callsites 500``
+    (tests/fixtures/bpf/record.py): 500 from memfd_create, 1000 from epoll_create1, named
+    through the kallsyms saved beside it; per call site exact, stacks spread."""
+    from slabkit.backends.bpf import parse_output
+    name = "kmalloc-256-callsites-6.18"
+    rec = json.loads((FIXTURES / "bpf" / f"{name}.json").read_text())
+    plan = _plan(cache="kmalloc-256", strategy="kmalloc-slab", match_name="kmalloc-256",
+                 match_bytes_alloc=256, kind="kmalloc", alloc_events=["kmem:kmalloc"])
+    meta = {"options": {"stack_sample": 32}, "kallsyms_path": f"{name}.kallsyms.txt.gz"}
+    parsed = parse_output(FIXTURES / "bpf" / f"{name}.tsv", plan, meta)
+    mine = parsed.allocs[parsed.allocs["pid"] == rec["pid"]]
+    assert mine.groupby("call_site")["count"].sum().to_dict() == rec["expect"]
+    assert int(mine["bytes"].sum()) == 1500 * 256
+    assert int(mine["bytes_req"].sum()) == int(
+        read_output(FIXTURES / "bpf" / f"{name}.tsv")[0].query(f"pid == {rec['pid']}")
+        ["bytes_req"].sum())
+    assert meta["count_exactness"] == {"process": "exact", "call_site": "exact",
+                                       "stack": "spread"}
+    assert parsed.estimated
+    from slabkit.model.tables import Capture
+    cap = Capture(allocs=parsed.allocs.assign(host="recorded"), frames=parsed.frames, meta=meta)
+    assert slabkit.by_frame(cap, "callsite").attrs["exactness"] == "exact"
+    assert slabkit.by_frame(cap, "inclusive").attrs["exactness"] == "spread"
+    assert slabkit.top_stacks(cap).attrs["exactness"] == "spread"
+    # a (process, call site) whose count went to stacks of two callsite labels: spread
+    two = cap.allocs.copy()
+    memfd = two.index[two["call_site"] == "__do_sys_memfd_create"][0]
+    other = int(two.loc[two["call_site"] == "do_epoll_create", "stack_id"].iloc[0])
+    extra = two.loc[[memfd]].assign(stack_id=other, count=1)
+    mixed = Capture(allocs=pd.concat([two, extra], ignore_index=True), frames=cap.frames,
+                    meta=meta)
+    assert slabkit.by_frame(mixed, "callsite").attrs["exactness"] == "spread"
+    # every stack of a call site passes through its function, right after the allocator
+    f = parsed.frames
+    for site, rows in mine.groupby("call_site"):
+        for sid in rows["stack_id"]:
+            funcs = list(f[f["stack_id"] == sid].sort_values("depth")["function"])
+            assert funcs[0] == "__kmalloc_cache_noprof" and funcs[1] == site, funcs
+
+
+def test_outputs_before_call_sites_have_no_call_site_column():
+    from slabkit.backends.bpf import parse_output
+    meta = {"options": {"stack_sample": 32}}
+    parsed = parse_output(FIXTURES / "bpf" / "filp-6.18-v2.tsv", _plan(), meta)
+    assert "call_site" not in parsed.allocs.columns
+    assert meta["count_exactness"]["call_site"] == "absent"
 
 
 @pytest.mark.parametrize("cut", ["no-end", "bad-line"])

@@ -145,6 +145,29 @@ def test_kmalloc_is_an_estimate_where_buckets_share_the_size(tmp_path):
     assert plan61.exact, plan61.reason
 
 
+def test_the_object_slab_makes_kmalloc_exact_for_the_bpf_backend_only(tmp_path):
+    """A size-class plan becomes kmalloc-slab (exact) for the bpf backend where slabcount's
+    probe found and checked the slab lookup; bpftrace, or a kernel without it, keep the
+    size-class plan and its estimate."""
+    from dataclasses import replace
+
+    from slabkit.plan import for_backend
+    plan, facts, _ = plan_for(tmp_path, "6.18", "kmalloc-96")
+    assert not plan.exact and plan.strategy == "kmalloc-size-class"
+    assert for_backend(plan, "bpf", facts) is plan                    # nothing probed yet
+    probed = replace(facts, bpf={"slab_lookup": 1, "slab_lookup_kfunc": 1})
+    assert for_backend(plan, "bpftrace", probed) is plan
+    exact = for_backend(plan, "bpf", probed)
+    assert exact.strategy == "kmalloc-slab" and exact.exact
+    assert exact.match_name == "kmalloc-96" and exact.match_bytes_alloc == 96
+    assert "bpf_get_kmem_cache" in exact.reason and "estimate" in exact.reason
+    by_page = for_backend(plan, "bpf", replace(facts, bpf={"slab_lookup": 1}))
+    assert "vmemmap_base" in by_page.reason
+    assert for_backend(plan, "bpf", replace(facts, bpf={"slab_lookup": 0})) is plan
+    dedicated, facts, _ = plan_for(tmp_path / "b", "6.18", "filp")
+    assert for_backend(dedicated, "bpf", replace(facts, bpf={"slab_lookup": 1})) is dedicated
+
+
 def test_merged_alias_plans_for_the_slabinfo_name_and_says_so(tmp_path):
     root, facts, table = kernel(tmp_path, "6.18")
     merged = table[table["aliases"].map(len) > 0].iloc[0]

@@ -27,6 +27,13 @@ lists them (:data:`ALLOCATOR_FUNCTIONS`, :func:`is_allocator`, re-exported here)
 *callsite* of a stack is its first frame, going outwards from the innermost, that is not one
 of them.
 
+How exact the sums are: ``df.attrs["exactness"]`` of ``by_process``, ``by_frame`` and
+``top_stacks`` is ``"exact"`` or ``"spread"`` (an exact total divided among sampled stacks:
+an estimate), from the capture's ``meta["count_exactness"]`` (see ``slabkit.model.schema``),
+or None where the backend did not say. ``by_frame(how="callsite")`` is exact where the
+capture counted call sites exactly and every (process, call site) count went to stacks with
+one callsite label.
+
 Speed: the work is done on integer codes per distinct stack and per distinct frame label
 (numpy ``bincount``/``unique``), then joined to the (much shorter) per-stack totals, so a
 capture of 100,000 distinct 30-frame stacks pivots in well under a second.
@@ -252,6 +259,26 @@ def _finish(df: pd.DataFrame, value: str, total: float, duration: float | None,
     return df[["count", "bytes", "share", "per_s"]]
 
 
+def _exactness(meta: dict[str, Any], level: str) -> str | None:
+    """"exact" / "spread" for sums at ``level`` (process, call_site, stack), or None."""
+    said = (meta.get("count_exactness") or {}).get(level)
+    return said if said in ("exact", "spread") else None
+
+
+def _callsite_exactness(allocs: pd.DataFrame, meta: dict[str, Any], row_codes: np.ndarray
+                        ) -> str | None:
+    """Exactness of callsite sums: exact when each (process, call site)'s exact count went to
+    stacks of one callsite label (``row_codes``: per allocs row), else spread."""
+    if _exactness(meta, "stack") == "exact":
+        return "exact"
+    if _exactness(meta, "call_site") != "exact" or "call_site" not in allocs.columns:
+        return _exactness(meta, "stack")
+    keys = [c for c in ("host", "pid", "tid", "comm", "cgroup", "call_site")
+            if c in allocs.columns]
+    labels = pd.Series(row_codes).groupby([allocs[k].to_numpy() for k in keys], dropna=False)
+    return "exact" if not len(allocs) or int(labels.nunique().max()) <= 1 else "spread"
+
+
 def _check_value(value: str) -> None:
     if value not in ("count", "bytes"):
         raise InvalidInput(expected_one_of("value", value, ["count", "bytes"]))
@@ -366,7 +393,9 @@ def by_process(cap: CaptureLike, *, by: str | Sequence[str] = ("comm",),
     df["count"] = df["count"].fillna(0).astype("Int64")
     df["bytes"] = df["bytes"].astype("Int64")
     total = float(df[value].sum())
-    return _finish(df, value, total, _duration(meta), keys[0] if len(keys) == 1 else keys)
+    out = _finish(df, value, total, _duration(meta), keys[0] if len(keys) == 1 else keys)
+    out.attrs["exactness"] = _exactness(meta, "process")
+    return out
 
 
 def by_module(cap: CaptureLike, how: str = "responsible", *, value: str = "count"
@@ -422,6 +451,7 @@ def by_frame(cap: CaptureLike, how: str = "callsite", *, keep_allocator: bool = 
             per_stack = _callsite_codes(st)
         codes, names = _with_specials(st, per_stack, st.labels)
         df = _sum_by(codes, np.arange(st.n + 1), names, w)
+        exactness = _callsite_exactness(allocs, meta, codes[w.alloc_stack])
     elif how == "inclusive":
         rows = (np.ones(len(st.label), bool) if keep_allocator
                 else st.caller_rows(allocator_only_stacks=False))
@@ -429,9 +459,12 @@ def by_frame(cap: CaptureLike, how: str = "callsite", *, keep_allocator: bool = 
         pair = _unique(st.row_stack[rows].astype(np.int64) * k + st.label[rows])
         names = np.append(st.labels, NO_STACK)
         df = _sum_by(np.append(pair % k, len(names) - 1), np.append(pair // k, st.n), names, w)
+        exactness = _exactness(meta, "stack")
     else:
         raise InvalidInput(expected_one_of("how", how, ["callsite", "inclusive"]))
-    return _finish(df, value, w.total(value), _duration(meta), "function")
+    out = _finish(df, value, w.total(value), _duration(meta), "function")
+    out.attrs["exactness"] = exactness
+    return out
 
 
 def top_stacks(cap: CaptureLike, n: int = 10, *, value: str = "count",
@@ -486,6 +519,7 @@ def top_stacks(cap: CaptureLike, n: int = 10, *, value: str = "count",
     out["comms"] = pd.array([comms.get(i, "") for i in order], dtype="string")
     out["frames"] = pd.array([r[3] for r in rows], dtype="Int64")
     out["stack"] = pd.array([r[4] for r in rows], dtype="string")
+    out.attrs["exactness"] = _exactness(meta, "stack")
     return out
 
 

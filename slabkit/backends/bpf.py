@@ -1,30 +1,41 @@
 """bpf backend: slabkit's own BPF program on the *raw* allocation tracepoint (libbpf).
 
-The cheapest way to count one cache's allocations exactly (``bench/``: about 0.84 of
-uninstrumented throughput on a filp open/close loop, where bpftrace 0.17's tracepoint program
-gives 0.72): a raw tracepoint hands the program the tracepoint's arguments without building
-an event record, the cache is recognised by its ``struct kmem_cache *`` (compared by name
-once per pointer, then one integer compare), and counts go to a per-CPU hash. Stacks are
-sampled as in the bpftrace backend: each key's first event, then 1 in ``stack_sample``,
-weighted; per-key counts stay exact. See ``slabkit/bpf/slabcount.bpf.c``.
+The cheapest way to count one cache's allocations exactly (``bench/``: within a few hundredths
+of an empty program on the same tracepoint): a raw tracepoint hands the program the
+tracepoint's arguments without building an event record, the cache is recognised by its
+``struct kmem_cache *`` (compared by name once per pointer, then one integer compare), and
+counts are exact per (pid, tid, cgroup, comm, call site), the call site being the
+tracepoint's ``call_site`` (the allocator's caller). A thread allocating again on the same CPU
+only adds to that CPU's pending count. Stacks are sampled: each key's first event, then 1 in
+``stack_sample`` (1 in 8x that once a key has had 128 samples on a CPU), weighted; the
+exact count of each (process, call site) is spread over its stacks. See
+``slabkit/slabcount/slabcount.bpf.c``.
 
 Needs a kernel with BTF (``/sys/kernel/btf/vmlinux``; the argument layout is read from it,
 never assumed from the version) whose ``kmem_cache_alloc`` tracepoint passes the cache
 pointer (Linux 6.0+); the kmalloc family uses the ``kmalloc`` raw tracepoint, or with full
-stacks (``stack_sample=1``) the regular one, whose record the kernel builds anyway cheaply and
-from where the stack walk starts shallower. The binary is
-built here (:mod:`slabkit.slabcount.build`) and copied to remote targets, which need nothing else.
+stacks (``stack_sample=1``) of a size-class plan the regular one, whose record the kernel
+builds anyway cheaply and from where the stack walk starts shallower. Where ``slabcount
+--probe`` finds and checks a way to read each object's own slab (``slab_lookup``), a kmalloc
+plan becomes ``kmalloc-slab`` (:func:`slabkit.plan.for_backend`): exact whatever shares the
+size class. The binary is built here (:mod:`slabkit.slabcount.build`) and copied to remote
+targets, which need nothing else.
 
-Output of ``slabcount`` (tab-separated, printed after detaching)::
+Output of ``slabcount`` (tab-separated, printed after detaching; format 3)::
 
     slabkit-attached  kmem_cache_alloc
+    format  3
     stat    count_map_full   0            # also stack_failed, stack_map_full, ...,
                                           # filtered_out, probe_fired (0/1: ran at all)
-    count   <pid> <tid> <cgroup> <comm hex> <count> <bytes_req>
-    sample  <pid> <tid> <cgroup> <comm hex> <stack hash> <weight> <bytes_req>
+    count   <pid> <tid> <cgroup> <comm hex> <call site hex> <count> <bytes_req>
+    sample  <pid> <tid> <cgroup> <comm hex> <call site hex> <stack hash> <weight> <bytes_req>
                                           # full stacks (stack_sample=1): these are the counts
     stack   <stack hash> <hex address>...  # allocator first; tracing frames cut
     end                                    # the last line: anything after it is refused
+
+A key may have two count lines (its CPU's pending events and the map's): they add up.
+Formats 1 and 2 (no format line, no call site; format 1 without the samples' bytes_req)
+still parse.
 """
 from __future__ import annotations
 
@@ -56,6 +67,9 @@ STDERR = "slabcount.stderr"
 #: folder named by the source hash so an old copy is never run
 REMOTE_DIR = "/run/slabkit/bin"
 BTF = "/sys/kernel/btf/vmlinux"
+
+#: plans of kmalloc caches (kmem:kmalloc events, requested bytes known)
+KMALLOC_STRATEGIES = ("kmalloc-size-class", "kmalloc-slab")
 
 #: losses ``slabcount`` reports: events not counted at all
 COUNT_LOSSES = ("count_map_full",)
@@ -110,6 +124,11 @@ def render_argv(binary: str, plan: "Plan", options: Options, *,
     argv = [binary]
     if plan.strategy in ("tracepoint-name", "kprobe-cachep"):
         argv += ["--cache", check_cache_name(plan.match_name or "")]
+    elif plan.strategy == "kmalloc-slab":   # the size class, then the object's own slab
+        argv += ["--kmalloc-size", str(int(plan.match_bytes_alloc or 0)),
+                 "--cache", check_cache_name(plan.match_name or plan.cache)]
+        if kmalloc_record and int(options.stack_sample) <= 1:
+            argv.append("--record-event")
     elif plan.strategy == "kmalloc-size-class":
         argv += ["--kmalloc-size", str(int(plan.match_bytes_alloc or 0))]
         if plan.gfp_require:
@@ -155,7 +174,7 @@ class BpfBackend(Backend):
             if args.get("cache_arg") not in (2, 3):
                 return ("the raw tracepoint kmem_cache_alloc does not pass the cache pointer "
                         "on this kernel (Linux 6.0+ does)")
-        elif plan.strategy == "kmalloc-size-class":
+        elif plan.strategy in KMALLOC_STRATEGIES:
             if any(e != "kmem:kmalloc" for e in plan.alloc_events):
                 return f"only the kmalloc event is handled, the plan needs {plan.alloc_events}"
             if min(args.get(k, -1) for k in ("size_arg", "gfp_arg", "req_arg")) < 0:
@@ -168,10 +187,12 @@ class BpfBackend(Backend):
         binary = facts.bpf.get("binary") or "slabcount"
         argv = render_argv(binary, plan, options,
                            kmalloc_record=facts.bpf.get("kmalloc_record") == 1)
-        event = "kmalloc" if plan.strategy == "kmalloc-size-class" else "kmem_cache_alloc"
+        event = "kmalloc" if plan.strategy in KMALLOC_STRATEGIES else "kmem_cache_alloc"
         how = ("tracepoint kmem:kmalloc (its event record: full stacks walk fewer frames)"
                if "--record-event" in argv else f"raw tracepoint {event}")
-        text = (f"# {how}: slabkit/bpf/slabcount.bpf.c, loaded by slabcount\n"
+        if plan.strategy == "kmalloc-slab":
+            how += ", each object's cache read from its slab"
+        text = (f"# {how}: slabkit/slabcount/slabcount.bpf.c, loaded by slabcount\n"
                 + " ".join(argv) + "\n")
         return Program(backend=self.name, argv=argv, text=text)
 
@@ -206,11 +227,16 @@ def _comm(text: str) -> str:
 
 def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple[int, ...]],
                                      dict[str, int]]:
-    """(exact counts, weighted samples, stacks by hash, stats) from a ``slabcount`` output."""
+    """(exact counts, weighted samples, stacks by hash, stats) from a ``slabcount`` output.
+
+    Both tables have a ``call_site`` column: the tracepoint's call-site address (format 3),
+    missing in older outputs, which had none. A key printed twice (a CPU's pending events and
+    the map's, format 3) is summed. ``stats["format"]`` is the output's format."""
     import pandas as pd  # the parser needs pandas; rendering and running do not
     path = Path(path)
     counts, samples, stacks, stats = [], [], {}, {}
     ended = False
+    fmt = 1
     with open(path, errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if ended:                 # slabcount prints nothing after 'end'
@@ -224,16 +250,20 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
             kind = parts[0]
             try:
                 if kind == "count":
+                    cs, rest = (int(parts[5], 16), parts[6:]) if fmt >= 3 else (None, parts[5:])
                     counts.append((int(parts[1]), int(parts[2]), int(parts[3]),
-                                   _comm(parts[4]), int(parts[5]), int(parts[6])))
-                elif kind == "sample":   # (older outputs have no bytes_req column)
+                                   _comm(parts[4]), cs, int(rest[0]), int(rest[1])))
+                elif kind == "sample":   # (format 1 has no bytes_req column)
+                    cs, rest = (int(parts[5], 16), parts[6:]) if fmt >= 3 else (None, parts[5:])
                     samples.append((int(parts[1]), int(parts[2]), int(parts[3]),
-                                    _comm(parts[4]), int(parts[5], 16), int(parts[6]),
-                                    int(parts[7]) if len(parts) > 7 else None))
+                                    _comm(parts[4]), cs, int(rest[0], 16), int(rest[1]),
+                                    int(rest[2]) if len(rest) > 2 else None))
                 elif kind == "stack":
                     stacks[int(parts[1], 16)] = tuple(int(a, 16) for a in parts[2:])
                 elif kind == "stat":
                     stats[parts[1]] = int(parts[2])
+                elif kind == "format":
+                    fmt = int(parts[1])
                 elif kind == "end":
                     ended = True
             except (IndexError, ValueError):
@@ -242,31 +272,90 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
     if not ended:
         raise ParseError("slabcount output has no final 'end' line: the tracer did not finish "
                          "(killed?); its counts are lost", path=str(path))
-    keys = ["pid", "tid", "cgroup_id", "comm"]
+    stats["format"] = fmt
+    keys = KEYS + ["call_site"]
     exact = pd.DataFrame(counts, columns=keys + ["count", "bytes_req"])
     sampled = pd.DataFrame(samples, columns=keys + ["stack", "samples", "bytes_req"])
+    for df in (exact, sampled):
+        df["call_site"] = df["call_site"].astype("UInt64")
     sampled["bytes_req"] = sampled["bytes_req"].astype("Int64")   # missing where not given
+    exact = exact.groupby(keys, as_index=False, dropna=False, sort=False)[
+        ["count", "bytes_req"]].sum()
     return exact, sampled, stacks, stats
 
 
+#: what one count of ``slabcount`` is kept per (the call site comes on top, format 3)
+KEYS = ["pid", "tid", "cgroup_id", "comm"]
+
+
+def _spread(exact: pd.DataFrame, sampled: pd.DataFrame) -> pd.DataFrame:
+    """Each (process, call site)'s exact count spread over its sampled stacks (largest
+    remainders: per-(process, call site) sums stay exact). A (process, call site) with no
+    stack of its own (a thread whose comm changed at exec after its first stack) uses its
+    thread's stacks from the same call site; with none at all it keeps stack_id -1."""
+    import pandas as pd
+    from slabkit.backends._tables import spread_counts
+    keys = KEYS + ["call_site"]
+    out = spread_counts(exact[keys + ["count"]], sampled[keys + ["stack_id", "samples"]], keys,
+                        by_thread=False)
+    lone = out["stack_id"] == -1
+    if not lone.any() or sampled.empty:
+        return out
+    thread = ["pid", "tid", "call_site"]
+    per_thread = sampled.groupby(thread + ["stack_id"], as_index=False, dropna=False)[
+        "samples"].sum()
+    cand = out.loc[lone, keys].merge(per_thread, on=thread)
+    if cand.empty:
+        return out
+    again = spread_counts(out.loc[lone, keys + ["count"]], cand, keys, by_thread=False)
+    return pd.concat([out[~lone], again], ignore_index=True)
+
+
+def _name_call_sites(allocs: pd.DataFrame, kallsyms_path: Path | None) -> pd.DataFrame:
+    """The call_site column as the function called from (through the saved kallsyms; the
+    address in hex where it does not resolve), rows that become equal summed."""
+    import numpy as np
+    import pandas as pd
+    from slabkit.backends._tables import load_kallsyms
+    addrs = allocs["call_site"]
+    known = (addrs != 0).to_numpy()
+    names = pd.array([pd.NA] * len(allocs), dtype="string")
+    if known.any():
+        uniq, inv = np.unique(addrs[known].to_numpy(dtype=np.uint64), return_inverse=True)
+        ks = load_kallsyms(kallsyms_path)
+        func = (ks.resolve(uniq)[0] if ks is not None
+                else pd.array([pd.NA] * len(uniq), dtype="string"))
+        label = pd.array([f if isinstance(f, str) else f"{int(a):#x}"
+                          for f, a in zip(func, uniq)], dtype="string")
+        names[known] = label.take(inv)
+    allocs = allocs.assign(call_site=names)
+    sums = [c for c in ("count", "bytes", "bytes_req") if c in allocs.columns]
+    keys = [c for c in allocs.columns if c not in sums]
+    agg = {c: (lambda x: x.sum(min_count=1)) for c in sums}
+    out = allocs.groupby(keys, dropna=False, sort=False, as_index=False).agg(agg)
+    return out.astype({c: allocs[c].dtype for c in out.columns})[list(allocs.columns)]
+
+
 def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
-    """Tables from a ``slabcount`` output (see the module doc)."""
-    from slabkit.backends._tables import (
-        finish_allocs,
-        frames_from_addresses,
-        spread_counts,
-    )
+    """Tables from a ``slabcount`` output (see the module doc).
+
+    Sets ``meta["count_exactness"]``: which sums of ``allocs["count"]`` are exact."""
+    from slabkit.backends._tables import finish_allocs, frames_from_addresses
     exact, sampled, by_hash, stats = read_output(path)
-    keys = ["pid", "tid", "cgroup_id", "comm"]
+    with_sites = stats["format"] >= 3
+    for df in (exact, sampled):     # 0 for the call site of an output that has none
+        df["call_site"] = df["call_site"].fillna(0).astype("uint64")
+    keys = KEYS + ["call_site"]
     # stack ids: one per distinct address tuple (hashes of frames cut to the same stack merge)
     ids: dict[tuple[int, ...], int] = {}
     hash_to_id = {h: ids.setdefault(addrs, len(ids)) for h, addrs in by_hash.items() if addrs}
     sampled["stack_id"] = sampled["stack"].map(hash_to_id).fillna(-1).astype("int64")
-    sampled = sampled.groupby(keys + ["stack_id"], as_index=False)[
+    sampled = sampled.groupby(keys + ["stack_id"], as_index=False, dropna=False)[
         ["samples", "bytes_req"]].sum(min_count=1)      # bytes_req stays missing if not given
     every = int(meta.get("options", {}).get("stack_sample", 1) or 1)
-    kmalloc = plan.strategy == "kmalloc-size-class"
-    if every == 1 and exact.empty:
+    kmalloc = plan.strategy in KMALLOC_STRATEGIES
+    full = every == 1 and exact.empty
+    if full:
         # full-stack mode: every event was recorded with its stack; these are the counts
         allocs = sampled.rename(columns={"samples": "count"})
         allocs = allocs[allocs["count"] > 0].reset_index(drop=True)
@@ -275,15 +364,19 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         if kmalloc:
             allocs["bytes_req"] = req_exact.astype("Int64")
     else:
-        allocs = spread_counts(exact[keys + ["count"]], sampled[keys + ["stack_id", "samples"]],
-                               keys)
+        allocs = _spread(exact, sampled)
         req = exact[keys + ["bytes_req"]].rename(columns={"bytes_req": "req"}) \
             if kmalloc else None
         allocs = finish_allocs(allocs, req, plan, meta, keys)
+    kallsyms = meta.get("kallsyms_path")
+    kallsyms_path = Path(path).parent / kallsyms if kallsyms else None
+    if with_sites:
+        allocs = _name_call_sites(allocs, kallsyms_path)
+    else:
+        allocs = allocs.drop(columns=["call_site"])     # an older output: no call sites
 
     stacks = {sid: list(addrs) for addrs, sid in ids.items()}
-    kallsyms = meta.get("kallsyms_path")
-    frames = frames_from_addresses(stacks, Path(path).parent / kallsyms if kallsyms else None)
+    frames = frames_from_addresses(stacks, kallsyms_path)
 
     losses = {k: v for k, v in stats.items() if k in COUNT_LOSSES and v}
     stack_losses = {k: v for k, v in stats.items() if k in STACK_LOSSES and v}
@@ -294,12 +387,29 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     lost_stacks = sum(stack_losses.values())
     if lost_stacks:
         notes.append(f"{lost_stacks} stack samples were not recorded (map full or stack walk "
-                     "failed): counts per process stay exact; their share shows as stack -1")
+                     "failed): counts per process and call site stay exact; their share shows "
+                     "as stack -1")
+    if stats.get("nested_skipped"):
+        notes.append(f"{stats['nested_skipped']} allocation events (of any cache) came while "
+                     "the program was already running on the same CPU (an interrupt's "
+                     "allocation) and were skipped by the kernel; those of this cache are not "
+                     "counted")
     if every > 1:
-        notes.append(f"stacks sampled 1 in {every}: counts per process are exact, counts per "
+        notes.append(f"stacks sampled (each key's first event, then 1 in {every}, and 1 in "
+                     f"{8 * every} once a thread's call site has had 128 samples on a CPU; "
+                     "weighted): counts per process and per call site are exact, counts per "
                      "stack are estimates")
+    meta["count_exactness"] = exactness(full=full, call_sites=with_sites)
     return Parsed(allocs=allocs, frames=frames, losses=losses, notes=notes,
-                  estimated=every > 1, stack_losses=stack_losses,
+                  estimated=not full, stack_losses=stack_losses,
                   fired=bool(stats["probe_fired"]) if "probe_fired" in stats else None,
                   filtered_out=stats.get("filtered_out") if plan.pid is not None
                   or plan.comm is not None else None)
+
+
+def exactness(*, full: bool, call_sites: bool) -> dict[str, str]:
+    """``meta["count_exactness"]`` of a slabcount capture: for each way of summing
+    ``allocs["count"]``, "exact" or "spread" (an exact total spread over sampled stacks in
+    proportion to their samples: an estimate)."""
+    sites = "exact" if call_sites else "absent"
+    return {"process": "exact", "call_site": sites, "stack": "exact" if full else "spread"}

@@ -32,7 +32,7 @@ from slabkit.errors import InvalidInput, SlabkitError
 from slabkit.host.facts import KernelFacts, gather_facts
 from slabkit.host.slabinfo import SLABINFO, cache_records, parse_rows, resolve
 from slabkit.host.target import Target
-from slabkit.plan import MODES, Plan, plan_capture
+from slabkit.plan import MODES, Plan, for_backend, plan_capture
 from slabkit.validate import check_cache_name, check_comm, check_pid, check_seconds
 
 #: backends a request may name
@@ -156,6 +156,7 @@ def prepare(request: Request, target: Target) -> Prepared:
     plan = plan_capture(resolved, facts, mode=request.mode, pid=request.pid,
                         comm=request.comm, cache_table=records)
     chosen, reasons = choose(request.backend, plan, target, facts)
+    plan = for_backend(plan, chosen.name, facts)   # what the backend learnt may make it exact
     program = chosen.render(plan, request.options, facts)
     program.notes = capture_notes(chosen, plan, program, facts)
     return Prepared(target=target, request=request, facts=facts, plan=plan, backend=chosen,

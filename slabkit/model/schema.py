@@ -7,8 +7,9 @@ backend cannot fill hold missing values (``pd.NA``), never invented numbers.
 Tables
 ------
 ``allocs``
-    One row per (host, pid, tid, comm, cgroup, stack_id): how many allocations from the cache
-    that thread made with that kernel stack during the capture, and how many bytes.
+    One row per (host, pid, tid, comm, cgroup, call_site, stack_id): how many allocations from
+    the cache that thread made from that call site with that kernel stack during the capture,
+    and how many bytes.
 ``frames``
     One row per (stack_id, depth): the stack's frames, depth 0 innermost (the allocator).
 ``outstanding``
@@ -18,6 +19,17 @@ Tables
 
 And the capture's ``meta.json`` (:data:`META`, :func:`validate_meta`): the keys a saved capture
 must have, and the JSON type of every key slabkit writes; checked on every load, like the tables.
+
+Which counts are exact
+----------------------
+``meta["count_exactness"]`` (captures whose backend says it) maps each way of summing
+``allocs["count"]`` to ``"exact"`` or ``"spread"``: ``process`` (by pid, tid, comm, cgroup),
+``call_site`` (by the ``call_site`` column; ``"absent"`` without one) and ``stack`` (by
+``stack_id``). ``"spread"``: an exact total (per process and call site) divided among the
+stacks sampled for it in proportion to their samples, so sums over stacks are estimates while
+the sums they add up to stay exact. ``meta["estimated_stacks"]`` is True whenever ``stack``
+is not exact. ``meta["exact"]`` is about the cache itself: False where the capture could only
+match a kmalloc size class that other caches share (``meta["plan"]["reason"]`` says which).
 """
 from __future__ import annotations
 
@@ -46,6 +58,11 @@ ALLOCS = (
     Column("count", "Int64", "allocations (exact unless meta says sampled/estimated)"),
     Column("bytes", "Int64", "bytes allocated: count x the cache's object slot size (bytes_alloc)"),
     Column("bytes_req", "Int64", "bytes the callers asked for (kmalloc caches); missing otherwise",
+           required=False),
+    Column("call_site", "string",
+           "function the allocator was called from, as the allocation tracepoint reports it "
+           "(its call_site, resolved through kallsyms; the address in hex where it does not "
+           "resolve); missing where the backend does not record it (only ``bpf`` does)",
            required=False),
 )
 

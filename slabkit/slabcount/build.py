@@ -20,7 +20,7 @@ from pathlib import Path
 
 from slabkit.errors import TracerUnavailable
 
-SOURCES = ("slabcount.bpf.c", "slabcount.c")
+SOURCES = ("slabcount.h", "slabcount.bpf.c", "slabcount.c")
 HERE = Path(__file__).resolve().parent
 PACKAGES = "clang bpftool libbpf-dev libelf-dev zlib1g-dev gcc"
 #: a build of other sources is removed once it is this old (another checkout or process may

@@ -11,35 +11,33 @@
  *   slabcount --kmalloc-size N [--gfp-require X] [--gfp-forbid Y] [--record-event] [options]
  *            (--record-event: the regular kmalloc tracepoint and its record, not the raw one:
  *            cheaper with --stack-every 1, where the stack walk starts fewer frames deep)
- * options: --pid P --comm C --stack-every N --count-keys K --sample-keys K --stack-keys K
- *          --kstack-keys K (the kernel stack map; 1 forces most stacks down the hashed path)
+ * options: --pid P --comm C --stack-every N --hot-every M --count-keys K --sample-keys K
+ *          --stack-keys K --kstack-keys K --max-depth D
+ *          (--stack-every N: a stack for each key's first event, then 1 in N; --hot-every M:
+ *          1 in M once a key has had 128 samples on a CPU, default 8N;
+ *          --kstack-keys: the kernel stack map; 1 forces most stacks down the hashed path;
+ *          --max-depth D: walk at most D frames (from the tracing machinery's first one))
  *
  * Output: tab-separated lines (see slabkit/backends/bpf.py); "end" last, so a cut-off
  * output is detected. comm is printed as hex (it may hold any byte but NUL).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/syscall.h>
 #include <sys/resource.h>
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
+#include "slabcount.h"
 #include "slabcount.skel.h"
 
-#define COMM_LEN 16
-#define MAX_DEPTH 127
-
-struct key { __u32 pid, tid; __u64 cgroup; char comm[COMM_LEN]; };
-struct value { __u64 count, bytes_req; };
-struct stack_key { struct key who; __u64 stack; };
-struct stack { __u32 depth, pad; __u64 ip[MAX_DEPTH]; };
-static const char *stat_names[] = { "count_map_full", "stack_failed",
-				    "stack_map_full", "sample_map_full", "cache_map_full",
-				    "filtered_out" };
+static const char *stat_names[] = STAT_NAMES;
 
 static void die(int code, const char *fmt, ...)
 {
@@ -93,7 +91,36 @@ static const struct btf_param *tp_params(const struct btf *btf, const char *tp, 
 	return btf_params(t) + 1;
 }
 
-struct facts { int cache_arg, size_arg, req_arg, gfp_arg, kmalloc_record; };
+struct facts {
+	int cache_arg, size_arg, req_arg, gfp_arg, ptr_arg, kmalloc_record;
+	int has_kfunc;                  /* bpf_get_kmem_cache (6.13+) */
+	unsigned long long page_offset_base, vmemmap_base;   /* their addresses (kallsyms) */
+	int page_shift;
+};
+
+/* Addresses of the kernel variables virt_to_page reads (x86-64 with a randomized memory
+ * layout; /proc/kallsyms lists them where CONFIG_KALLSYMS_ALL is on): 0 where absent. */
+static void find_page_symbols(struct facts *f)
+{
+	FILE *k = fopen("/proc/kallsyms", "r");
+	if (!k)
+		return;
+	char line[512], name[256], type;
+	unsigned long long addr;
+	while (fgets(line, sizeof(line), k)) {
+		if (sscanf(line, "%llx %c %255s", &addr, &type, name) != 3 || strchr("tTwW", type))
+			continue;
+		if (!strcmp(name, "page_offset_base"))
+			f->page_offset_base = addr;
+		else if (!strcmp(name, "vmemmap_base"))
+			f->vmemmap_base = addr;
+	}
+	fclose(k);
+	long page = sysconf(_SC_PAGESIZE);
+	f->page_shift = 0;
+	while ((1L << f->page_shift) < page)
+		f->page_shift++;
+}
 
 /* Does the kmalloc event record (struct trace_event_raw_kmalloc) have the fields we read? */
 static int has_kmalloc_record(const struct btf *btf)
@@ -114,8 +141,8 @@ static int has_kmalloc_record(const struct btf *btf)
 
 static void find_facts(struct facts *f)
 {
-	f->cache_arg = f->size_arg = f->req_arg = f->gfp_arg = -1;
-	f->kmalloc_record = 0;
+	memset(f, 0, sizeof(*f));
+	f->cache_arg = f->size_arg = f->req_arg = f->gfp_arg = f->ptr_arg = -1;
 	struct btf *btf = btf__load_vmlinux_btf();
 	if (!btf)
 		die(3, "the kernel has no BTF (/sys/kernel/btf/vmlinux): %s", strerror(errno));
@@ -130,8 +157,11 @@ static void find_facts(struct facts *f)
 	int sizes = 0;
 	for (int i = 0; p && i < n; i++) {
 		const char *bn = base_name(btf, p[i].type, &is_ptr);
-		if (is_ptr)
+		if (is_ptr) {
+			if (f->ptr_arg < 0 && !strcmp(bn, ""))    /* const void *ptr */
+				f->ptr_arg = i;
 			continue;
+		}
 		if (!strcmp(bn, "size_t")) {   /* (call_site, ptr, bytes_req, bytes_alloc, gfp, node) */
 			if (sizes++ == 0)
 				f->req_arg = i;
@@ -142,7 +172,9 @@ static void find_facts(struct facts *f)
 		}
 	}
 	f->kmalloc_record = has_kmalloc_record(btf);
+	f->has_kfunc = btf__find_by_name_kind(btf, "bpf_get_kmem_cache", BTF_KIND_FUNC) >= 0;
 	btf__free(btf);
+	find_page_symbols(f);
 }
 
 static volatile sig_atomic_t stop;
@@ -232,16 +264,25 @@ static void print_stack(unsigned long long id, const __u64 *ip, __u32 depth)
 	printf("\n");
 }
 
-static void dump(struct slabcount_bpf *skel)
+static void print_key(const char *kind, const struct key *k)
+{
+	printf("%s\t%u\t%u\t%llu\t", kind, k->pid, k->tid, (unsigned long long)k->cgroup);
+	print_comm(k->comm);
+	printf("\t%llx", (unsigned long long)k->call_site);
+}
+
+static void dump(struct slabcount_bpf *skel, int prog_fd)
 {
 	int ncpu = libbpf_num_possible_cpus();
 	int fd;
 	struct key k, *prevk = NULL;
 	struct value *vals = calloc(ncpu, sizeof(*vals));
+	struct last *lasts = calloc(ncpu, sizeof(*lasts));
 	__u64 *stat = calloc(ncpu, sizeof(*stat));
-	if (!vals || !stat)
+	if (!vals || !stat || !lasts)
 		die(4, "out of memory");
 
+	printf("format\t3\n");     /* 3: keys carry the call site; no format line before */
 	fd = bpf_map__fd(skel->maps.stats);
 	for (__u32 i = 0; i < sizeof(stat_names) / sizeof(*stat_names); i++) {
 		__u64 tot = 0;
@@ -251,7 +292,23 @@ static void dump(struct slabcount_bpf *skel)
 		printf("stat\t%s\t%llu\n", stat_names[i], (unsigned long long)tot);
 	}
 	printf("stat\tprobe_fired\t%d\n", skel->bss->fired ? 1 : 0);
+	/* events that came while the program ran on the same CPU (an interrupt's allocation):
+	 * the kernel skipped the program for them; they may be of any cache */
+	struct bpf_prog_info info = {};
+	__u32 len = sizeof(info);
+	if (!bpf_obj_get_info_by_fd(prog_fd, &info, &len))
+		printf("stat\tnested_skipped\t%llu\n", (unsigned long long)info.recursion_misses);
 	printf("known_cache\t%s\n", skel->bss->known_cache ? "yes" : "no");
+
+	/* what each CPU counted under its last key and had not yet added to the map */
+	__u32 zero = 0;
+	if (!bpf_map_lookup_elem(bpf_map__fd(skel->maps.lasts), &zero, lasts))
+		for (int c = 0; c < ncpu; c++)
+			if (lasts[c].count) {
+				print_key("count", &lasts[c].key);
+				printf("\t%llu\t%llu\n", (unsigned long long)lasts[c].count,
+				       (unsigned long long)lasts[c].bytes_req);
+			}
 
 	fd = bpf_map__fd(skel->maps.counts);
 	while (bpf_map_get_next_key(fd, prevk, &k) == 0) {
@@ -261,9 +318,11 @@ static void dump(struct slabcount_bpf *skel)
 				n += vals[c].count;
 				req += vals[c].bytes_req;
 			}
-			printf("count\t%u\t%u\t%llu\t", k.pid, k.tid, (unsigned long long)k.cgroup);
-			print_comm(k.comm);
-			printf("\t%llu\t%llu\n", (unsigned long long)n, (unsigned long long)req);
+			if (n) {        /* a key slot taken whose events are all still pending */
+				print_key("count", &k);
+				printf("\t%llu\t%llu\n", (unsigned long long)n,
+				       (unsigned long long)req);
+			}
 		}
 		prevk = &k;
 	}
@@ -277,9 +336,7 @@ static void dump(struct slabcount_bpf *skel)
 				w += vals[c].count;
 				req += vals[c].bytes_req;
 			}
-			printf("sample\t%u\t%u\t%llu\t", sk.who.pid, sk.who.tid,
-			       (unsigned long long)sk.who.cgroup);
-			print_comm(sk.who.comm);
+			print_key("sample", &sk.who);
 			printf("\t%016llx\t%llu\t%llu\n", (unsigned long long)sk.stack,
 			       (unsigned long long)w, (unsigned long long)req);
 		}
@@ -310,7 +367,82 @@ static void dump(struct slabcount_bpf *skel)
 	printf("end\n");
 	fflush(stdout);
 	free(vals);
+	free(lasts);
 	free(stat);
+}
+
+/*
+ * A program that started before the detach may still be running on another CPU. Tracepoint
+ * probes run with preemption disabled, so one RCU grace period covers them all: the global
+ * membarrier waits for one (synchronize_rcu). Where it is refused, a pause does it.
+ */
+static void wait_for_running_programs(void)
+{
+	if (syscall(__NR_membarrier, 1 /* MEMBARRIER_CMD_GLOBAL */, 0, 0) != 0)
+		usleep(50000);
+}
+
+/* The common settings of a freshly opened skeleton (every program off). */
+static struct slabcount_bpf *open_skel(const struct facts *f)
+{
+	struct slabcount_bpf *skel = slabcount_bpf__open();
+	if (!skel)
+		die(3, "cannot open the BPF object: %s", strerror(errno));
+	skel->rodata->cache_arg = f->cache_arg < 0 ? 2 : f->cache_arg;
+	skel->rodata->size_arg = f->size_arg;
+	skel->rodata->req_arg = f->req_arg;
+	skel->rodata->gfp_arg = f->gfp_arg;
+	skel->rodata->ptr_arg = f->ptr_arg < 0 ? 1 : f->ptr_arg;
+	skel->rodata->page_offset_base_addr = f->page_offset_base;
+	skel->rodata->vmemmap_base_addr = f->vmemmap_base;
+	skel->rodata->page_shift = f->page_shift;
+	struct bpf_program *p;
+	bpf_object__for_each_program(p, skel->obj)
+		bpf_program__set_autoload(p, false);
+	return skel;
+}
+
+/* How this kernel lets the program find an object's slab: SLAB_BY_KFUNC, SLAB_BY_PAGE or
+ * 0 (neither). */
+enum { SLAB_BY_KFUNC = 1, SLAB_BY_PAGE = 2 };
+static int slab_lookup_way(const struct facts *f)
+{
+	if (f->has_kfunc)
+		return SLAB_BY_KFUNC;
+	if (f->page_offset_base && f->vmemmap_base && f->ptr_arg >= 0)
+		return SLAB_BY_PAGE;
+	return 0;
+}
+
+/*
+ * Check the object -> slab -> cache lookup on live events before anything relies on it:
+ * for a moment, every kmem_cache_alloc event compares the cache its object's slab names
+ * with the cache the event passes (opening /dev/null makes a few). Returns how many events
+ * agreed, or -1 when one did not, or the check could not run.
+ */
+static long check_slab_lookup(const struct facts *f, int way)
+{
+	if (!way || (f->cache_arg != 2 && f->cache_arg != 3))
+		return -1;
+	struct slabcount_bpf *skel = open_skel(f);
+	struct bpf_program *prog = way == SLAB_BY_KFUNC ? skel->progs.check_kfunc
+							: skel->progs.check_page;
+	bpf_program__set_autoload(prog, true);
+	long agreed = -1;
+	struct bpf_link *link = NULL;
+	if (slabcount_bpf__load(skel) == 0 && (link = bpf_program__attach(prog))) {
+		for (int i = 0; i < 200; i++) {
+			int fd = open("/dev/null", O_RDONLY);
+			if (fd >= 0)
+				close(fd);
+		}
+		bpf_link__destroy(link);
+		wait_for_running_programs();
+		if (!skel->bss->lookup_differed)
+			agreed = (long)skel->bss->lookup_agreed;
+	}
+	slabcount_bpf__destroy(skel);
+	return agreed > 0 ? agreed : -1;
 }
 
 static long num(const char *opt, const char *s, long lo, long hi)
@@ -326,8 +458,10 @@ static long num(const char *opt, const char *s, long lo, long hi)
 int main(int argc, char **argv)
 {
 	const char *cache = NULL, *comm = NULL;
-	long kmalloc_size = 0, pid = 0, every = 32, count_keys = 65536, sample_keys = 65536;
+	long kmalloc_size = 0, pid = 0, every = 32, hot_every = 0, count_keys = 65536;
+	long sample_keys = 65536;
 	long stack_keys = 16384, kstack_keys = 4096, gfp_require = 0, gfp_forbid = 0;
+	long max_depth = MAX_DEPTH;
 	int probe = 0, record = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -344,31 +478,41 @@ int main(int argc, char **argv)
 		else if (!strcmp(a, "--gfp-forbid")) gfp_forbid = num(a, v, 0, 0x7fffffff);
 		else if (!strcmp(a, "--pid")) pid = num(a, v, 1, 0x7fffffff);
 		else if (!strcmp(a, "--stack-every")) every = num(a, v, 1, 1 << 20);
+		else if (!strcmp(a, "--hot-every")) hot_every = num(a, v, 1, 1 << 24);
 		else if (!strcmp(a, "--count-keys")) count_keys = num(a, v, 16, 1 << 24);
 		else if (!strcmp(a, "--sample-keys")) sample_keys = num(a, v, 16, 1 << 24);
 		else if (!strcmp(a, "--stack-keys")) stack_keys = num(a, v, 16, 1 << 22);
 		else if (!strcmp(a, "--kstack-keys")) kstack_keys = num(a, v, 1, 1 << 20);
+		else if (!strcmp(a, "--max-depth")) max_depth = num(a, v, 1, MAX_DEPTH);
 		else die(2, "unknown option %s", a);
 	}
 	libbpf_set_print(quiet_print);
 	struct facts f;
 	find_facts(&f);
+	struct rlimit rl = { RLIM_INFINITY, RLIM_INFINITY };
+	setrlimit(RLIMIT_MEMLOCK, &rl);   /* kernels before 5.11 charge maps to memlock */
 	if (probe) {
-		printf("cache_arg\t%d\nsize_arg\t%d\nreq_arg\t%d\ngfp_arg\t%d\n"
+		int way = slab_lookup_way(&f);
+		long checked = check_slab_lookup(&f, way);
+		printf("cache_arg\t%d\nsize_arg\t%d\nreq_arg\t%d\ngfp_arg\t%d\nptr_arg\t%d\n"
 		       "kmalloc_record\t%d\n",
-		       f.cache_arg, f.size_arg, f.req_arg, f.gfp_arg, f.kmalloc_record);
+		       f.cache_arg, f.size_arg, f.req_arg, f.gfp_arg, f.ptr_arg, f.kmalloc_record);
+		/* slab_lookup 1: kmalloc events can be matched by their object's own slab */
+		printf("slab_lookup\t%d\nslab_lookup_kfunc\t%d\nslab_lookup_checked\t%ld\n",
+		       checked > 0, checked > 0 && way == SLAB_BY_KFUNC, checked > 0 ? checked : 0);
 		return 0;
 	}
-	if (!cache == !kmalloc_size)
-		die(2, "give exactly one of --cache NAME or --kmalloc-size N");
+	if (!cache && !kmalloc_size)
+		die(2, "give --cache NAME, --kmalloc-size N, or both (a kmalloc cache by its slab)");
+	int by_slab = cache && kmalloc_size;
 	if (cache && (strlen(cache) == 0 || strlen(cache) >= 64))
 		die(2, "--cache wants a name of 1 to 63 bytes");
 	if (comm && (strlen(comm) == 0 || strlen(comm) >= COMM_LEN))
 		die(2, "--comm wants 1 to 15 bytes");
-	if (cache && f.cache_arg < 0)
+	if (cache && !by_slab && f.cache_arg < 0)
 		die(3, "raw tracepoint kmem_cache_alloc has no struct kmem_cache * argument "
 		       "on this kernel (Linux 6.0+ has one)");
-	if (cache && f.cache_arg != 2 && f.cache_arg != 3)
+	if (cache && !by_slab && f.cache_arg != 2 && f.cache_arg != 3)
 		die(3, "unexpected kmem_cache_alloc argument layout (cache is argument %d)",
 		    f.cache_arg);
 	if (record && !kmalloc_size)
@@ -378,22 +522,21 @@ int main(int argc, char **argv)
 		       "with bytes_req, bytes_alloc, gfp_flags)");
 	if (kmalloc_size && !record && (f.size_arg < 0 || f.gfp_arg < 0 || f.req_arg < 0))
 		die(3, "raw tracepoint kmalloc lacks bytes_alloc/gfp_flags arguments here");
+	int way = by_slab ? slab_lookup_way(&f) : 0;
+	if (by_slab && check_slab_lookup(&f, way) < 0)
+		die(3, "this kernel does not let slabcount find an object's slab (no "
+		       "bpf_get_kmem_cache kfunc, and page_offset_base/vmemmap_base are not in "
+		       "kallsyms or did not check out): match the size class instead");
 
-	struct rlimit rl = { RLIM_INFINITY, RLIM_INFINITY };
-	setrlimit(RLIMIT_MEMLOCK, &rl);   /* kernels before 5.11 charge maps to memlock */
-
-	struct slabcount_bpf *skel = slabcount_bpf__open();
-	if (!skel)
-		die(3, "cannot open the BPF object: %s", strerror(errno));
-	skel->rodata->cache_arg = f.cache_arg < 0 ? 2 : f.cache_arg;
-	skel->rodata->size_arg = f.size_arg;
-	skel->rodata->req_arg = f.req_arg;
-	skel->rodata->gfp_arg = f.gfp_arg;
+	struct slabcount_bpf *skel = open_skel(&f);
 	skel->rodata->match_size = kmalloc_size;
 	skel->rodata->gfp_require = gfp_require;
 	skel->rodata->gfp_forbid = gfp_forbid;
 	skel->rodata->filter_pid = pid;
 	skel->rodata->stack_every = every;
+	skel->rodata->own_frames = record ? 0 : 1;
+	/* default: 8 x --stack-every once a key has had 128 samples on a CPU */
+	skel->rodata->hot_every = hot_every ? hot_every : (every > (1 << 21) ? 1 << 24 : 8 * every);
 	if (comm) {
 		skel->rodata->filter_comm = 1;
 		strncpy((char *)skel->rodata->comm_value, comm, COMM_LEN - 1);
@@ -406,9 +549,18 @@ int main(int argc, char **argv)
 	bpf_map__set_max_entries(skel->maps.samples, sample_keys);
 	bpf_map__set_max_entries(skel->maps.stacks, stack_keys);
 	bpf_map__set_max_entries(skel->maps.kstacks, kstack_keys);
-	bpf_program__set_autoload(skel->progs.on_cache_alloc, cache != NULL);
-	bpf_program__set_autoload(skel->progs.on_kmalloc, kmalloc_size != 0 && !record);
-	bpf_program__set_autoload(skel->progs.on_kmalloc_record, kmalloc_size != 0 && record);
+	/* frames beyond max_depth are not walked (walks cost per frame): the stack map's value
+	 * size bounds bpf_get_stackid, walk_bytes bpf_get_stack */
+	bpf_map__set_value_size(skel->maps.kstacks, max_depth * sizeof(__u64));
+	skel->rodata->walk_bytes = max_depth * sizeof(__u64);
+	struct bpf_program *prog =
+		by_slab && record ? (way == SLAB_BY_KFUNC ? skel->progs.on_kmalloc_record_kfunc
+							  : skel->progs.on_kmalloc_record_page)
+		: by_slab ? (way == SLAB_BY_KFUNC ? skel->progs.on_kmalloc_kfunc
+						  : skel->progs.on_kmalloc_page)
+		: cache ? skel->progs.on_cache_alloc
+				 : record ? skel->progs.on_kmalloc_record : skel->progs.on_kmalloc;
+	bpf_program__set_autoload(prog, true);
 	int err = slabcount_bpf__load(skel);
 	if (err)
 		die(3, "the kernel refused the BPF program: %s", strerror(-err));
@@ -419,22 +571,22 @@ int main(int argc, char **argv)
 	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	struct bpf_link *link = bpf_program__attach(cache ? skel->progs.on_cache_alloc
-						      : record ? skel->progs.on_kmalloc_record
-						      : skel->progs.on_kmalloc);
+	struct bpf_link *link = bpf_program__attach(prog);
 	if (!link) {
 		int e = errno;
 		slabcount_bpf__destroy(skel);
 		die(3, "cannot attach to the raw tracepoint: %s", strerror(e));
 	}
-	printf("slabkit-attached\t%s\n", cache ? "kmem_cache_alloc"
-					   : record ? "kmalloc (event record)" : "kmalloc");
+	printf("slabkit-attached\t%s%s\n", cache && !by_slab ? "kmem_cache_alloc"
+					     : record ? "kmalloc (event record)" : "kmalloc",
+	       by_slab ? ", by the object's slab" : "");
 	fflush(stdout);
 	while (!stop)
 		pause();
 	bpf_link__destroy(link);       /* detach first: the counts stop moving */
+	wait_for_running_programs();
 	read_kallsyms();
-	dump(skel);
+	dump(skel, bpf_program__fd(prog));
 	slabcount_bpf__destroy(skel);
 	return 0;
 }

@@ -11,13 +11,15 @@ stdin handshake) over SSH only once the probe is attached, then stops the captur
 No kernel here has the ``name`` field on kmem:kmem_cache_alloc (6.18+), so a dedicated cache is
 planned as ``kprobe-cachep`` over the kernel's own allocation function names (bpftrace only:
 perf and ftrace cannot read the cache's name); kmalloc caches as ``kmalloc-size-class`` on
-kmem:kmalloc (and kmem:kmalloc_node on 5.10): bpftrace, perf and ftrace. On 5.10 the raw
-tracepoint passes no cache pointer, so the ``bpf`` backend refuses (asserted with its reason),
-and bpftrace 0.17 needs ``BPFTRACE_BTF`` (asserted: slabkit sets it, and without it bpftrace
-fails with a message that names the cause). Bulk allocations (``kmem_cache_alloc_bulk``: no
-tracepoint) are counted by bpftrace's return probe: io_uring requests of ``slabwork iouring``.
-The facts behind the expected plans are recorded in tests/fixtures/kernels/<release>/
-(probe-checks.md: the bpftrace counts these tests rely on).
+kmem:kmalloc (and kmem:kmalloc_node on 5.10): bpftrace, perf and ftrace, and for slabkit's BPF
+counter as ``kmalloc-slab`` (each object's own slab, found through the kernel's
+page_offset_base/vmemmap_base). On 5.10 the raw tracepoint passes no cache pointer, so the
+``bpf`` backend refuses (asserted with its reason), and bpftrace 0.17 needs ``BPFTRACE_BTF``
+(asserted: slabkit sets it, and without it bpftrace fails with a message that names the
+cause). Bulk allocations (``kmem_cache_alloc_bulk``: no tracepoint) are counted by bpftrace's
+return probe: io_uring requests of ``slabwork iouring``. The facts behind the expected plans
+are recorded in tests/fixtures/kernels/<release>/ (probe-checks.md: the bpftrace counts these
+tests rely on).
 
 Opt-in (see conftest.py); about 1.5-2 minutes per kernel under TCG on 2 shared cores (boot
 10-35 s, each capture 20-50 s: slabkit reading ~600 sysfs files one ``cat`` each, 8-22 s;
@@ -181,6 +183,8 @@ def test_filp_counts_slabwork_opens_exactly(guest, target, tmp_path, backend):
 
     rows = _slabwork_rows(cap, seen["pid"])
     assert int(rows["count"].sum()) == N, cap.allocs.groupby("comm")["count"].sum().to_dict()
+    if backend == "bpf":                    # exact per call site too
+        assert set(rows["call_site"]) == {"alloc_empty_file"}, set(rows["call_site"])
     # the guest mounts cgroup2 and has GNU find: bpftrace's cgroup id maps to a path
     assert set(rows["cgroup"]) == {"/"}
 
@@ -205,13 +209,21 @@ def test_kmalloc_1k_counts_slabwork_pipes_exactly(guest, target, tmp_path, backe
     work, seen = slabwork(target, "pipe", str(N))
     cap = _capture(target, cache, work, tmp_path, backend)
 
-    plan = _check_meta(cap, guest, target, "kmalloc-size-class", backend)
+    # slabkit's BPF counter reads each object's own slab: no kernel here has the
+    # bpf_get_kmem_cache kfunc (6.13+), all list page_offset_base and vmemmap_base
+    # (CONFIG_KALLSYMS_ALL) for the kernel's virt_to_page, checked on live events first
+    by_slab = backend == "bpf"
+    plan = _check_meta(cap, guest, target, "kmalloc-slab" if by_slab else "kmalloc-size-class",
+                       backend)
     # 5.10 still has the separate _node event (kmalloc_node(), e.g. from kvmalloc)
     events = ["kmem:kmalloc", "kmem:kmalloc_node"] if guest.series == "5.10" else ["kmem:kmalloc"]
     assert plan["alloc_events"] == events and plan["functions"] == []
     assert plan["bulk_functions"] == []   # kmalloc has no bulk form
     assert plan["match_bytes_alloc"] == 1024 and plan["gfp_type"] == gfp_type
-    if guest.series == "6.12":  # slab buckets (CONFIG_SLAB_BUCKETS) of the same size: estimate
+    if by_slab:
+        assert plan["exact"] is True and "vmemmap_base" in plan["reason"], plan["reason"]
+        assert plan["match_name"] == cache
+    elif guest.series == "6.12":  # slab buckets (CONFIG_SLAB_BUCKETS) of the same size: estimate
         assert plan["exact"] is False and "memdup_user-1k" in plan["reason"], plan["reason"]
     else:
         assert plan["exact"] is True, plan["reason"]
@@ -224,6 +236,8 @@ def test_kmalloc_1k_counts_slabwork_pipes_exactly(guest, target, tmp_path, backe
 
     rows = _slabwork_rows(cap, seen["pid"])
     assert int(rows["count"].sum()) == N, cap.allocs.groupby("comm")["count"].sum().to_dict()
+    if backend == "bpf":                    # exact per call site too
+        assert set(rows["call_site"]) == {"alloc_pipe_info"}, set(rows["call_site"])
     assert int(rows["bytes_req"].sum()) == N * 640
     assert int(rows["bytes"].sum()) == N * 1024
 
@@ -300,6 +314,29 @@ def test_bpftrace_without_the_btf_workaround_fails_and_says_why(guest, target, t
         FIXTURES.mkdir(parents=True, exist_ok=True)
         shutil.copy(Path(err.raw_path) / "bpftrace.stderr",
                     FIXTURES / "bpftrace-0.17-linux-5.10-no-btf.stderr")
+
+
+def test_a_slab_bucket_and_the_plain_cache_of_its_size_each_get_their_own(guest, target,
+                                                                          tmp_path):
+    """6.12's msgsnd allocates from the msg_msg-64 slab bucket, eventfd from kmalloc-64: one
+    size class, and kmem:kmalloc does not say which. slabkit's BPF counter reads each
+    object's own slab (virt_to_page through the guest kernel's vmemmap_base): exact."""
+    if guest.series == "6.1":
+        pytest.skip("6.1 has no slab buckets")
+    for cache in ("msg_msg-64", "kmalloc-64"):
+        msg, msg_seen = slabwork(target, "msg", str(N), "16")
+        efd, efd_seen = slabwork(target, "eventfd", str(2 * N))
+
+        def both():
+            msg()
+            efd()
+        cap = _capture(target, cache, both, tmp_path / cache, "bpf")
+        plan = _check_meta(cap, guest, target, "kmalloc-slab", "bpf")
+        assert plan["exact"] is True, plan["reason"]
+        got = {w: int(cap.allocs.loc[cap.allocs["pid"] == seen["pid"], "count"].sum())
+               for w, seen in (("msg", msg_seen), ("eventfd", efd_seen))}
+        assert got == ({"msg": N, "eventfd": 0} if cache == "msg_msg-64"
+                       else {"msg": 0, "eventfd": 2 * N}), (cache, got)
 
 
 # --- the same guest through its dropbear server (guest port 2222) ----------------------------
