@@ -20,6 +20,8 @@ _CACHE_NAME_CHARS = re.compile(r"[A-Za-z0-9_.:\-]")
 # A task comm is at most 15 bytes (TASK_COMM_LEN 16 with its NUL); we accept the characters a
 # filter can match safely.
 COMM_RE = re.compile(r"[A-Za-z0-9_.:\-+/ @]{1,15}")
+# A kernel function a probe attaches to (``kmem_cache_alloc_node``, ``foo.cold``).
+FUNCTION_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,126}")
 # A pid or a number of seconds typed as text: ASCII digits, no sign, space or newline.
 _PID_TEXT_RE = re.compile(r"[0-9]{1,7}")
 _SECONDS_TEXT_RE = re.compile(r"(?:[0-9]{1,12}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})")
@@ -45,6 +47,14 @@ def check_comm(comm: object) -> str:
             f"comm filter {shown(comm)} is not a process name: use the name as /proc/PID/comm "
             "shows it (15 characters at most; letters, digits, space and _ . : - + / @)")
     return comm
+
+
+def check_function_name(name: object) -> str:
+    """Return ``name`` if it is a kernel function name a probe may attach to."""
+    if not isinstance(name, str) or not FUNCTION_NAME_RE.fullmatch(name):
+        raise InvalidInput(f"{shown(name)} is not a kernel function name (letters, digits, _ "
+                           "and . only)")
+    return name
 
 
 def check_pid(pid: object) -> int:

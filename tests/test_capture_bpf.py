@@ -290,13 +290,71 @@ def test_reasons_when_the_kernel_lacks_what_the_program_needs(tmp_path):
     backend = get_backend("bpf")
     assert "no BTF" in backend.unavailable(LocalTarget(tmp_path), KernelFacts())
     old = KernelFacts(bpf={"binary": "x", "cache_arg": -1, "size_arg": 3, "gfp_arg": 4,
-                           "req_arg": 2})
-    assert "Linux 6.0+" in backend.unsupported(_plan(strategy="kprobe-cachep"), old)
+                           "req_arg": 2, "kmalloc_node": -1, "task_btf": 0})
+    fns = ["kmem_cache_alloc", "kmem_cache_alloc_node"]
+    dedicated = _plan(strategy="kprobe-cachep", functions=fns)
+    # no cache pointer on the raw tracepoint, no kprobes: refused, saying both
+    why = backend.unsupported(dedicated, old)
+    assert "Linux 6.0+" in why and "no kprobes" in why
     assert backend.unsupported(_plan(strategy="kmalloc-size-class",
                                      alloc_events=["kmem:kmalloc"]), old) is None
     node = _plan(strategy="kmalloc-size-class", alloc_events=["kmem:kmalloc",
                                                               "kmem:kmalloc_node"])
     assert "kmalloc_node" in backend.unsupported(node, old)
+    assert "kmem:kfree" in backend.unsupported(
+        _plan(strategy="kmalloc-size-class", alloc_events=["kmem:kfree"]), old)
+    # 5.10's facts: kprobes on the allocation functions, kmalloc_node laid out as kmalloc
+    k510 = KernelFacts(kprobes=True, bpf={**old.bpf, "kmalloc_node": 1, "kmalloc_record": 0})
+    assert backend.unsupported(dedicated, k510) is None
+    assert backend.unsupported(node, k510) is None
+    prog = backend.render(dedicated, Options(), k510)
+    assert prog.argv[1:5] == ["--cache", "filp", "--functions",
+                              "kmem_cache_alloc,kmem_cache_alloc_node"]
+    assert "kprobes on kmem_cache_alloc, kmem_cache_alloc_node" in prog.text
+    node_prog = backend.render(_plan(strategy="kmalloc-size-class", match_name=None,
+                                     match_bytes_alloc=1024,
+                                     alloc_events=["kmem:kmalloc", "kmem:kmalloc_node"]),
+                               Options(stack_sample=1), k510)
+    assert "--record-event" not in node_prog.argv      # would leave kmalloc_node out
+    assert "kmalloc_node" in node_prog.text
+    # a kernel whose raw tracepoint passes the cache: the raw tracepoint, never kprobes
+    new = KernelFacts(kprobes=True, bpf={**k510.bpf, "cache_arg": 2})
+    assert "--functions" not in backend.render(dedicated, Options(), new).argv
+    with pytest.raises(InvalidInput):
+        render_argv("s", _plan(strategy="kprobe-cachep", functions=["kmem_cache_alloc;x"]),
+                    Options(), kprobes=True)
+
+
+def test_the_older_helpers_count_the_same_keys(bpf, tmp_path):
+    """Kernels before 5.11 have no bpf_get_current_task_btf: slabcount reads the key through
+    the older helpers there (--no-task-btf forces that way here). Both ways, attached at the
+    same time to the same kmalloc events, give the same exact keys and counts."""
+    with Workload("eventfd", N) as w:
+        outs, procs_ = [], []
+        try:
+            for extra in ([], ["--no-task-btf"]):
+                out = tmp_path / f"slabcount{len(outs)}.tsv"
+                with open(out, "wb") as o:
+                    procs_.append(subprocess.Popen(
+                        [str(bpf), "--kmalloc-size", "64", "--pid", str(w.pid), *extra],
+                        stdout=o))
+                outs.append(out)
+            deadline = time.time() + 30
+            while (not all(b"slabkit-attached" in o.read_bytes() for o in outs)
+                   and time.time() < deadline):
+                time.sleep(0.05)
+            w.go()
+        finally:
+            for p in procs_:
+                p.send_signal(2)
+            for p in procs_:
+                p.wait(30)
+    btf, older = (read_output(o) for o in outs)
+    key = ["pid", "tid", "cgroup_id", "comm", "call_site"]
+    a = btf.exact.groupby(key)["count"].sum()
+    b = older.exact.groupby(key)["count"].sum()
+    assert int(a.sum()) == N and a.to_dict() == b.to_dict()
+    assert set(btf.exact["comm"]) == {"slabwork"} and (btf.exact["cgroup_id"] > 0).all()
 
 
 @pytest.mark.parametrize("name", ["filp-6.18", "filp-6.18-v2", "filp-6.18-v1"])

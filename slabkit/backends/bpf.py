@@ -40,7 +40,7 @@ still parse.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from slabkit.backends import (
     Backend,
@@ -51,7 +51,7 @@ from slabkit.backends import (
     run_marked_tracer,
 )
 from slabkit.errors import ParseError, ProbeFailed, TracerUnavailable
-from slabkit.validate import check_cache_name, check_comm
+from slabkit.validate import check_cache_name, check_comm, check_function_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,6 +68,8 @@ STDERR = "slabcount.stderr"
 REMOTE_DIR = "/run/slabkit/bin"
 BTF = "/sys/kernel/btf/vmlinux"
 
+#: the kmalloc events slabcount attaches to (kmalloc_node: kernels before 6.1)
+KMALLOC_EVENTS = ("kmem:kmalloc", "kmem:kmalloc_node")
 #: plans of kmalloc caches (kmem:kmalloc events, requested bytes known)
 KMALLOC_STRATEGIES = ("kmalloc-size-class", "kmalloc-slab")
 
@@ -114,16 +116,20 @@ def probe_kernel(target: "Target", binary: str) -> dict[str, int]:
 
 
 def render_argv(binary: str, plan: "Plan", options: Options, *,
-                kmalloc_record: bool = False) -> list[str]:
+                kmalloc_record: bool = False, kprobes: bool = False) -> list[str]:
     """The ``slabcount`` command line for ``plan`` (every value validated or an int).
 
     ``kmalloc_record``: the kernel's BTF describes the kmalloc event record (``slabcount
     --probe``); full-stack kmalloc captures then use the regular tracepoint, whose stack
     walk starts shallower (``bench/``: about as fast as the raw one or a little faster).
+    ``kprobes``: a dedicated cache is counted by kprobes on the plan's allocation functions
+    (kernels whose raw tracepoint has no cache pointer).
     """
     argv = [binary]
     if plan.strategy in ("tracepoint-name", "kprobe-cachep"):
         argv += ["--cache", check_cache_name(plan.match_name or "")]
+        if kprobes:
+            argv += ["--functions", ",".join(check_function_name(f) for f in plan.functions)]
     elif plan.strategy == "kmalloc-slab":   # the size class, then the object's own slab
         argv += ["--kmalloc-size", str(int(plan.match_bytes_alloc or 0)),
                  "--cache", check_cache_name(plan.match_name or plan.cache)]
@@ -171,12 +177,16 @@ class BpfBackend(Backend):
     def unsupported(self, plan: "Plan", facts: "KernelFacts") -> str | None:
         args = facts.bpf
         if plan.strategy in ("tracepoint-name", "kprobe-cachep"):
-            if args.get("cache_arg") not in (2, 3):
+            if args.get("cache_arg") not in (2, 3) and not _by_kprobes(plan, facts):
                 return ("the raw tracepoint kmem_cache_alloc does not pass the cache pointer "
-                        "on this kernel (Linux 6.0+ does)")
+                        "on this kernel (Linux 6.0+ does), and the kernel offers no kprobes "
+                        "on its allocation functions")
         elif plan.strategy in KMALLOC_STRATEGIES:
-            if any(e != "kmem:kmalloc" for e in plan.alloc_events):
-                return f"only the kmalloc event is handled, the plan needs {plan.alloc_events}"
+            other = [e for e in plan.alloc_events if e not in KMALLOC_EVENTS]
+            if other:
+                return f"only the kmalloc events are handled, the plan needs {other}"
+            if "kmem:kmalloc_node" in plan.alloc_events and args.get("kmalloc_node") != 1:
+                return "the raw tracepoint kmalloc_node is not laid out as kmalloc's here"
             if min(args.get(k, -1) for k in ("size_arg", "gfp_arg", "req_arg")) < 0:
                 return "the raw tracepoint kmalloc lacks bytes_alloc or gfp_flags here"
         else:
@@ -185,11 +195,22 @@ class BpfBackend(Backend):
 
     def render(self, plan: "Plan", options: Options, facts: "KernelFacts") -> Program:
         binary = facts.bpf.get("binary") or "slabcount"
-        argv = render_argv(binary, plan, options,
-                           kmalloc_record=facts.bpf.get("kmalloc_record") == 1)
-        event = "kmalloc" if plan.strategy in KMALLOC_STRATEGIES else "kmem_cache_alloc"
+        args = facts.bpf
+        # the event record: only where slabcount reads tasks through BTF and no kmalloc_node
+        # tracepoint would be left out
+        record = (args.get("kmalloc_record") == 1 and args.get("task_btf", 1) == 1
+                  and args.get("kmalloc_node", 0) == 0)
+        kprobes = (plan.strategy in ("tracepoint-name", "kprobe-cachep")
+                   and args.get("cache_arg") not in (2, 3) and _by_kprobes(plan, facts))
+        argv = render_argv(binary, plan, options, kmalloc_record=record, kprobes=kprobes)
+        event = ("raw tracepoints kmalloc, kmalloc_node"
+                 if "kmem:kmalloc_node" in plan.alloc_events
+                 else "raw tracepoint kmalloc" if plan.strategy in KMALLOC_STRATEGIES
+                 else "raw tracepoint kmem_cache_alloc")
         how = ("tracepoint kmem:kmalloc (its event record: full stacks walk fewer frames)"
-               if "--record-event" in argv else f"raw tracepoint {event}")
+               if "--record-event" in argv
+               else f"kprobes on {', '.join(plan.functions)} (this kernel's raw tracepoint "
+                    "has no cache pointer)" if kprobes else event)
         if plan.strategy == "kmalloc-slab":
             how += ", each object's cache read from its slab"
         text = (f"# {how}: slabkit/slabcount/slabcount.bpf.c, loaded by slabcount\n"
@@ -212,6 +233,11 @@ class BpfBackend(Backend):
         return parse_output(folder / RAW, plan, meta)
 
 
+def _by_kprobes(plan: "Plan", facts: "KernelFacts") -> bool:
+    """Can a dedicated cache be counted by kprobes on its allocation functions here?"""
+    return bool(plan.functions) and bool(facts.kprobes)
+
+
 def _complete(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
@@ -225,9 +251,16 @@ def _comm(text: str) -> str:
     return "" if text == "-" else bytes.fromhex(text).decode("utf-8", "replace")
 
 
-def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple[int, ...]],
-                                     dict[str, int]]:
-    """(exact counts, weighted samples, stacks by hash, stats) from a ``slabcount`` output.
+class SlabcountOutput(NamedTuple):
+    """What one ``slabcount`` output holds, as read (before stacks get ids and names)."""
+    exact: "pd.DataFrame"                    # exact counts per key (and call site)
+    sampled: "pd.DataFrame"                  # weighted stack samples per key
+    stacks: dict[int, tuple[int, ...]]       # addresses by stack hash, allocator first
+    stats: dict[str, int]                    # the stat lines, and "format"
+
+
+def read_output(path: Path) -> SlabcountOutput:
+    """Exact counts, weighted samples, stacks by hash and stats from a ``slabcount`` output.
 
     Both tables have a ``call_site`` column: the tracepoint's call-site address (format 3),
     missing in older outputs, which had none. A key printed twice (a CPU's pending events and
@@ -281,7 +314,7 @@ def read_output(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple
     sampled["bytes_req"] = sampled["bytes_req"].astype("Int64")   # missing where not given
     exact = exact.groupby(keys, as_index=False, dropna=False, sort=False)[
         ["count", "bytes_req"]].sum()
-    return exact, sampled, stacks, stats
+    return SlabcountOutput(exact, sampled, stacks, stats)
 
 
 #: what one count of ``slabcount`` is kept per (the call site comes on top, format 3)

@@ -8,15 +8,20 @@
  * Usage:
  *   slabcount --probe                      kernel facts (raw tracepoint argument indices)
  *   slabcount --cache NAME [options]       a cache by name (pointer learnt once)
+ *   slabcount --cache NAME --functions F1,F2 [options]
+ *            (kernels whose raw tracepoint has no cache pointer: kprobes on the allocation
+ *            functions named, whose first argument is the cache)
  *   slabcount --kmalloc-size N [--gfp-require X] [--gfp-forbid Y] [--record-event] [options]
  *            (--record-event: the regular kmalloc tracepoint and its record, not the raw one:
  *            cheaper with --stack-every 1, where the stack walk starts fewer frames deep)
  * options: --pid P --comm C --stack-every N --hot-every M --count-keys K --sample-keys K
- *          --stack-keys K --kstack-keys K --max-depth D
+ *          --stack-keys K --kstack-keys K --max-depth D --no-task-btf
  *          (--stack-every N: a stack for each key's first event, then 1 in N; --hot-every M:
  *          1 in M once a key has had 128 samples on a CPU, default 8N;
  *          --kstack-keys: the kernel stack map; 1 forces most stacks down the hashed path;
- *          --max-depth D: walk at most D frames (from the tracing machinery's first one))
+ *          --max-depth D: walk at most D frames (from the tracing machinery's first one);
+ *          --no-task-btf: read the key through the older helpers, as on kernels before 5.11,
+ *          where kmalloc counting uses them: so that way is tested on newer kernels too)
  *
  * Output: tab-separated lines (see slabkit/backends/bpf.py); "end" last, so a cut-off
  * output is detected. comm is printed as hex (it may hold any byte but NUL).
@@ -25,6 +30,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,6 +99,9 @@ static const struct btf_param *tp_params(const struct btf *btf, const char *tp, 
 
 struct facts {
 	int cache_arg, size_arg, req_arg, gfp_arg, ptr_arg, kmalloc_record;
+	int kmalloc_node;               /* 1: a kmalloc_node raw tracepoint laid out as kmalloc's;
+					 * -1: one laid out otherwise; 0: none (6.1+) */
+	int task_btf;                   /* bpf_get_current_task_btf (5.11+) */
 	int has_kfunc;                  /* bpf_get_kmem_cache (6.13+) */
 	unsigned long long page_offset_base, vmemmap_base;   /* their addresses (kallsyms) */
 	int page_shift;
@@ -171,9 +180,22 @@ static void find_facts(struct facts *f)
 			f->gfp_arg = i;
 		}
 	}
+	/* kmalloc_node (before 6.1): (call_site, ptr, bytes_req, bytes_alloc, gfp_flags, node) */
+	p = tp_params(btf, "kmalloc_node", &n);
+	if (p) {
+		int same = n > f->size_arg && n > f->req_arg && n > f->gfp_arg && n > f->ptr_arg &&
+			   f->size_arg >= 0 && f->req_arg >= 0 && f->gfp_arg >= 0 && f->ptr_arg >= 0;
+		int idx[4] = { f->size_arg, f->req_arg, f->gfp_arg, f->ptr_arg };
+		const char *want[4] = { "size_t", "size_t", "gfp_t", "" };
+		for (int i = 0; same && i < 4; i++)
+			same = !strcmp(base_name(btf, p[idx[i]].type, &is_ptr), want[i]);
+		f->kmalloc_node = same ? 1 : -1;
+	}
 	f->kmalloc_record = has_kmalloc_record(btf);
 	f->has_kfunc = btf__find_by_name_kind(btf, "bpf_get_kmem_cache", BTF_KIND_FUNC) >= 0;
 	btf__free(btf);
+	f->task_btf = libbpf_probe_bpf_helper(BPF_PROG_TYPE_RAW_TRACEPOINT,
+					      BPF_FUNC_get_current_task_btf, NULL) == 1;
 	find_page_symbols(f);
 }
 
@@ -296,7 +318,9 @@ static void dump(struct slabcount_bpf *skel, int prog_fd)
 	 * the kernel skipped the program for them; they may be of any cache */
 	struct bpf_prog_info info = {};
 	__u32 len = sizeof(info);
-	if (!bpf_obj_get_info_by_fd(prog_fd, &info, &len))
+	/* (kernels before 5.12 do not count them: then the line is left out, not printed 0) */
+	if (!bpf_obj_get_info_by_fd(prog_fd, &info, &len) &&
+	    len >= offsetof(struct bpf_prog_info, recursion_misses) + sizeof(info.recursion_misses))
 		printf("stat\tnested_skipped\t%llu\n", (unsigned long long)info.recursion_misses);
 	printf("known_cache\t%s\n", skel->bss->known_cache ? "yes" : "no");
 
@@ -445,6 +469,42 @@ static long check_slab_lookup(const struct facts *f, int way)
 	return agreed > 0 ? agreed : -1;
 }
 
+#define MAX_FUNCTIONS 8
+#define FUNCTION_NAME_LEN 128
+
+/* "a,b,c" into names of [A-Za-z0-9_.], each 1 to 127 bytes; at most MAX_FUNCTIONS. */
+static int split_functions(const char *list, char names[][FUNCTION_NAME_LEN])
+{
+	int n = 0, len = 0;
+	for (const char *c = list;; c++) {
+		if (*c == ',' || !*c) {
+			if (!len || n == MAX_FUNCTIONS)
+				die(2, "--functions wants 1 to %d comma-separated function names",
+				    MAX_FUNCTIONS);
+			names[n++][len] = 0;
+			len = 0;
+			if (!*c)
+				return n;
+			continue;
+		}
+		if (!(*c == '_' || *c == '.' || (*c >= 'a' && *c <= 'z') ||
+		      (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9')) ||
+		    len == FUNCTION_NAME_LEN - 1 || n == MAX_FUNCTIONS)
+			die(2, "--functions: not a function name list: %s", list);
+		names[n][len++] = *c;
+	}
+}
+
+static void attach_failed(struct slabcount_bpf *skel, struct bpf_link **links, int n,
+			  const char *what)
+{
+	int e = errno;
+	for (int i = 0; i < n; i++)
+		bpf_link__destroy(links[i]);
+	slabcount_bpf__destroy(skel);
+	die(3, "cannot attach to %s: %s", what, strerror(e));
+}
+
 static long num(const char *opt, const char *s, long lo, long hi)
 {
 	char *end;
@@ -457,22 +517,24 @@ static long num(const char *opt, const char *s, long lo, long hi)
 
 int main(int argc, char **argv)
 {
-	const char *cache = NULL, *comm = NULL;
+	const char *cache = NULL, *comm = NULL, *functions = NULL;
 	long kmalloc_size = 0, pid = 0, every = 32, hot_every = 0, count_keys = 65536;
 	long sample_keys = 65536;
 	long stack_keys = 16384, kstack_keys = 4096, gfp_require = 0, gfp_forbid = 0;
 	long max_depth = MAX_DEPTH;
-	int probe = 0, record = 0;
+	int probe = 0, record = 0, no_task_btf = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (!strcmp(a, "--probe")) { probe = 1; continue; }
 		if (!strcmp(a, "--record-event")) { record = 1; continue; }
+		if (!strcmp(a, "--no-task-btf")) { no_task_btf = 1; continue; }
 		if (!v)
 			die(2, "%s needs a value", a);
 		i++;
 		if (!strcmp(a, "--cache")) cache = v;
 		else if (!strcmp(a, "--comm")) comm = v;
+		else if (!strcmp(a, "--functions")) functions = v;
 		else if (!strcmp(a, "--kmalloc-size")) kmalloc_size = num(a, v, 1, 1L << 30);
 		else if (!strcmp(a, "--gfp-require")) gfp_require = num(a, v, 0, 0x7fffffff);
 		else if (!strcmp(a, "--gfp-forbid")) gfp_forbid = num(a, v, 0, 0x7fffffff);
@@ -489,6 +551,8 @@ int main(int argc, char **argv)
 	libbpf_set_print(quiet_print);
 	struct facts f;
 	find_facts(&f);
+	if (no_task_btf)
+		f.task_btf = 0;
 	struct rlimit rl = { RLIM_INFINITY, RLIM_INFINITY };
 	setrlimit(RLIMIT_MEMLOCK, &rl);   /* kernels before 5.11 charge maps to memlock */
 	if (probe) {
@@ -500,6 +564,7 @@ int main(int argc, char **argv)
 		/* slab_lookup 1: kmalloc events can be matched by their object's own slab */
 		printf("slab_lookup\t%d\nslab_lookup_kfunc\t%d\nslab_lookup_checked\t%ld\n",
 		       checked > 0, checked > 0 && way == SLAB_BY_KFUNC, checked > 0 ? checked : 0);
+		printf("kmalloc_node\t%d\ntask_btf\t%d\n", f.kmalloc_node, f.task_btf);
 		return 0;
 	}
 	if (!cache && !kmalloc_size)
@@ -509,14 +574,28 @@ int main(int argc, char **argv)
 		die(2, "--cache wants a name of 1 to 63 bytes");
 	if (comm && (strlen(comm) == 0 || strlen(comm) >= COMM_LEN))
 		die(2, "--comm wants 1 to 15 bytes");
-	if (cache && !by_slab && f.cache_arg < 0)
+	/* kprobes on these functions instead of the raw tracepoint */
+	char fn_names[MAX_FUNCTIONS][FUNCTION_NAME_LEN];
+	int n_fn = functions ? split_functions(functions, fn_names) : 0;
+	if (functions && (!cache || kmalloc_size))
+		die(2, "--functions goes with --cache alone (a dedicated cache)");
+	if (cache && !by_slab && !functions && f.cache_arg < 0)
 		die(3, "raw tracepoint kmem_cache_alloc has no struct kmem_cache * argument "
-		       "on this kernel (Linux 6.0+ has one)");
-	if (cache && !by_slab && f.cache_arg != 2 && f.cache_arg != 3)
+		       "on this kernel (Linux 6.0+ has one): give --functions to probe the "
+		       "allocation functions instead");
+	if (cache && !by_slab && !functions && f.cache_arg != 2 && f.cache_arg != 3)
 		die(3, "unexpected kmem_cache_alloc argument layout (cache is argument %d)",
 		    f.cache_arg);
 	if (record && !kmalloc_size)
 		die(2, "--record-event goes with --kmalloc-size");
+	if (record && f.kmalloc_node)
+		die(3, "--record-event does not follow kmalloc_node, which this kernel still has");
+	if (record && !f.task_btf)
+		die(3, "--record-event needs bpf_get_current_task_btf (Linux 5.11+)");
+	if (by_slab && !f.task_btf)
+		die(3, "finding an object's slab needs bpf_get_current_task_btf (Linux 5.11+)");
+	if (kmalloc_size && f.kmalloc_node < 0)
+		die(3, "the raw tracepoint kmalloc_node is laid out unlike kmalloc here");
 	if (record && !f.kmalloc_record)
 		die(3, "this kernel's BTF has no kmalloc event record (trace_event_raw_kmalloc "
 		       "with bytes_req, bytes_alloc, gfp_flags)");
@@ -558,9 +637,14 @@ int main(int argc, char **argv)
 							  : skel->progs.on_kmalloc_record_page)
 		: by_slab ? (way == SLAB_BY_KFUNC ? skel->progs.on_kmalloc_kfunc
 						  : skel->progs.on_kmalloc_page)
+		: functions ? skel->progs.on_cache_function
 		: cache ? skel->progs.on_cache_alloc
-				 : record ? skel->progs.on_kmalloc_record : skel->progs.on_kmalloc;
+		: record ? skel->progs.on_kmalloc_record
+		: f.task_btf ? skel->progs.on_kmalloc : skel->progs.on_kmalloc_compat;
 	bpf_program__set_autoload(prog, true);
+	/* a kprobe's stack starts in the probed function: no frame of ours to skip */
+	if (functions)
+		skel->rodata->own_frames = 0;
 	int err = slabcount_bpf__load(skel);
 	if (err)
 		die(3, "the kernel refused the BPF program: %s", strerror(-err));
@@ -571,19 +655,43 @@ int main(int argc, char **argv)
 	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	struct bpf_link *link = bpf_program__attach(prog);
-	if (!link) {
-		int e = errno;
-		slabcount_bpf__destroy(skel);
-		die(3, "cannot attach to the raw tracepoint: %s", strerror(e));
+	struct bpf_link *links[MAX_FUNCTIONS + 1];
+	int n_links = 0;
+	char where[MAX_FUNCTIONS * (FUNCTION_NAME_LEN + 2) + 64] = "";
+	if (functions) {
+		strcat(where, "kprobe ");
+		for (int i = 0; i < n_fn; i++) {
+			links[n_links] = bpf_program__attach_kprobe(prog, false, fn_names[i]);
+			if (!links[n_links])
+				attach_failed(skel, links, n_links, fn_names[i]);
+			n_links++;
+			if (i)
+				strcat(where, ",");
+			strcat(where, fn_names[i]);
+		}
+	} else {
+		links[n_links] = bpf_program__attach(prog);
+		if (!links[n_links])
+			attach_failed(skel, links, n_links, cache && !by_slab ? "kmem_cache_alloc"
+								  : "kmalloc");
+		n_links++;
+		strcat(where, cache && !by_slab ? "kmem_cache_alloc"
+			      : record ? "kmalloc (event record)" : "kmalloc");
+		/* kmalloc_node (kernels before 6.1) is kmalloc's other half: the same program */
+		if (kmalloc_size && f.kmalloc_node == 1) {
+			links[n_links] = bpf_program__attach_raw_tracepoint(prog, "kmalloc_node");
+			if (!links[n_links])
+				attach_failed(skel, links, n_links, "kmalloc_node");
+			n_links++;
+			strcat(where, ", kmalloc_node");
+		}
 	}
-	printf("slabkit-attached\t%s%s\n", cache && !by_slab ? "kmem_cache_alloc"
-					     : record ? "kmalloc (event record)" : "kmalloc",
-	       by_slab ? ", by the object's slab" : "");
+	printf("slabkit-attached\t%s%s\n", where, by_slab ? ", by the object's slab" : "");
 	fflush(stdout);
 	while (!stop)
 		pause();
-	bpf_link__destroy(link);       /* detach first: the counts stop moving */
+	for (int i = 0; i < n_links; i++)       /* detach first: the counts stop moving */
+		bpf_link__destroy(links[i]);
 	wait_for_running_programs();
 	read_kallsyms();
 	dump(skel, bpf_program__fd(prog));

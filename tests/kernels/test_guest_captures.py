@@ -14,7 +14,8 @@ perf and ftrace cannot read the cache's name); kmalloc caches as ``kmalloc-size-
 kmem:kmalloc (and kmem:kmalloc_node on 5.10): bpftrace, perf and ftrace, and for slabkit's BPF
 counter as ``kmalloc-slab`` (each object's own slab, found through the kernel's
 page_offset_base/vmemmap_base). On 5.10 the raw tracepoint passes no cache pointer, so the
-``bpf`` backend refuses (asserted with its reason), and bpftrace 0.17 needs ``BPFTRACE_BTF``
+``bpf`` backend counts a dedicated cache by kprobes on the plan's allocation functions and
+kmalloc on both kmalloc and kmalloc_node, by size class; bpftrace 0.17 needs ``BPFTRACE_BTF``
 (asserted: slabkit sets it, and without it bpftrace fails with a message that names the
 cause). Bulk allocations (``kmem_cache_alloc_bulk``: no tracepoint) are counted by bpftrace's
 return probe: io_uring requests of ``slabwork iouring``. The facts behind the expected plans
@@ -38,7 +39,7 @@ from live_capture import capture_around
 
 import slabkit
 from slabkit.capturing import run as capturing
-from slabkit.errors import ProbeFailed, TracerUnavailable
+from slabkit.errors import ProbeFailed, UnknownCache
 
 pytestmark = [pytest.mark.kernels, pytest.mark.timeout(1200)]
 
@@ -134,16 +135,6 @@ def _check_meta(cap, guest, target, strategy: str, backend: str) -> dict:
     return plan
 
 
-def _bpf_refuses_before_6_0(guest, target, cache: str, why: str) -> bool:
-    """On 5.10, assert that the bpf backend refuses ``cache`` with ``why`` (its raw
-    tracepoints lack what it needs there) and return True; elsewhere return False."""
-    if guest.series != "5.10":
-        return False
-    with pytest.raises(TracerUnavailable, match=why):
-        slabkit.prepare(cache, backend="bpf", target=target)
-    return True
-
-
 def _check_btf_workaround(cap, guest) -> None:
     """bpftrace 0.17 on 5.10 is pointed at the kernel's BTF file, and the capture says so."""
     workaround = "BPFTRACE_BTF=/sys/kernel/btf/vmlinux"
@@ -158,9 +149,8 @@ def _check_btf_workaround(cap, guest) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_filp_counts_slabwork_opens_exactly(guest, target, tmp_path, backend):
-    if backend == "bpf" and _bpf_refuses_before_6_0(guest, target, "filp",
-                                                     "does not pass the cache pointer"):
-        return
+    if backend == "bpf":    # the default on every kernel here
+        assert slabkit.prepare("filp", target=target).backend.name == "bpf"
     work, seen = slabwork(target, "open", str(N), "/etc/hostname")
     cap = _capture(target, "filp", work, tmp_path, backend)
 
@@ -177,6 +167,9 @@ def test_filp_counts_slabwork_opens_exactly(guest, target, tmp_path, backend):
             assert f"kprobe:{fn}" in cap.meta["program"]
         assert f"kretprobe:{BULK_FUNCTION[guest.series]}" in cap.meta["program"]
         _check_btf_workaround(cap, guest)
+    elif guest.series == "5.10":   # no cache pointer on the raw tracepoint: kprobes
+        assert "kprobes on " + ", ".join(plan["functions"]) in cap.meta["program"]
+        assert "--cache filp --functions " + ",".join(plan["functions"]) in cap.meta["program"]
     else:   # the raw tracepoint passes the cache pointer on 6.1 and 6.12: no kprobes needed
         assert "raw tracepoint kmem_cache_alloc" in cap.meta["program"]
         assert "--cache filp" in cap.meta["program"]
@@ -184,7 +177,9 @@ def test_filp_counts_slabwork_opens_exactly(guest, target, tmp_path, backend):
     rows = _slabwork_rows(cap, seen["pid"])
     assert int(rows["count"].sum()) == N, cap.allocs.groupby("comm")["count"].sum().to_dict()
     if backend == "bpf":                    # exact per call site too
-        assert set(rows["call_site"]) == {"alloc_empty_file"}, set(rows["call_site"])
+        # 5.10 allocates the file in __alloc_file, which alloc_empty_file calls
+        site = "__alloc_file" if guest.series == "5.10" else "alloc_empty_file"
+        assert set(rows["call_site"]) == {site}, set(rows["call_site"])
     # the guest mounts cgroup2 and has GNU find: bpftrace's cgroup id maps to a path
     assert set(rows["cgroup"]) == {"/"}
 
@@ -203,16 +198,16 @@ def test_kmalloc_1k_counts_slabwork_pipes_exactly(guest, target, tmp_path, backe
     # kmalloc-cg-1k (kmalloc-1k on 5.10); probe-checks.md found that size class exact for
     # slabwork on every kernel here.
     cache, gfp_type = PIPE_BUFFERS_CACHE[guest.series]
-    if backend == "bpf" and _bpf_refuses_before_6_0(guest, target, cache,
-                                                     "only the kmalloc event is handled"):
-        return
     work, seen = slabwork(target, "pipe", str(N))
     cap = _capture(target, cache, work, tmp_path, backend)
 
     # slabkit's BPF counter reads each object's own slab: no kernel here has the
-    # bpf_get_kmem_cache kfunc (6.13+), all list page_offset_base and vmemmap_base
-    # (CONFIG_KALLSYMS_ALL) for the kernel's virt_to_page, checked on live events first
-    by_slab = backend == "bpf"
+    # bpf_get_kmem_cache kfunc (6.13+), 6.1 and 6.12 list page_offset_base and vmemmap_base
+    # (CONFIG_KALLSYMS_ALL) for the kernel's virt_to_page, checked on live events first; 5.10's
+    # raw kmem_cache_alloc tracepoint has no cache pointer to check it against: size class
+    by_slab = backend == "bpf" and guest.series != "5.10"
+    if backend == "bpf" and not by_slab:
+        assert "raw tracepoints kmalloc, kmalloc_node" in cap.meta["program"]
     plan = _check_meta(cap, guest, target, "kmalloc-slab" if by_slab else "kmalloc-size-class",
                        backend)
     # 5.10 still has the separate _node event (kmalloc_node(), e.g. from kvmalloc)
@@ -321,8 +316,10 @@ def test_a_slab_bucket_and_the_plain_cache_of_its_size_each_get_their_own(guest,
     """6.12's msgsnd allocates from the msg_msg-64 slab bucket, eventfd from kmalloc-64: one
     size class, and kmem:kmalloc does not say which. slabkit's BPF counter reads each
     object's own slab (virt_to_page through the guest kernel's vmemmap_base): exact."""
-    if guest.series == "6.1":
-        pytest.skip("6.1 has no slab buckets")
+    if guest.series in ("5.10", "6.1"):    # no slab buckets (CONFIG_SLAB_BUCKETS is 6.11+)
+        with pytest.raises(UnknownCache):
+            slabkit.prepare("msg_msg-64", backend="bpf", target=target)
+        return
     for cache in ("msg_msg-64", "kmalloc-64"):
         msg, msg_seen = slabwork(target, "msg", str(N), "16")
         efd, efd_seen = slabwork(target, "eventfd", str(2 * N))
