@@ -24,6 +24,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import skip_or_fail
+from slabkit.slabcount.build import SOURCES as SLABCOUNT_SOURCES
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ["01-pick-and-capture.ipynb", "02-explore-a-capture.ipynb",
@@ -152,7 +153,9 @@ def test_wheel_installed_without_the_checkout_runs_demo_and_notebooks_unprivileg
                    "slabkit/samples/stap-classic/raw.txt",
                    *(f"slabkit/notebooks/{n}" for n in NOTEBOOKS),
                    "slabkit/analysis/pprof/profile.proto", "slabkit/analysis/pprof/LICENSE",
-                   "slabkit/ui/report.html.j2", "slabkit/ui/flame/flame.js"]:
+                   "slabkit/ui/report.html.j2", "slabkit/ui/flame/flame.js",
+                   # everything slabcount is built from (an installed slabkit builds it)
+                   *(f"slabkit/slabcount/{n}" for n in SLABCOUNT_SOURCES)]:
         assert needed in files, needed
 
     venv = base / "venv"

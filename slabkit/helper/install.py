@@ -37,7 +37,7 @@ PYTHON = Path("/usr/bin/python3")
 GROUP = "slabkit"
 STATE = Path("/run/slabkit/helper")
 #: what of the package the helper's copy holds
-COPY_SUFFIXES = (".py", ".stp", ".c")
+COPY_SUFFIXES = (".py", ".stp", ".c", ".h")
 
 ENTRY_TEXT = f"""#!{PYTHON} -I
 # slabkit's capture helper; installed by `slabkit helper install` (sudo make system).
