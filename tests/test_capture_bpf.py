@@ -155,6 +155,16 @@ def test_counts_per_call_site_are_exact(bpf, tmp_path, stack_sample):
     assert sites["__do_sys_memfd_create"] == N and sites["do_epoll_create"] == 2 * N
     assert slabkit.by_frame(cap, "callsite").attrs["exactness"] == "exact"
     assert slabkit.by_process(cap).attrs["exactness"] == "exact"
+    if stack_sample > 1:
+        # the keys alternate on a CPU (memfd, epoll, epoll, ...): stacks keep being sampled
+        # for each, so the samples' weights add up to about each exact count (each sample
+        # weighs the mean gap it was drawn with), not to a first sample alone
+        sampled = read_output(Path(cap.path) / "slabcount.tsv").sampled
+        mine_s = sampled[sampled["pid"] == w.pid]
+        weights = mine_s.groupby("call_site")["samples"].sum()
+        assert len(weights) == 2, weights
+        for site_weight, exact in zip(sorted(weights), sorted(by_site.values())):
+            assert exact / 2 <= site_weight <= exact * 2, (weights.to_dict(), by_site)
 
 
 def kmalloc_cache_of(size: int) -> str:
@@ -304,8 +314,18 @@ def test_reasons_when_the_kernel_lacks_what_the_program_needs(tmp_path):
     assert "kmem:kfree" in backend.unsupported(
         _plan(strategy="kmalloc-size-class", alloc_events=["kmem:kfree"]), old)
     # 5.10's facts: kprobes on the allocation functions, kmalloc_node laid out as kmalloc
-    k510 = KernelFacts(kprobes=True, bpf={**old.bpf, "kmalloc_node": 1, "kmalloc_record": 0})
+    k510 = KernelFacts(kprobes=True, bpf={**old.bpf, "kmalloc_node": 1, "kmalloc_record": 0,
+                                          "kprobe_regs": 1, "ptr_arg": 1})
     assert backend.unsupported(dedicated, k510) is None
+    # the kprobe program reads x86-64 registers: elsewhere refused (auto falls back)
+    arm = KernelFacts(kprobes=True, bpf={**k510.bpf, "kprobe_regs": 0})
+    assert "x86-64" in backend.unsupported(dedicated, arm)
+    # 6.0's kmalloc: gfp_flags beyond the fifth argument, which slabcount does not read
+    wide = KernelFacts(bpf={**k510.bpf, "cache_arg": 2, "gfp_arg": 5})
+    assert "fifth argument" in backend.unsupported(node, wide)
+    # 6.0's kmem_cache_alloc_node without the cache where kmem_cache_alloc has it
+    half = KernelFacts(bpf={**k510.bpf, "cache_arg": 2, "cache_node": -1})
+    assert "kmem_cache_alloc_node" in backend.unsupported(dedicated, half)
     assert backend.unsupported(node, k510) is None
     prog = backend.render(dedicated, Options(), k510)
     assert prog.argv[1:5] == ["--cache", "filp", "--functions",

@@ -74,7 +74,7 @@ KMALLOC_EVENTS = ("kmem:kmalloc", "kmem:kmalloc_node")
 KMALLOC_STRATEGIES = ("kmalloc-size-class", "kmalloc-slab")
 
 #: losses ``slabcount`` reports: events not counted at all
-COUNT_LOSSES = ("count_map_full",)
+COUNT_LOSSES = ("count_map_full", "nested_lost")
 #: stacks not recorded (counts stay exact; the per-stack split is less complete)
 STACK_LOSSES = ("stack_failed", "stack_map_full", "sample_map_full")
 
@@ -180,7 +180,10 @@ class BpfBackend(Backend):
             if args.get("cache_arg") not in (2, 3) and not _by_kprobes(plan, facts):
                 return ("the raw tracepoint kmem_cache_alloc does not pass the cache pointer "
                         "on this kernel (Linux 6.0+ does), and the kernel offers no kprobes "
-                        "on its allocation functions")
+                        "on its allocation functions (slabcount reads them on x86-64)")
+            if args.get("cache_arg") in (2, 3) and args.get("cache_node", 0) < 0:
+                return ("the raw tracepoint kmem_cache_alloc_node does not pass the cache "
+                        "pointer where kmem_cache_alloc does")
         elif plan.strategy in KMALLOC_STRATEGIES:
             other = [e for e in plan.alloc_events if e not in KMALLOC_EVENTS]
             if other:
@@ -189,6 +192,9 @@ class BpfBackend(Backend):
                 return "the raw tracepoint kmalloc_node is not laid out as kmalloc's here"
             if min(args.get(k, -1) for k in ("size_arg", "gfp_arg", "req_arg")) < 0:
                 return "the raw tracepoint kmalloc lacks bytes_alloc or gfp_flags here"
+            if max(args.get(k, -1) for k in ("size_arg", "gfp_arg", "req_arg", "ptr_arg")) > 4:
+                return ("the raw tracepoint kmalloc has bytes_alloc, bytes_req, gfp_flags or "
+                        "ptr beyond its fifth argument here, which slabcount does not read")
         else:
             return f"strategy {plan.strategy!r} is not handled"
         return None
@@ -206,7 +212,8 @@ class BpfBackend(Backend):
         event = ("raw tracepoints kmalloc, kmalloc_node"
                  if "kmem:kmalloc_node" in plan.alloc_events
                  else "raw tracepoint kmalloc" if plan.strategy in KMALLOC_STRATEGIES
-                 else "raw tracepoint kmem_cache_alloc")
+                 else "raw tracepoints kmem_cache_alloc, kmem_cache_alloc_node"
+                 if args.get("cache_node") == 1 else "raw tracepoint kmem_cache_alloc")
         how = ("tracepoint kmem:kmalloc (its event record: full stacks walk fewer frames)"
                if "--record-event" in argv
                else f"kprobes on {', '.join(plan.functions)} (this kernel's raw tracepoint "
@@ -235,7 +242,8 @@ class BpfBackend(Backend):
 
 def _by_kprobes(plan: "Plan", facts: "KernelFacts") -> bool:
     """Can a dedicated cache be counted by kprobes on its allocation functions here?"""
-    return bool(plan.functions) and bool(facts.kprobes)
+    return (bool(plan.functions) and bool(facts.kprobes)
+            and facts.bpf.get("kprobe_regs") == 1)
 
 
 def _complete(path: Path) -> bool:
@@ -422,7 +430,16 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         notes.append(f"{lost_stacks} stack samples were not recorded (map full or stack walk "
                      "failed): counts per process and call site stay exact; their share shows "
                      "as stack -1")
-    if stats.get("nested_skipped"):
+    if losses.get("nested_lost"):
+        notes.append(f"WARNING: {losses['nested_lost']} events of the cache came while the "
+                     "program was updating the same CPU's count (an interrupt's allocation on "
+                     "a kernel without the raw tracepoint recursion guard) and were not "
+                     "counted")
+    if stats.get("nested_skipped", 0) < 0:
+        notes.append("this kernel does not count allocation events the program was skipped "
+                     "for while it was already running on the same CPU (interrupts' "
+                     "allocations): a few of this cache's may be missing")
+    elif stats.get("nested_skipped"):
         notes.append(f"{stats['nested_skipped']} allocation events (of any cache) came while "
                      "the program was already running on the same CPU (an interrupt's "
                      "allocation) and were skipped by the kernel; those of this cache are not "

@@ -319,12 +319,119 @@ static __always_inline __u32 next_countdown(__u32 every)
 	return 1 + bpf_get_prandom_u32() % (2 * every - 1);
 }
 
+/* Count down to the CPU's next stack sample; at 0, sample (weighted by the mean gap it was
+ * drawn with: each event's expected weight is 1). Every event of a key already seen ticks,
+ * whether its key was the CPU's last one or not (keys that alternate on a CPU keep being
+ * sampled). */
+static __always_inline void tick(void *ctx, struct last *l)
+{
+	if (--l->countdown == 0) {
+		take_stack(ctx, &l->key, l->every, 0);
+		if (++l->key_samples == HOT_KEY_SAMPLES)
+			l->every = hot_every;
+		l->countdown = next_countdown(l->every);
+	}
+}
+
+/* A comm as the kernel holds it may keep bytes of an older name after its NUL (kernels
+ * before 5.17 copied names without padding): only the bytes up to the NUL are the name. */
+static __always_inline void comm_clean(__u64 *comm0, __u64 *comm1)
+{
+	char c[COMM_LEN] __attribute__((aligned(8)));
+	*(__u64 *)&c[0] = *comm0;
+	*(__u64 *)&c[8] = *comm1;
+	int ended = 0;
+	for (int i = 0; i < COMM_LEN; i++) {
+		if (ended)
+			c[i] = 0;
+		else if (!c[i])
+			ended = 1;
+	}
+	*comm0 = *(__u64 *)&c[0];
+	*comm1 = *(__u64 *)&c[8];
+}
+
+static __always_inline int count_in(void *ctx, struct last *l, __u32 tgid, __u32 tid,
+				    __u64 comm0, __u64 comm1, __u64 cgroup, __u64 call_site,
+				    __u64 bytes_req)
+{
+	/* the CPU's last key again: only keys that passed the filters are ever the last key
+	 * (compared with the comm as read; the key holds it cleaned) */
+	if (stack_every != 1 && l->primed && l->key.tid == tid && l->key.call_site == call_site &&
+	    l->comm0 == comm0 && l->comm1 == comm1 && l->key.cgroup == cgroup &&
+	    l->key.pid == tgid) {
+		l->count += 1;
+		l->bytes_req += bytes_req;
+		tick(ctx, l);
+		return 0;
+	}
+	/* filtered events never become the last key, so they always come this way */
+	if (filter_pid && tgid != filter_pid) {
+		bump(STAT_FILTERED_OUT, 1);
+		return 0;
+	}
+	__u64 raw0 = comm0, raw1 = comm1;
+	comm_clean(&comm0, &comm1);
+	if (filter_comm && (comm0 != *(const volatile __u64 *)&comm_value[0] ||
+			    comm1 != *(const volatile __u64 *)&comm_value[8])) {
+		bump(STAT_FILTERED_OUT, 1);
+		return 0;
+	}
+	if (stack_every == 1) {         /* full-stack mode: the samples are the counts */
+		struct key k = { .pid = tgid, .tid = tid, .cgroup = cgroup, .call_site = call_site };
+		*(__u64 *)&k.comm[0] = comm0;
+		*(__u64 *)&k.comm[8] = comm1;
+		take_stack(ctx, &k, 1, bytes_req);
+		return 0;
+	}
+	/* another key on this CPU: the last one's pending events go to the map */
+	if (l->count) {
+		if (!add_count(&l->key, l->count, l->bytes_req, l->key_samples))
+			bump(STAT_COUNT_FULL, l->count);
+		l->count = 0;
+		l->bytes_req = 0;
+	}
+	l->key.pid = tgid;
+	l->key.tid = tid;
+	l->key.cgroup = cgroup;
+	l->key.call_site = call_site;
+	*(__u64 *)&l->key.comm[0] = comm0;
+	*(__u64 *)&l->key.comm[8] = comm1;
+	l->comm0 = raw0;
+	l->comm1 = raw1;
+	l->primed = 1;
+	struct value *v = bpf_map_lookup_elem(&counts, &l->key);
+	l->key_samples = v ? v->samples : 0;
+	__u32 every = l->key_samples >= HOT_KEY_SAMPLES ? hot_every : stack_every;
+	if (l->every != every || !l->countdown) {
+		l->every = every;
+		l->countdown = next_countdown(every);
+	}
+	if (v) {
+		l->count = 1;
+		l->bytes_req = bytes_req;
+		tick(ctx, l);
+		return 0;
+	}
+	/* the key's first event: it gets a stack, and the key a slot in the map */
+	if (!add_count(&l->key, 1, bytes_req, 0)) {
+		bump(STAT_COUNT_FULL, 1);
+		return 0;
+	}
+	take_stack(ctx, &l->key, 1, 0);
+	return 0;
+}
+
 /*
  * Count one event of the cache. The key is read straight from the task through BTF pointers
  * (`task_btf` 1, kernels with bpf_get_current_task_btf: 5.11+), or through the older helpers
  * that copy it (`task_btf` 0): the same values, some 20 ns slower. A constant at every call
  * site, so each program holds one way only and a kernel without the newer helper never sees
  * a call to it.
+ *
+ * The CPU's slot is marked busy meanwhile: an interrupt's allocation that runs the program
+ * again on this CPU in the middle of an update (raw tracepoints had no recursion guard
+ * before 6.1) is counted as lost rather than corrupting the pending count.
  */
 static __always_inline int count_as(void *ctx, __u64 call_site, __u64 bytes_req, int task_btf)
 {
@@ -351,72 +458,13 @@ static __always_inline int count_as(void *ctx, __u64 call_site, __u64 bytes_req,
 	struct last *l = bpf_map_lookup_elem(&lasts, &zero);
 	if (!l)
 		return 0;
-	/* the CPU's last key again: only keys that passed the filters are ever the last key */
-	if (stack_every != 1 && l->primed && l->key.tid == tid && l->key.call_site == call_site &&
-	    l->comm0 == comm0 && l->comm1 == comm1 && l->key.cgroup == cgroup &&
-	    l->key.pid == tgid) {
-		l->count += 1;
-		l->bytes_req += bytes_req;
-		if (--l->countdown == 0) {
-			/* weighted by the mean gap it was drawn with: each event's expected weight is 1 */
-			take_stack(ctx, &l->key, l->every, 0);
-			if (++l->key_samples == HOT_KEY_SAMPLES)
-				l->every = hot_every;
-			l->countdown = next_countdown(l->every);
-		}
+	if (l->busy) {
+		bump(STAT_NESTED_LOST, 1);
 		return 0;
 	}
-	/* filtered events never become the last key, so they always come this way */
-	if (filter_pid && tgid != filter_pid) {
-		bump(STAT_FILTERED_OUT, 1);
-		return 0;
-	}
-	if (filter_comm && (comm0 != *(const volatile __u64 *)&comm_value[0] ||
-			    comm1 != *(const volatile __u64 *)&comm_value[8])) {
-		bump(STAT_FILTERED_OUT, 1);
-		return 0;
-	}
-	if (stack_every == 1) {         /* full-stack mode: the samples are the counts */
-		struct key k = { .pid = tgid, .tid = tid, .cgroup = cgroup, .call_site = call_site };
-		*(__u64 *)&k.comm[0] = comm0;
-		*(__u64 *)&k.comm[8] = comm1;
-		take_stack(ctx, &k, 1, bytes_req);
-		return 0;
-	}
-	/* another key on this CPU: the last one's pending events go to the map */
-	if (l->count) {
-		if (!add_count(&l->key, l->count, l->bytes_req, l->key_samples))
-			bump(STAT_COUNT_FULL, l->count);
-		l->count = 0;
-		l->bytes_req = 0;
-	}
-	l->key.pid = tgid;
-	l->key.tid = tid;
-	l->key.cgroup = cgroup;
-	l->key.call_site = call_site;
-	*(__u64 *)&l->key.comm[0] = comm0;
-	*(__u64 *)&l->key.comm[8] = comm1;
-	l->comm0 = comm0;
-	l->comm1 = comm1;
-	l->primed = 1;
-	struct value *v = bpf_map_lookup_elem(&counts, &l->key);
-	l->key_samples = v ? v->samples : 0;
-	__u32 every = l->key_samples >= HOT_KEY_SAMPLES ? hot_every : stack_every;
-	if (l->every != every || !l->countdown) {
-		l->every = every;
-		l->countdown = next_countdown(every);
-	}
-	if (v) {
-		l->count = 1;
-		l->bytes_req = bytes_req;
-		return 0;
-	}
-	/* the key's first event: it gets a stack, and the key a slot in the map */
-	if (!add_count(&l->key, 1, bytes_req, 0)) {
-		bump(STAT_COUNT_FULL, 1);
-		return 0;
-	}
-	take_stack(ctx, &l->key, 1, 0);
+	l->busy = 1;
+	count_in(ctx, l, tgid, tid, comm0, comm1, cgroup, call_site, bytes_req);
+	l->busy = 0;
 	return 0;
 }
 

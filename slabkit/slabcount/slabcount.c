@@ -102,6 +102,11 @@ struct facts {
 	int kmalloc_node;               /* 1: a kmalloc_node raw tracepoint laid out as kmalloc's;
 					 * -1: one laid out otherwise; 0: none (6.1+) */
 	int task_btf;                   /* bpf_get_current_task_btf (5.11+) */
+	int kprobe_regs;                /* struct pt_regs has di and sp (x86-64): the kprobe
+					 * program can read the cache and the return address */
+	int cache_node;                 /* 1: a kmem_cache_alloc_node raw tracepoint with the
+					 * cache where kmem_cache_alloc has it (6.0); -1: one
+					 * without; 0: none */
 	int has_kfunc;                  /* bpf_get_kmem_cache (6.13+) */
 	unsigned long long page_offset_base, vmemmap_base;   /* their addresses (kallsyms) */
 	int page_shift;
@@ -129,6 +134,22 @@ static void find_page_symbols(struct facts *f)
 	f->page_shift = 0;
 	while ((1L << f->page_shift) < page)
 		f->page_shift++;
+}
+
+/* Does BTF's struct `name` have members a and b? */
+static int has_members(const struct btf *btf, const char *name, const char *a, const char *b)
+{
+	int id = btf__find_by_name_kind(btf, name, BTF_KIND_STRUCT);
+	if (id < 0)
+		return 0;
+	const struct btf_type *t = btf__type_by_id(btf, id);
+	const struct btf_member *m = btf_members(t);
+	int found = 0;
+	for (int i = 0; i < btf_vlen(t); i++) {
+		const char *n = btf__name_by_offset(btf, m[i].name_off);
+		found += !strcmp(n, a) || !strcmp(n, b);
+	}
+	return found == 2;
 }
 
 /* Does the kmalloc event record (struct trace_event_raw_kmalloc) have the fields we read? */
@@ -162,6 +183,17 @@ static void find_facts(struct facts *f)
 		if (is_ptr && !strcmp(bn, "kmem_cache"))
 			f->cache_arg = i;
 	}
+	/* 6.0 still has kmem_cache_alloc_node, with the cache pointer too */
+	p = tp_params(btf, "kmem_cache_alloc_node", &n);
+	if (p) {
+		f->cache_node = -1;
+		if (f->cache_arg >= 0 && f->cache_arg < n) {
+			const char *bn = base_name(btf, p[f->cache_arg].type, &is_ptr);
+			if (is_ptr && !strcmp(bn, "kmem_cache"))
+				f->cache_node = 1;
+		}
+	}
+	f->kprobe_regs = has_members(btf, "pt_regs", "di", "sp");
 	p = tp_params(btf, "kmalloc", &n);
 	int sizes = 0;
 	for (int i = 0; p && i < n; i++) {
@@ -293,7 +325,7 @@ static void print_key(const char *kind, const struct key *k)
 	printf("\t%llx", (unsigned long long)k->call_site);
 }
 
-static void dump(struct slabcount_bpf *skel, int prog_fd)
+static void dump(struct slabcount_bpf *skel, int prog_fd, int raw_tp)
 {
 	int ncpu = libbpf_num_possible_cpus();
 	int fd;
@@ -318,10 +350,14 @@ static void dump(struct slabcount_bpf *skel, int prog_fd)
 	 * the kernel skipped the program for them; they may be of any cache */
 	struct bpf_prog_info info = {};
 	__u32 len = sizeof(info);
-	/* (kernels before 5.12 do not count them: then the line is left out, not printed 0) */
-	if (!bpf_obj_get_info_by_fd(prog_fd, &info, &len) &&
+	/* -1: not known. Kernels before 5.12 have no such count; kprobe and tracepoint programs
+	 * are skipped the same way (one BPF program at a time per CPU) but counted only since
+	 * 6.7: for them the count is not trusted */
+	long long nested = -1;
+	if (raw_tp && !bpf_obj_get_info_by_fd(prog_fd, &info, &len) &&
 	    len >= offsetof(struct bpf_prog_info, recursion_misses) + sizeof(info.recursion_misses))
-		printf("stat\tnested_skipped\t%llu\n", (unsigned long long)info.recursion_misses);
+		nested = (long long)info.recursion_misses;
+	printf("stat\tnested_skipped\t%lld\n", nested);
 	printf("known_cache\t%s\n", skel->bss->known_cache ? "yes" : "no");
 
 	/* what each CPU counted under its last key and had not yet added to the map */
@@ -564,7 +600,8 @@ int main(int argc, char **argv)
 		/* slab_lookup 1: kmalloc events can be matched by their object's own slab */
 		printf("slab_lookup\t%d\nslab_lookup_kfunc\t%d\nslab_lookup_checked\t%ld\n",
 		       checked > 0, checked > 0 && way == SLAB_BY_KFUNC, checked > 0 ? checked : 0);
-		printf("kmalloc_node\t%d\ntask_btf\t%d\n", f.kmalloc_node, f.task_btf);
+		printf("kmalloc_node\t%d\ntask_btf\t%d\nkprobe_regs\t%d\ncache_node\t%d\n",
+		       f.kmalloc_node, f.task_btf, f.kprobe_regs, f.cache_node);
 		return 0;
 	}
 	if (!cache && !kmalloc_size)
@@ -579,6 +616,21 @@ int main(int argc, char **argv)
 	int n_fn = functions ? split_functions(functions, fn_names) : 0;
 	if (functions && (!cache || kmalloc_size))
 		die(2, "--functions goes with --cache alone (a dedicated cache)");
+	if (functions && !f.kprobe_regs)
+		die(3, "--functions reads the cache and the return address from x86-64 registers, "
+		       "which this kernel's struct pt_regs does not have");
+	for (int i = 0; i < n_fn; i++)
+		for (int j = 0; j < i; j++)
+			if (!strcmp(fn_names[i], fn_names[j]))
+				die(2, "--functions names %s twice (its events would count twice)",
+				    fn_names[i]);
+	if (cache && !by_slab && !functions && f.cache_node < 0)
+		die(3, "raw tracepoint kmem_cache_alloc_node has no cache pointer where "
+		       "kmem_cache_alloc has one");
+	/* pick() reads the first five arguments of a raw tracepoint */
+	if (kmalloc_size && (f.size_arg > 4 || f.req_arg > 4 || f.gfp_arg > 4 || f.ptr_arg > 4))
+		die(3, "raw tracepoint kmalloc has its bytes_alloc, bytes_req, gfp_flags or ptr "
+		       "beyond its fifth argument here, which slabcount does not read");
 	if (cache && !by_slab && !functions && f.cache_arg < 0)
 		die(3, "raw tracepoint kmem_cache_alloc has no struct kmem_cache * argument "
 		       "on this kernel (Linux 6.0+ has one): give --functions to probe the "
@@ -677,6 +729,15 @@ int main(int argc, char **argv)
 		n_links++;
 		strcat(where, cache && !by_slab ? "kmem_cache_alloc"
 			      : record ? "kmalloc (event record)" : "kmalloc");
+		/* kmem_cache_alloc_node (6.0) is kmem_cache_alloc's other half */
+		if (cache && !by_slab && f.cache_node == 1) {
+			links[n_links] = bpf_program__attach_raw_tracepoint(prog,
+									    "kmem_cache_alloc_node");
+			if (!links[n_links])
+				attach_failed(skel, links, n_links, "kmem_cache_alloc_node");
+			n_links++;
+			strcat(where, ", kmem_cache_alloc_node");
+		}
 		/* kmalloc_node (kernels before 6.1) is kmalloc's other half: the same program */
 		if (kmalloc_size && f.kmalloc_node == 1) {
 			links[n_links] = bpf_program__attach_raw_tracepoint(prog, "kmalloc_node");
@@ -694,7 +755,7 @@ int main(int argc, char **argv)
 		bpf_link__destroy(links[i]);
 	wait_for_running_programs();
 	read_kallsyms();
-	dump(skel, bpf_program__fd(prog));
+	dump(skel, bpf_program__fd(prog), !functions && !record);
 	slabcount_bpf__destroy(skel);
 	return 0;
 }

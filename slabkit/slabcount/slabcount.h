@@ -45,6 +45,8 @@ struct last {
 	__u32 primed;           /* key is set */
 	__u32 every;            /* mean gap between samples now: stack_every, or hot_every */
 	__u32 key_samples;      /* stack samples this key has had on this CPU */
+	__u32 busy;             /* an update is under way (see count_as) */
+	__u32 pad;
 	__u64 launder;          /* a kernel pointer stored and read back as a plain number */
 };
 
@@ -55,10 +57,12 @@ enum slabcount_stat {
 	STAT_STACK_FULL,        /* stacks map full */
 	STAT_SAMPLE_FULL,       /* samples map full: the sample was dropped */
 	STAT_FILTERED_OUT,      /* the cache's events the pid/comm filter turned away */
+	STAT_NESTED_LOST,       /* the cache's events that came while this CPU's count was
+				 * being updated (an interrupt's): NOT counted */
 	STAT_N,
 };
 #define STAT_NAMES { "count_map_full", "stack_failed", "stack_map_full", "sample_map_full", \
-		    "filtered_out" }
+		    "filtered_out", "nested_lost" }
 
 #define KSTACK_ID (1ULL << 63)  /* stack ids from the kernel's stack map */
 
