@@ -136,37 +136,22 @@ static void find_page_symbols(struct facts *f)
 		f->page_shift++;
 }
 
-/* Does BTF's struct `name` have members a and b? */
-static int has_members(const struct btf *btf, const char *name, const char *a, const char *b)
+/* Does BTF's struct `name` have every member listed (a NULL-ended list)? */
+static int has_members(const struct btf *btf, const char *name, const char *const *want)
 {
 	int id = btf__find_by_name_kind(btf, name, BTF_KIND_STRUCT);
 	if (id < 0)
 		return 0;
 	const struct btf_type *t = btf__type_by_id(btf, id);
 	const struct btf_member *m = btf_members(t);
-	int found = 0;
-	for (int i = 0; i < btf_vlen(t); i++) {
-		const char *n = btf__name_by_offset(btf, m[i].name_off);
-		found += !strcmp(n, a) || !strcmp(n, b);
+	for (; *want; want++) {
+		int found = 0;
+		for (int i = 0; i < btf_vlen(t) && !found; i++)
+			found = !strcmp(btf__name_by_offset(btf, m[i].name_off), *want);
+		if (!found)
+			return 0;
 	}
-	return found == 2;
-}
-
-/* Does the kmalloc event record (struct trace_event_raw_kmalloc) have the fields we read? */
-static int has_kmalloc_record(const struct btf *btf)
-{
-	int id = btf__find_by_name_kind(btf, "trace_event_raw_kmalloc", BTF_KIND_STRUCT);
-	if (id < 0)
-		return 0;
-	const struct btf_type *t = btf__type_by_id(btf, id);
-	const struct btf_member *m = btf_members(t);
-	int found = 0;
-	for (int i = 0; i < btf_vlen(t); i++) {
-		const char *n = btf__name_by_offset(btf, m[i].name_off);
-		found += !strcmp(n, "bytes_req") || !strcmp(n, "bytes_alloc") ||
-			 !strcmp(n, "gfp_flags");
-	}
-	return found == 3;
+	return 1;
 }
 
 static void find_facts(struct facts *f)
@@ -193,7 +178,7 @@ static void find_facts(struct facts *f)
 				f->cache_node = 1;
 		}
 	}
-	f->kprobe_regs = has_members(btf, "pt_regs", "di", "sp");
+	f->kprobe_regs = has_members(btf, "pt_regs", (const char *const[]){ "di", "sp", NULL });
 	p = tp_params(btf, "kmalloc", &n);
 	int sizes = 0;
 	for (int i = 0; p && i < n; i++) {
@@ -223,7 +208,9 @@ static void find_facts(struct facts *f)
 			same = !strcmp(base_name(btf, p[idx[i]].type, &is_ptr), want[i]);
 		f->kmalloc_node = same ? 1 : -1;
 	}
-	f->kmalloc_record = has_kmalloc_record(btf);
+	/* the kmalloc event record (struct trace_event_raw_kmalloc) with the fields read */
+	f->kmalloc_record = has_members(btf, "trace_event_raw_kmalloc", (const char *const[]){
+					"bytes_req", "bytes_alloc", "gfp_flags", NULL });
 	f->has_kfunc = btf__find_by_name_kind(btf, "bpf_get_kmem_cache", BTF_KIND_FUNC) >= 0;
 	btf__free(btf);
 	f->task_btf = libbpf_probe_bpf_helper(BPF_PROG_TYPE_RAW_TRACEPOINT,
