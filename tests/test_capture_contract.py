@@ -142,11 +142,20 @@ def _probe_live(out: Path) -> bool:
     return (out / "ftrace.txt").is_file()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_cli_capture_stopped_by_a_signal_keeps_data_and_leaves_nothing(backend, tmp_path, sig):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sig, started", [(signal.SIGINT, "as usual"),
+                                          (signal.SIGTERM, "as usual"),
+                                          # a script's background job: SIGINT ignored
+                                          (signal.SIGINT, "sigint ignored")])
+def test_cli_capture_stopped_by_a_signal_keeps_data_and_leaves_nothing(backend, tmp_path, sig,
+                                                                       started):
     out = tmp_path / "cap"
     proc = _cli("capture", "filp", "-d", "60", "-o", str(out), "--quiet", "--backend",
-                backend, start_new_session=True)
+                backend, start_new_session=True,
+                preexec_fn=_ignore_sigint if started == "sigint ignored" else None)
     try:
         _wait_attached(out)
         time.sleep(0.5)

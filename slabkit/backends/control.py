@@ -139,13 +139,20 @@ def progress_bar(progress: bool | Callable[[float, float], None] | None, seconds
 
 class TermAsInterrupt:
     """While active (main thread only), SIGTERM and SIGHUP raise KeyboardInterrupt, so a
-    capture being killed politely stops its tracer and keeps what it captured."""
+    capture being killed politely stops its tracer and keeps what it captured.
+
+    SIGINT too where the process started with it ignored: a shell starts a script's
+    background jobs that way, and Python then never turns SIGINT into KeyboardInterrupt, so
+    ``kill -INT`` (what a capture is told to stop with) would go unheard for the whole
+    duration. A handler of the caller's own is left alone."""
 
     def __enter__(self) -> TermAsInterrupt:
         self._old: dict[int, object] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 self._old[sig] = signal.signal(sig, self._raise)
+            if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL):
+                self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._raise)
         return self
 
     @staticmethod
