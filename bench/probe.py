@@ -141,8 +141,8 @@ def floor(tracepoint: str) -> Tracer:
                                         "(the floor)", tracepoint=tracepoint)
 
 
-def filp_configs() -> list[Tracer]:
-    from .programs import anchors_filp
+def _filp_main_configs() -> list[Tracer]:
+    """The floor and slabkit's main captures of filp, in every filp workload."""
     return [
         floor("kmem_cache_alloc"),
         SlabkitCapture(name="slabkit-default", label="slabkit.capture('filp') default (auto)",
@@ -151,6 +151,13 @@ def filp_configs() -> list[Tracer]:
                        cache="filp", backend="bpf", stack_sample=1),
         SlabkitCapture(name="slabkit-bpftrace", label="slabkit bpftrace backend (default sampling)",
                        cache="filp", backend="bpftrace"),
+    ]
+
+
+def filp_configs() -> list[Tracer]:
+    from .programs import anchors_filp
+    return [
+        *_filp_main_configs(),
         SlabkitCapture(name="slabkit-bpftrace-full", label="slabkit bpftrace stack_sample=1",
                        cache="filp", backend="bpftrace", stack_sample=1),
         SlabkitCapture(name="slabkit-perf", label="slabkit perf backend", cache="filp",
@@ -166,13 +173,7 @@ def filp_file_configs() -> list[Tracer]:
     the floor and the anchors (other backends are measured on the /dev/null loop)."""
     from .programs import anchors_filp
     return [
-        floor("kmem_cache_alloc"),
-        SlabkitCapture(name="slabkit-default", label="slabkit.capture('filp') default (auto)",
-                       cache="filp"),
-        SlabkitCapture(name="slabkit-bpf-full", label="slabkit bpf stack_sample=1 (full stacks)",
-                       cache="filp", backend="bpf", stack_sample=1),
-        SlabkitCapture(name="slabkit-bpftrace", label="slabkit bpftrace backend (default sampling)",
-                       cache="filp", backend="bpftrace"),
+        *_filp_main_configs(),
         *[t for t in anchors_filp() if t.name.startswith("anchor-bpftrace")],
     ]
 
