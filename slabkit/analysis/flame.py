@@ -27,7 +27,7 @@ from slabkit.analysis.pivots import (
     NO_STACK,
     CaptureLike,
     _comm_codes,
-    _duration,
+    _durations,
     _prepare,
     _unpack,
     _weights,
@@ -164,13 +164,8 @@ def flame_diff(before: CaptureLike, after: CaptureLike, *, min_share: float = 0.
     (after - before), ``change`` (``delta / (before + after)``: -1 gone, 0 same, +1 new),
     ``x0``, ``width``.
     """
-    durations = []
-    for name, cap in (("before", before), ("after", after)):
-        d = _duration(_unpack(cap)[2])
-        if d is None:
-            raise InvalidInput(f"the {name} capture has no duration (meta['duration_s']): a "
-                               "difference flame graph compares rates, so both need one")
-        durations.append(d)
+    durations = _durations({"the before capture": before, "the after capture": after},
+                           "a difference flame graph")
     pa, ga = _paths(before)
     pb, gb = _paths(after)
     na, nb = ga["n"].to_numpy(), gb["n"].to_numpy()

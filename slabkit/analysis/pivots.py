@@ -90,6 +90,19 @@ def _duration(meta: dict[str, Any]) -> float | None:
     return d if d > 0 else None
 
 
+def _durations(captures: dict[str, Any], what: str) -> list[float]:
+    """The duration of each capture (named for the error), for comparing rates; ``what``
+    compares them. Raises InvalidInput for one without a duration."""
+    out = []
+    for name, cap in captures.items():
+        d = _duration(_unpack(cap)[2])
+        if d is None:
+            raise InvalidInput(f"{name} has no duration (meta['duration_s']): {what} compares "
+                               "rates, so both captures need one")
+        out.append(d)
+    return out
+
+
 @dataclass
 class _Stacks:
     """Frames as integer codes, rows sorted by (stack, depth)."""
@@ -666,13 +679,7 @@ def diff(a: Capture, b: Capture, by: str = "comm") -> pd.DataFrame:
     choices = ["comm", "callsite", "module", "stack"]
     if by not in choices:
         raise InvalidInput(expected_one_of("by", by, choices))
-    durations = []
-    for name, cap in (("a", a), ("b", b)):
-        d = _duration(_unpack(cap)[2])
-        if d is None:
-            raise InvalidInput(f"capture {name} has no duration (meta['duration_s']): diff "
-                               "compares rates, so both captures need one")
-        durations.append(d)
+    durations = _durations({"capture a": a, "capture b": b}, "diff")
 
     def counts(cap: Capture) -> pd.Series:
         if by == "comm":

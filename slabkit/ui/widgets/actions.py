@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import html
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
 
 from slabkit.errors import SlabkitError
+from slabkit.ui.widgets.background import Background
 from slabkit.ui.widgets.html import error_html
 
 #: where the notebooks and reports made from a capture are written, next to the notebook
@@ -34,7 +34,7 @@ def report_name(capture_path: Path) -> str:
     return f"{capture_path.name}.html"
 
 
-class CaptureActions(W.VBox):
+class CaptureActions(Background, W.VBox):
     """The path of a capture to copy, "Open in notebook 02" and "Make report".
 
     Attributes:
@@ -53,7 +53,6 @@ class CaptureActions(W.VBox):
         self.notebook: Path | None = None
         self.report: Path | None = None
         self.error: BaseException | None = None
-        self._thread: threading.Thread | None = None
         self.path_box = W.Text(description="Saved in", layout=W.Layout(width="46em"),
                                tooltip="the capture's folder: select it and copy")
         self.path_box.add_class("slabkit-capture-path")
@@ -125,7 +124,7 @@ class CaptureActions(W.VBox):
     def make_report(self) -> None:
         """Write the capture's HTML report to ``analyses/<capture>.html`` in the background,
         then show a link to it (:meth:`wait` waits for it)."""
-        if self._thread is not None and self._thread.is_alive():
+        if self.busy:
             return
         try:
             capture = self._path()
@@ -150,13 +149,5 @@ class CaptureActions(W.VBox):
             finally:
                 self.report_button.disabled = False
 
-        self._thread = threading.Thread(target=work, name="slabkit-report", daemon=True)
-        self._thread.start()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the report being made; True when none is."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
-        return True
+        self._in_background(work, "slabkit-report")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import threading
 from typing import Any
 
 import ipywidgets as W
@@ -11,15 +10,16 @@ import pandas as pd
 import traitlets
 
 import slabkit
-from slabkit.host.where import legacy_target
 from slabkit.errors import SlabkitError
+from slabkit.host.where import legacy_target
+from slabkit.ui.widgets.background import Background
 from slabkit.ui.widgets.html import error_html, human_bytes, int_text, style
 
 # --------------------------------------------------------------------------------------------
 # cache picker
 
 
-class CachePicker(W.VBox):
+class CachePicker(Background, W.VBox):
     """The slab cache table with a search box; the chosen cache's name is :attr:`value`.
 
     Sorted by memory (``sort="memory"``), or by growth over a short window
@@ -52,7 +52,6 @@ class CachePicker(W.VBox):
         self.growth_seconds = growth_seconds
         self.table: pd.DataFrame | None = None
         self.growth: pd.DataFrame | None = None
-        self._thread: threading.Thread | None = None
         self._syncing = False
 
         self.search = W.Text(placeholder="name or merged alias, e.g. dentry, kmalloc-64, cred",
@@ -115,7 +114,7 @@ class CachePicker(W.VBox):
     def measure_growth(self) -> None:
         """Sample ``/proc/slabinfo`` for :attr:`growth_seconds` in the background, then sort
         by growth. :meth:`wait` waits for it."""
-        if self._thread is not None and self._thread.is_alive():
+        if self.busy:
             return
         seconds = float(self.growth_seconds)
         self.message.value = (f'<div class="slabkit-note">measuring growth: sampling '
@@ -131,15 +130,7 @@ class CachePicker(W.VBox):
                 self.message.value = error_html(e)
             self._render()
 
-        self._thread = threading.Thread(target=work, name="slabkit-growth", daemon=True)
-        self._thread.start()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for a growth measurement to finish; True when none is running."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
-        return True
+        self._in_background(work, "slabkit-growth")
 
     def rows(self) -> pd.DataFrame:
         """The rows the list shows now: filtered by the search, in the chosen order."""

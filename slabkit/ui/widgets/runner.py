@@ -12,6 +12,7 @@ import traitlets
 import slabkit
 from slabkit.errors import SlabkitError
 from slabkit.ui.summary import summarize, summary_html, tracer_html
+from slabkit.ui.widgets.background import Background
 from slabkit.ui.widgets.html import error_html, style
 from slabkit.ui.widgets.picker import CachePicker
 
@@ -19,7 +20,7 @@ from slabkit.ui.widgets.picker import CachePicker
 # capture runner
 
 
-class CaptureRunner(W.VBox):
+class CaptureRunner(Background, W.VBox):
     """Run :func:`slabkit.capture` from a form, in a background thread, with a progress bar.
 
     Controls: :attr:`cache` (linked to a :class:`CachePicker` given as ``picker``),
@@ -61,7 +62,6 @@ class CaptureRunner(W.VBox):
         self.prepared = None
         #: why no capture can start now (shown in :attr:`backends_note`), or None
         self.blocked: str | None = None
-        self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
         self._check_timer: threading.Timer | None = None
         self._check_backends = check_backends
@@ -193,7 +193,7 @@ class CaptureRunner(W.VBox):
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self.busy
 
     def start(self) -> None:
         """Start a capture with the form's values (what the Start button does)."""
@@ -212,9 +212,7 @@ class CaptureRunner(W.VBox):
                 "backend": self.backend.value, "mode": self.mode.value,
                 "pid": self.pid_filter.value.strip() or None,
                 "comm": self.comm_filter.value.strip() or None}
-        self._thread = threading.Thread(target=self._run, kwargs=args, name="slabkit-capture",
-                                        daemon=True)
-        self._thread.start()
+        self._in_background(self._run, "slabkit-capture", **args)
 
     def stop(self) -> None:
         """End the running capture now; what it captured is kept (what Stop does)."""
@@ -222,12 +220,6 @@ class CaptureRunner(W.VBox):
             self._stop_event.set()
             self.stop_button.disabled = True
             self.status_label.value = "stopping..."
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the running capture to end; True when none is running."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return not self.running
 
     def _set_status(self, status: str, text: str) -> None:
         self.status_label.value = html.escape(text)
