@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,20 @@ def live():
 def tables(parsed):
     """(allocs, frames) of a parser's :class:`~slabkit.backends.Parsed` result."""
     return parsed.allocs, parsed.frames
+
+
+def cli(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
+    """``python -m slabkit ARGS`` from this checkout, its output captured."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    return subprocess.run([sys.executable, "-m", "slabkit", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, **kw)
+
+
+def one_line_error(res, *words) -> str:
+    """The CLI failed with exit status 2 and one line on stderr holding ``words``; that line."""
+    assert res.returncode == 2, (res.stdout[-500:], res.stderr)
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    for w in words:
+        assert w in res.stderr, res.stderr
+    return res.stderr

@@ -21,12 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, SAMPLES, require_bpf, require_tool
+from conftest import FIXTURES, SAMPLES, cli, one_line_error, require_bpf, require_tool
 
 import slabkit
 from slabkit.backends.bpf import read_output
@@ -40,19 +38,6 @@ from slabkit.plan import Plan
 BPF = FIXTURES / "bpf" / "filp-6.18.tsv"
 STAP = FIXTURES / "stap" / "real-6.1-filp.txt"
 FORGED = "the file was appended to or forged"
-
-
-def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "slabkit", *args], capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def one_line_error(res, *words):
-    assert res.returncode == 2, (res.stdout[-500:], res.stderr)
-    assert "Traceback" not in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-    for w in words:
-        assert w in res.stderr, res.stderr
 
 
 def sample_copy(tmp_path, name):

@@ -17,28 +17,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES, require_bpf, require_tool
+from conftest import SAMPLES, cli, one_line_error, require_bpf, require_tool
 
 import slabkit
 from slabkit.errors import CaptureNotFound, InvalidInput, ParseError, SlabkitError
 from slabkit.model import schema
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def cli(*args, timeout=300, **kw):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "slabkit", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, **kw)
-
-
-def one_line_error(res, *words):
-    assert res.returncode == 2, (res.stdout[-500:], res.stderr)
-    assert "Traceback" not in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-    for w in words:
-        assert w in res.stderr, res.stderr
-    return res.stderr
 
 
 def sample_copy(tmp_path, name="bpftrace-filp"):
