@@ -1,13 +1,10 @@
-"""The JupyterLab widgets, at their stable import path (they live in :mod:`slabkit.ui.widgets`)."""
+"""The JupyterLab widgets, at their stable import path (they live in :mod:`slabkit.ui.widgets`,
+which also says which of them load only when asked for)."""
 from typing import Any
 
-from slabkit.ui.widgets import CachePicker, CaptureRunner, PivotExplorer
-
-__all__ = ["CachePicker", "CaptureRunner", "FlameGraph", "PivotExplorer"]
+from slabkit.ui import widgets as _widgets
+from slabkit.ui.widgets import CachePicker, CaptureRunner, PivotExplorer, __all__  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
-    if name == "FlameGraph":    # loaded when asked for: it carries plotly.js
-        from slabkit.ui.flame.widget import FlameGraph
-        return FlameGraph
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(_widgets, name)     # FlameGraph: loaded there, when asked for

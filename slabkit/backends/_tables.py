@@ -142,9 +142,9 @@ def load_kallsyms(path: Path | None):
         return Kallsyms.from_text(f.read())
 
 
-def frames_from_addresses(stacks: dict[int, list[int]], kallsyms_path: Path | None
-                          ) -> pd.DataFrame:
-    """The ``frames`` table for stacks of raw addresses, resolved through saved kallsyms."""
+def frames_from_addresses(stacks: dict[int, list[int]], ks) -> pd.DataFrame:
+    """The ``frames`` table for stacks of raw addresses, resolved through the capture's saved
+    kernel symbols ``ks`` (:func:`load_kallsyms`; None: unresolved)."""
     import numpy as np
 
     from slabkit.model import schema
@@ -161,7 +161,6 @@ def frames_from_addresses(stacks: dict[int, list[int]], kallsyms_path: Path | No
                           dtype="Int64"),
         "address": pd.array(addrs, dtype="UInt64"),
     })
-    ks = load_kallsyms(kallsyms_path)
     if ks is not None:
         uniq, inv = np.unique(addrs, return_inverse=True)
         func, off, mod = ks.resolve(uniq)

@@ -70,6 +70,8 @@ BTF = "/sys/kernel/btf/vmlinux"
 
 #: the kmalloc events slabcount attaches to (kmalloc_node: kernels before 6.1)
 KMALLOC_EVENTS = ("kmem:kmalloc", "kmem:kmalloc_node")
+#: plans of a dedicated cache (matched by its struct kmem_cache *)
+DEDICATED_STRATEGIES = ("tracepoint-name", "kprobe-cachep")
 #: plans of kmalloc caches (kmem:kmalloc events, requested bytes known)
 KMALLOC_STRATEGIES = ("kmalloc-size-class", "kmalloc-slab")
 
@@ -126,7 +128,7 @@ def render_argv(binary: str, plan: "Plan", options: Options, *,
     (kernels whose raw tracepoint has no cache pointer).
     """
     argv = [binary]
-    if plan.strategy in ("tracepoint-name", "kprobe-cachep"):
+    if plan.strategy in DEDICATED_STRATEGIES:
         argv += ["--cache", check_cache_name(plan.match_name or "")]
         if kprobes:
             argv += ["--functions", ",".join(check_function_name(f) for f in plan.functions)]
@@ -176,12 +178,12 @@ class BpfBackend(Backend):
 
     def unsupported(self, plan: "Plan", facts: "KernelFacts") -> str | None:
         args = facts.bpf
-        if plan.strategy in ("tracepoint-name", "kprobe-cachep"):
-            if args.get("cache_arg") not in (2, 3) and not _by_kprobes(plan, facts):
+        if plan.strategy in DEDICATED_STRATEGIES:
+            if not _raw_has_cache(args) and not _by_kprobes(plan, facts):
                 return ("the raw tracepoint kmem_cache_alloc does not pass the cache pointer "
                         "on this kernel (Linux 6.0+ does), and the kernel offers no kprobes "
                         "on its allocation functions (slabcount reads them on x86-64)")
-            if args.get("cache_arg") in (2, 3) and args.get("cache_node", 0) < 0:
+            if _raw_has_cache(args) and args.get("cache_node", 0) < 0:
                 return ("the raw tracepoint kmem_cache_alloc_node does not pass the cache "
                         "pointer where kmem_cache_alloc does")
         elif plan.strategy in KMALLOC_STRATEGIES:
@@ -206,8 +208,8 @@ class BpfBackend(Backend):
         # tracepoint would be left out
         record = (args.get("kmalloc_record") == 1 and args.get("task_btf", 1) == 1
                   and args.get("kmalloc_node", 0) == 0)
-        kprobes = (plan.strategy in ("tracepoint-name", "kprobe-cachep")
-                   and args.get("cache_arg") not in (2, 3) and _by_kprobes(plan, facts))
+        kprobes = (plan.strategy in DEDICATED_STRATEGIES and not _raw_has_cache(args)
+                   and _by_kprobes(plan, facts))
         argv = render_argv(binary, plan, options, kmalloc_record=record, kprobes=kprobes)
         event = ("raw tracepoints kmalloc, kmalloc_node"
                  if "kmem:kmalloc_node" in plan.alloc_events
@@ -238,6 +240,11 @@ class BpfBackend(Backend):
 
     def parse(self, folder: Path, plan: "Plan", meta: dict) -> Parsed:
         return parse_output(folder / RAW, plan, meta)
+
+
+def _raw_has_cache(args: dict) -> bool:
+    """Does the raw kmem_cache_alloc tracepoint pass the cache (``slabcount --probe``)?"""
+    return args.get("cache_arg") in (2, 3)
 
 
 def _by_kprobes(plan: "Plan", facts: "KernelFacts") -> bool:
@@ -352,18 +359,16 @@ def _spread(exact: pd.DataFrame, sampled: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([out[~lone], again], ignore_index=True)
 
 
-def _name_call_sites(allocs: pd.DataFrame, kallsyms_path: Path | None) -> pd.DataFrame:
-    """The call_site column as the function called from (through the saved kallsyms; the
-    address in hex where it does not resolve), rows that become equal summed."""
+def _name_call_sites(allocs: pd.DataFrame, ks) -> pd.DataFrame:
+    """The call_site column as the function called from (through the saved kallsyms ``ks``;
+    the address in hex where it does not resolve), rows that become equal summed."""
     import numpy as np
     import pandas as pd
-    from slabkit.backends._tables import load_kallsyms
     addrs = allocs["call_site"]
     known = (addrs != 0).to_numpy()
     names = pd.array([pd.NA] * len(allocs), dtype="string")
     if known.any():
         uniq, inv = np.unique(addrs[known].to_numpy(dtype=np.uint64), return_inverse=True)
-        ks = load_kallsyms(kallsyms_path)
         func = (ks.resolve(uniq)[0] if ks is not None
                 else pd.array([pd.NA] * len(uniq), dtype="string"))
         label = pd.array([f if isinstance(f, str) else f"{int(a):#x}"
@@ -381,7 +386,7 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     """Tables from a ``slabcount`` output (see the module doc).
 
     Sets ``meta["count_exactness"]``: which sums of ``allocs["count"]`` are exact."""
-    from slabkit.backends._tables import finish_allocs, frames_from_addresses
+    from slabkit.backends._tables import finish_allocs, frames_from_addresses, load_kallsyms
     exact, sampled, by_hash, stats = read_output(path)
     with_sites = stats["format"] >= 3
     for df in (exact, sampled):     # 0 for the call site of an output that has none
@@ -410,14 +415,14 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
             if kmalloc else None
         allocs = finish_allocs(allocs, req, plan, meta, keys)
     kallsyms = meta.get("kallsyms_path")
-    kallsyms_path = Path(path).parent / kallsyms if kallsyms else None
+    ks = load_kallsyms(Path(path).parent / kallsyms if kallsyms else None)   # read once
     if with_sites:
-        allocs = _name_call_sites(allocs, kallsyms_path)
+        allocs = _name_call_sites(allocs, ks)
     else:
         allocs = allocs.drop(columns=["call_site"])     # an older output: no call sites
 
     stacks = {sid: list(addrs) for addrs, sid in ids.items()}
-    frames = frames_from_addresses(stacks, kallsyms_path)
+    frames = frames_from_addresses(stacks, ks)
 
     losses = {k: v for k, v in stats.items() if k in COUNT_LOSSES and v}
     stack_losses = {k: v for k, v in stats.items() if k in STACK_LOSSES and v}

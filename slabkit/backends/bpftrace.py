@@ -355,6 +355,7 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
     from slabkit.backends._tables import (
         finish_allocs,
         frames_from_addresses,
+        load_kallsyms,
         spread_counts,
     )
     path = Path(path)
@@ -411,7 +412,8 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
 
     stacks = {sid: list(addrs) for addrs, sid in stack_ids.items()}
     kallsyms = meta.get("kallsyms_path")
-    frames = frames_from_addresses(stacks, Path(path).parent / kallsyms if kallsyms else None)
+    frames = frames_from_addresses(
+        stacks, load_kallsyms(Path(path).parent / kallsyms if kallsyms else None))
 
     losses, stack_losses = _split_helper_errors(errors, meta.get("program") or "", plan)
     notes = []

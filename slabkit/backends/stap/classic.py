@@ -120,7 +120,6 @@ def parse_classic(text: str, *, object_size: int | None = None, path: str | None
             comms.append(comm)
             sids.append(-1)
             counts.append(rest)
-    n = len(comms)
     from slabkit.model import schema   # pandas: only when parsing
     from slabkit.model.stacks import frames_table
     counts_a = list(counts)
