@@ -30,6 +30,7 @@ from slabkit.backends.base import (
 from slabkit.backends.control import RunControl
 from slabkit.errors import InvalidInput, SlabkitError
 from slabkit.host.facts import KernelFacts, gather_facts
+from slabkit.host.procs import stat_start_time
 from slabkit.host.slabinfo import SLABINFO, cache_records, parse_rows, resolve
 from slabkit.host.target import Target
 from slabkit.plan import MODES, Plan, for_backend, plan_capture
@@ -239,11 +240,9 @@ class PidWatch:
 
     def _start_time(self) -> str | None:
         try:
-            text = self.target.read_text(f"/proc/{self.pid}/stat")
+            return stat_start_time(self.target.read_text(f"/proc/{self.pid}/stat"))
         except (OSError, SlabkitError):
             return None
-        fields = text.rpartition(")")[2].split()
-        return fields[19] if len(fields) > 19 else None     # field 22: starttime
 
     def message(self) -> str | None:
         """A note when the process was gone before the capture started or exited during it."""

@@ -68,10 +68,16 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 def proc_start_time(pid: int) -> str | None:
     """A process's start time (clock ticks since boot): tells a live pid from a reused one."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2:].split()[19]
-    except (OSError, ValueError, IndexError):
+        return stat_start_time(Path(f"/proc/{pid}/stat").read_text())
+    except OSError:
         return None
+
+
+def stat_start_time(stat: str) -> str | None:
+    """The start time in the text of a ``/proc/PID/stat`` (field 22, after the comm, which
+    may hold spaces and parentheses), read here or on any target."""
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else None
 
 
 def is_alive(pid: int, start: str | None) -> bool:
