@@ -355,3 +355,20 @@ def test_uninstall_removes_every_trace_and_install_brings_it_back(installed):
     st = installed.SUDOERS.stat()
     assert (st.st_uid, oct(st.st_mode & 0o777)) == (0, "0o440")
     assert installed.root_owned_chain(installed.ENTRY) is None
+
+
+def test_errors_cross_from_the_helper_whole():
+    """What the helper reports arrives as the same error: a ParseError with its path, line
+    number and line; a ProbeFailed with its message, hint, stderr and exit status."""
+    from slabkit.errors import ParseError, ProbeFailed
+    from slabkit.host.helper import error_from_json, error_to_json
+    parse = ParseError("not a slabcount output line", path="/x/slabcount.tsv", lineno=3,
+                       line="zz")
+    back = error_from_json(json.loads(json.dumps(error_to_json(parse))))
+    assert isinstance(back, ParseError) and str(back) == str(parse)
+    probe = ProbeFailed("bpftrace exited before its probe was attached", returncode=1,
+                        stderr="ERROR: 'linux/types.h' file not found", hint="set BPFTRACE_BTF")
+    back = error_from_json(json.loads(json.dumps(error_to_json(probe))))
+    assert isinstance(back, ProbeFailed)
+    assert (back.message, back.hint, back.returncode) == (probe.message, probe.hint, 1)
+    assert "linux/types.h" in back.stderr

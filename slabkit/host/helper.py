@@ -45,9 +45,12 @@ _ERRORS: dict[str, type[SlabkitError]] = {
 
 
 def error_to_json(e: SlabkitError) -> dict[str, Any]:
-    """An error as the helper reports it (see :func:`error_from_json`)."""
+    """An error as the helper reports it (see :func:`error_from_json`). A ProbeFailed travels
+    as its bare message (the client rebuilds it with its hint and stderr); any other error as
+    its whole text (a ParseError's path, line number and line included)."""
     return {"ok": False, "error": type(e).__name__ if type(e).__name__ in _ERRORS
-            else "SlabkitError", "message": getattr(e, "message", None) or str(e),
+            else "SlabkitError",
+            "message": e.message if isinstance(e, ProbeFailed) else str(e),
             "stderr": getattr(e, "stderr", None), "returncode": getattr(e, "returncode", None),
             "hint": getattr(e, "hint", None),
             "close_matches": getattr(e, "close_matches", None)}
