@@ -159,6 +159,14 @@ class ParseError(SlabkitError, ValueError):
             text += f": {line[:200]!r}"
         super().__init__(text)
 
+    @classmethod
+    def forged(cls, why: str, *, path: str | None = None, lineno: int | None = None,
+               line: str | None = None) -> ParseError:
+        """A raw output that goes on where its tracer stopped, or holds more than the tracer
+        wrote: ``why``, and that its counts are not trusted (every parser words it so)."""
+        return cls(f"{why}: the file was appended to or forged; its counts are not trusted",
+                   path=path, lineno=lineno, line=line)
+
 
 class DiskFull(SlabkitError):
     """The disk holding a capture folder is full: what could be written is kept, and the

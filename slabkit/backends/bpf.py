@@ -290,10 +290,8 @@ def read_output(path: Path) -> SlabcountOutput:
             if ended:                 # slabcount prints nothing after 'end'
                 if not line.strip():
                     continue
-                raise ParseError("slabcount output goes on after its final 'end' line: the "
-                                 "file was appended to or forged; its counts are not "
-                                 "trusted", path=str(path), lineno=lineno,
-                                 line=line.rstrip("\n"))
+                raise ParseError.forged("slabcount output goes on after its final 'end' line",
+                                        path=str(path), lineno=lineno, line=line.rstrip("\n"))
             parts = line.rstrip("\n").split("\t")
             kind = parts[0]
             try:

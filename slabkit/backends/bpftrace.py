@@ -80,6 +80,13 @@ def btf_workaround(version: str | None, btf_has_id: bool | None) -> dict[str, st
     return {}
 
 
+#: why :func:`btf_workaround` sets what it sets (the capture's ``tracer_workarounds``)
+BTF_WORKAROUND_WHY = ("bpftrace {version} looks the kernel's BTF up by object id, which this "
+                      "kernel does not give it (its BTF has no bpf_btf_info.kernel_btf: Linux "
+                      "before 5.11); without it, it wants kernel headers and fails with "
+                      "'linux/types.h' file not found")
+
+
 #: the fields of a pid/comm filter (tested inside the program, so it can count what they turn
 #: away); the other terms pick the cache
 FILTER_FIELDS = ("pid", "comm")
@@ -156,8 +163,7 @@ def render_program(plan: "Plan", options: Options, *, bulk: bool = True) -> str:
         probes = ", ".join(f"tracepoint:{e}" for e in plan.alloc_events)
     terms = plan.predicate()
     who = [t for t in terms if t.field in FILTER_FIELDS]
-    pred = render_predicate(plan, terms=[t for t in terms if t.field not in FILTER_FIELDS]
-                            if who else terms)
+    pred = render_predicate(plan, terms=[t for t in terms if t.field not in FILTER_FIELDS])
     key = "pid, tid, cgroup, comm"
     n = max(1, int(options.stack_sample))
     body = [f"  @c[{key}] = count();"]
@@ -236,11 +242,8 @@ class BpftraceBackend(Backend):
         env = {"BPFTRACE_MAP_KEYS_MAX": str(int(keys)), "BPFTRACE_STRLEN": "64"}
         workarounds = btf_workaround(facts.tracers.get("bpftrace"), facts.btf_has_id)
         env.update(workarounds)
-        why = {f"{k}={v}": (f"bpftrace {facts.tracers.get('bpftrace')} looks the kernel's BTF "
-                            "up by object id, which this kernel does not give it (its BTF has "
-                            "no bpf_btf_info.kernel_btf: Linux before 5.11); without it, it "
-                            "wants kernel headers and fails with 'linux/types.h' file not "
-                            "found") for k, v in workarounds.items()}
+        why = {f"{k}={v}": BTF_WORKAROUND_WHY.format(version=facts.tracers.get("bpftrace"))
+               for k, v in workarounds.items()}
         return Program(backend=self.name, argv=["bpftrace", "-f", "json", "-k", "-e", text],
                        text=text, env=env, workarounds=why)
 
@@ -250,10 +253,10 @@ class BpftraceBackend(Backend):
         # stopping it (SIGINT) makes bpftrace print its maps and exit
         reason, rc, stderr = run_marked_tracer(target, program, raw, folder / STDERR, control,
                                                what="bpftrace", clean=_clean_stderr)
+        stderr = _clean_stderr(stderr)
         if reason == "tracer-exited" and rc not in (0, None):
-            raise ProbeFailed("bpftrace failed", returncode=rc, stderr=_clean_stderr(stderr),
-                              raw_path=str(raw))
-        return RunResult(end_reason=reason, returncode=rc, stderr=_clean_stderr(stderr),
+            raise ProbeFailed("bpftrace failed", returncode=rc, stderr=stderr, raw_path=str(raw))
+        return RunResult(end_reason=reason, returncode=rc, stderr=stderr,
                          raw_files=[RAW, STDERR])
 
     def parse(self, folder: Path, plan: "Plan", meta: dict) -> Parsed:
@@ -298,8 +301,7 @@ def read_maps(path: Path) -> BpftraceOutput:
     runs = 0
 
     def refuse(why: str, lineno: int, line: str) -> ParseError:
-        return ParseError(f"{why}: the file was appended to or forged; its counts are not "
-                          "trusted", path=str(path), lineno=lineno, line=line)
+        return ParseError.forged(why, path=str(path), lineno=lineno, line=line)
 
     with open(path, errors="replace") as f:
         for lineno, line in enumerate(f, 1):

@@ -77,9 +77,6 @@ def describe_os_error(err: OSError, path: Path | str, doing: str) -> SlabkitErro
     return SlabkitError(f"cannot {doing} {path}: {os.strerror(err.errno or 0) or err}")
 
 
-_describe = describe_os_error
-
-
 def user_name(uid: int) -> str:
     """``name (uid N)`` for messages."""
     try:

@@ -131,10 +131,7 @@ def reparse_folder(folder: Path) -> Capture:
         try:
             parsed = backend.parse(cf.read_path, plan, meta)
         except FileNotFoundError as e:
-            missing = Path(e.filename or "raw output").name
-            raise CaptureNotFound(f"{cf.path / missing} is missing: the tables cannot be rebuilt "
-                                  f"from the raw tracer output (`slabkit show {cf.path}` loads "
-                                  "the saved ones, if any)") from None
+            raise _raw_missing(cf, Path(e.filename or "raw output").name) from None
         except ParseError as e:
             raise cf.own_errors(e) from None
         parsed.allocs, parsed.frames, parsed.outstanding = drop_tracer_glue(
@@ -165,6 +162,12 @@ def reparse_folder(folder: Path) -> Capture:
         return store.save(cf, cap)
 
 
+def _raw_missing(cf: CaptureFolder, name: str) -> CaptureNotFound:
+    return CaptureNotFound(f"{cf.path / name} is missing: the tables cannot be rebuilt from the "
+                           f"raw tracer output (`slabkit show {cf.path}` loads the saved ones, "
+                           "if any)")
+
+
 def _seconds_between(start: object, end: object) -> float:
     from datetime import datetime
     try:
@@ -186,9 +189,7 @@ def check_raw_files(cf: CaptureFolder, meta: dict) -> list[str]:
         try:
             now = cf.sha256(name)
         except FileNotFoundError:
-            raise CaptureNotFound(f"{cf.path / name} is missing: the tables cannot be rebuilt "
-                                  f"from the raw tracer output (`slabkit show {cf.path}` loads "
-                                  "the saved ones)") from None
+            raise _raw_missing(cf, name) from None
         if now != digest:
             raise ParseError(
                 f"changed since the capture (sha256 {str(digest)[:16]}... when saved, now "

@@ -178,16 +178,22 @@ def read_stats(target: "Target", base: str) -> tuple[dict[str, int], str]:
     except OSError:
         return {}, ""
     texts = target.read_many([f"{base}/per_cpu/{c}/stats" for c in cpus])
+    texts = {path: text for path, text in texts.items() if text}
     total: dict[str, int] = {}
-    raw = []
-    for path, text in texts.items():
-        if not text:
-            continue
-        raw.append(f"# {path}\n{text}")
-        for line in text.splitlines():
-            k, sep, v = line.partition(":")
-            v = v.strip()
-            if sep and v.isdigit():
-                total[k.strip()] = total.get(k.strip(), 0) + int(v)
-    return total, "".join(raw)
+    for text in texts.values():
+        for k, v in sum_stats(text).items():
+            total[k] = total.get(k, 0) + v
+    return total, "".join(f"# {path}\n{text}" for path, text in texts.items())
+
+
+def sum_stats(text: str) -> dict[str, int]:
+    """The ``name: number`` lines of per-CPU ring buffer stats, summed by name (``# path``
+    headers and other lines add nothing)."""
+    total: dict[str, int] = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition(":")
+        v = v.strip()
+        if sep and v.isdigit():
+            total[k.strip()] = total.get(k.strip(), 0) + int(v)
+    return total
 

@@ -17,6 +17,7 @@ from slabkit.backends._tables import build_tables, keep_process
 from slabkit.backends.ftrace.program import STATS, TASKS
 from slabkit.backends.ftrace.tasks import read_tasks
 from slabkit.errors import ParseError
+from slabkit.host.tracefs import sum_stats
 
 if TYPE_CHECKING:
     from slabkit.plan import Plan
@@ -205,9 +206,7 @@ def read_events(stats: Path) -> int | None:
         text = stats.read_text(errors="replace")
     except FileNotFoundError:
         return None
-    counts = [int(v) for k, _, v in (line.partition(":") for line in text.splitlines())
-              if k.strip() == "read events" and v.strip().isdigit()]
-    return sum(counts) if counts else None
+    return sum_stats(text).get("read events")
 
 
 def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
@@ -292,9 +291,8 @@ def parse_output(path: Path, plan: "Plan", meta: dict) -> Parsed:
         pending.setdefault(cpu, []).append((task, req, epoch.get(task[1], 0)))
     read = read_events(path.parent / STATS)
     if read is not None and entries > read:
-        raise ParseError(f"the file holds {entries} trace entries, but the kernel passed {read} "
-                         f"through trace_pipe ({STATS}): the file was appended to or forged; "
-                         "its counts are not trusted", path=str(path))
+        raise ParseError.forged(f"the file holds {entries} trace entries, but the kernel passed "
+                                f"{read} through trace_pipe ({STATS})", path=str(path))
     for stack in pending.values():     # events whose stack never came
         for task, req, ep in stack:
             if req is not None:

@@ -48,8 +48,7 @@ def _read_own(text: str, path: str | None) -> tuple[list[_Block], dict[str, Any]
     i = 0
     n = len(lines)
     def refuse(why: str, lineno: int, line: str) -> ParseError:
-        return ParseError(f"{why}: the file was appended to or forged; its counts are not "
-                          "trusted", path=path, lineno=lineno, line=line)
+        return ParseError.forged(why, path=path, lineno=lineno, line=line)
 
     while i < n:
         line = lines[i]
