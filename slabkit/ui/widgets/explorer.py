@@ -11,6 +11,7 @@ import ipywidgets as W
 import pandas as pd
 
 import slabkit
+from slabkit.model.schema import SAVED_STATUSES
 from slabkit.analysis import present, stack_text
 from slabkit.errors import SlabkitError
 from slabkit.ui.widgets.actions import CaptureActions
@@ -94,19 +95,21 @@ class PivotExplorer(W.VBox):
                 display="flex", flex_flow="row wrap", align_items="flex-start"))], **kwargs)
         self.add_class("slabkit-pivot-explorer")
         for control in (self.group_by, self.measure, self.top_n, self.show_allocator,
-                        self.source):
-            control.observe(lambda _: self.update(), "value")
+                        self.source):   # (show() sets the source itself, then updates once)
+            control.observe(lambda _: None if self._choosing else self.update(), "value")
         self.chooser.observe(self._on_choose, "value")
+        saved = _saved_captures()
         if cap is None:
-            cap = _newest_or_sample()
-        self.show(cap, source=source)
+            cap = _newest_or_sample(saved)
+        self.show(cap, source=source, saved=saved)
         if follow is not None:
             self.follow(follow)
 
     # -- which capture ------------------------------------------------------------------------
 
-    def show(self, cap, *, source: str = "allocs") -> None:
-        """Show another capture (what choosing one, or a runner's capture ending, does)."""
+    def show(self, cap, *, source: str = "allocs", saved: pd.DataFrame | None = None) -> None:
+        """Show another capture (what choosing one, or a runner's capture ending, does).
+        ``saved``: the captures folder as just listed (:func:`_saved_captures`)."""
         self.capture = cap
         sources = [("allocations", "allocs")]
         if cap.outstanding is not None:
@@ -115,7 +118,7 @@ class PivotExplorer(W.VBox):
         try:
             self.source.options = sources
             self.source.value = source if source in dict(sources).values() else "allocs"
-            self._fill_chooser()
+            self._fill_chooser(_saved_captures() if saved is None else saved)
         finally:
             self._choosing = False
         self.source.layout.display = None if len(sources) > 1 else "none"
@@ -130,16 +133,9 @@ class PivotExplorer(W.VBox):
                 self.show(runner.result)
         runner.observe(ended, "status")
 
-    def _fill_chooser(self) -> None:
+    def _fill_chooser(self, saved: pd.DataFrame) -> None:
         options: list[tuple[str, str]] = []
         current = getattr(self.capture, "path", None)
-        try:
-            saved = slabkit.list_captures()
-        except SlabkitError:
-            saved = pd.DataFrame(columns=["path", "status"])
-        saved = saved[saved["status"] != "unsaved"] if "status" in saved else saved
-        if "start" in saved:
-            saved = saved.sort_values("start", ascending=False, na_position="last")
         for _, row in saved.head(RECENT).iterrows():
             options.append((_choice_label(row), str(row["path"])))
         for name in slabkit.sample_names():
@@ -272,16 +268,27 @@ def header_html(cap) -> str:
             f"<div class='slabkit-note'>{html.escape(' · '.join(bits))}</div>")
 
 
-def _newest_or_sample():
-    """Your newest saved capture, else the default sample."""
+def _saved_captures() -> pd.DataFrame:
+    """Your captures folder, newest first, without runs that never saved (damaged ones stay:
+    choosing one says what is wrong with it)."""
     try:
         saved = slabkit.list_captures()
-        saved = saved[saved["status"].isin(["complete", "interrupted"])]
-        if len(saved):
-            newest = saved.sort_values("start", ascending=False, na_position="last").iloc[0]
-            return slabkit.load(newest["path"])
     except SlabkitError:
-        pass
+        return pd.DataFrame(columns=["path", "status"])
+    saved = saved[saved["status"] != "unsaved"] if "status" in saved else saved
+    if "start" in saved:
+        saved = saved.sort_values("start", ascending=False, na_position="last")
+    return saved
+
+
+def _newest_or_sample(saved: pd.DataFrame):
+    """Your newest saved capture (:func:`_saved_captures`), else the default sample."""
+    done = saved[saved["status"].isin(SAVED_STATUSES)] if "status" in saved else saved.iloc[:0]
+    if len(done):
+        try:
+            return slabkit.load(done.iloc[0]["path"])
+        except SlabkitError:
+            pass
     return slabkit.load(slabkit.sample_path(DEFAULT_SAMPLE))
 
 
