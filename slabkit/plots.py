@@ -159,9 +159,6 @@ def plot_process_module_heatmap(cap: CaptureLike, *, cols: str = "module", n_row
 _SPECIAL_COLORS = {"all": "#b0b0b0", "comm": "#9ab6d6"}
 
 
-_flame_color = present.flame_color
-
-
 def plot_flame(cap: CaptureLike, *, ax: Axes | None = None, min_share: float = 0.005) -> Axes:
     """Icicle chart (a flame graph upside down): "all" at the top, then the processes, then
     their kernel stacks from the syscall entry down to the allocator; a box's width is its
@@ -181,7 +178,7 @@ def plot_flame(cap: CaptureLike, *, ax: Axes | None = None, min_share: float = 0
     chars_across = max(width_px / char_px, 1.0)
     for level, grp in nodes.groupby("level", sort=True):
         labels = grp["label"].astype(str).tolist()
-        colors = [_SPECIAL_COLORS.get(k) or _flame_color(lab)
+        colors = [_SPECIAL_COLORS.get(k) or present.flame_color(lab)
                   for k, lab in zip(grp["kind"], labels)]
         bars = ax.barh(y=level, width=grp["width"].to_numpy(), left=grp["x0"].to_numpy(),
                        height=0.92, color=colors, edgecolor="white", linewidth=0.4,
@@ -205,9 +202,6 @@ def plot_flame(cap: CaptureLike, *, ax: Axes | None = None, min_share: float = 0
     return ax
 
 
-_size = present.bytes_text
-
-
 def plot_kmalloc_waste(cap: CaptureLike, *, by: str = "callsite", n: int = 10,
                        ax: Axes | None = None) -> Axes:
     """Horizontal bars: the ``n`` call sites (``by="callsite"``) or processes (``by="comm"``,
@@ -225,7 +219,7 @@ def plot_kmalloc_waste(cap: CaptureLike, *, by: str = "callsite", n: int = 10,
     if pd.isna(total["waste_bytes"]):
         return _empty(ax, title, "waste unknown: the backend gave no bytes_req "
                                  "(kmalloc caches only)")
-    title += f"\n{_size(total['waste_bytes'])} wasted"
+    title += f"\n{present.bytes_text(total['waste_bytes'])} wasted"
     if not pd.isna(total["fragmentation"]):
         title += f", {present.share_text(total['fragmentation'])} of the bytes allocated"
     if not pd.isna(total["memory_share"]):

@@ -260,10 +260,8 @@ _COUNTS = ("options", "losses", "stack_losses")
 
 
 def _json_type(value: object) -> str:
-    for name, types in _JSON_TYPES.items():
-        if isinstance(value, types) and not (isinstance(value, bool) and name != "boolean"):
-            return name
-    return type(value).__name__
+    """The first JSON type of :data:`_JSON_TYPES` ``value`` is (for messages)."""
+    return next((name for name in _JSON_TYPES if _is(value, name)), type(value).__name__)
 
 
 def _is(value: object, json_type: str) -> bool:

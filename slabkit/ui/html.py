@@ -37,10 +37,6 @@ CSS = """<style>
 # small helpers
 
 
-human_bytes = present.bytes_text
-int_text = present.count_text
-
-
 def badge_html(text: str | None) -> str:
     """The sample badge (``sample, recorded on vm, 2026-11-30``) as HTML, or ``""``."""
     return f'<span class="slabkit-badge">{html.escape(text)}</span>' if text else ""

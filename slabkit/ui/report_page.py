@@ -75,8 +75,9 @@ def _rows(n: int, per: float = 0.32, extra: float = 1.4) -> float:
     return per * max(n, 1) + extra
 
 
-def findings(cap: Capture, summary) -> list[str]:
-    """The report's opening findings, one sentence each (HTML)."""
+def findings(cap: Capture, summary, stacks: pd.DataFrame | None = None) -> list[str]:
+    """The report's opening findings, one sentence each (HTML). ``stacks``: the capture's
+    :func:`~slabkit.analysis.top_stacks` from the call site out, if already computed."""
     e = html.escape
     out = []
     procs = summary.top_processes
@@ -96,8 +97,10 @@ def findings(cap: Capture, summary) -> list[str]:
                    f"<b>{e(str(cs.index[0]))}</b>: {present.share_text(cs['share'].iloc[0])} "
                    "of the allocations.")
     if summary.top_stacks is not None and len(summary.top_stacks):
-        from slabkit.analysis import top_stacks
-        st = top_stacks(cap, 1, hide_allocator=True).iloc[0]   # from the call site out
+        if stacks is None:
+            from slabkit.analysis import top_stacks
+            stacks = top_stacks(cap, 1, hide_allocator=True)
+        st = stacks.iloc[0]   # from the call site out
         frames = str(st["stack"]).split(" <- ")
         path = " &larr; ".join(e(f) for f in frames[:6]) + (" &larr; …" if len(frames) > 6
                                                               else "")
@@ -142,14 +145,16 @@ def _memory_change(cap: Capture) -> str | None:
             f"{present.bytes_text(last)} at the end: memory {how}.")
 
 
-def _sections(cap: Capture, summary, *, top_n: int, interactive: bool) -> list[Section]:
+def _sections(cap: Capture, summary, stacks: pd.DataFrame | None, *, top_n: int,
+              interactive: bool) -> list[Section]:
+    """The report's sections; the summary's top tables and ``stacks`` are used as they are."""
     from slabkit import analysis, plots
 
     sections = [Section(
         "capture", "The capture in numbers",
         "What was captured, how, and how well.",
         [_table(summary.to_frame(readable=True))], "slabkit.summarize(cap).to_frame()")]
-    by_proc = analysis.by_process(cap).head(top_n)
+    by_proc = summary.top_processes          # by_process(cap).head(top_n)
     sections.append(Section(
         "processes", "Who allocates: by process",
         "Allocations per process name (comm): how many, their bytes, their share of all "
@@ -159,7 +164,7 @@ def _sections(cap: Capture, summary, *, top_n: int, interactive: bool) -> list[S
              len(by_proc))))],
         "slabkit.by_process(cap)\nslabkit.plot_top_processes(cap)"))
     if len(cap.frames):
-        sites = analysis.by_frame(cap).head(top_n)
+        sites = summary.top_callsites        # by_frame(cap).head(top_n)
         inclusive = analysis.by_frame(cap, "inclusive").head(top_n)
         sections.append(Section(
             "callsites", "Which kernel code: call sites",
@@ -181,7 +186,6 @@ def _sections(cap: Capture, summary, *, top_n: int, interactive: bool) -> list[S
             [_table(mods),
              _png(lambda ax: plots.plot_process_module_heatmap(cap, ax=ax), size=(9, 5))],
             "slabkit.by_module(cap)\nslabkit.plot_process_module_heatmap(cap)"))
-        stacks = analysis.top_stacks(cap, min(top_n, 8), hide_allocator=True)
         shown = stacks[["count", "share", "callsite", "module", "comms", "stack"]].assign(
             comms=stacks["comms"].map(present.short_list))
         sections.append(Section(
@@ -247,14 +251,14 @@ def _flame_parts(cap: Capture, *, interactive: bool) -> list[str]:
                         alt="flame graph (static image)")]
 
 
-def _downloads(cap: Capture, stem: str, out_dir: Path | None) -> list[dict[str, str]]:
-    """The folded stacks and the pprof profile, as data: URIs (or files next to the page
-    when very large)."""
-    from slabkit.analysis import pprof_profile, to_folded
+def _downloads(cap: Capture, folded: str, stem: str, out_dir: Path | None
+               ) -> list[dict[str, str]]:
+    """The folded stacks (``folded``: :func:`~slabkit.analysis.to_folded`) and the pprof
+    profile, as data: URIs (or files next to the page when very large)."""
+    from slabkit.analysis import pprof_profile
     items = []
     if len(cap.frames) or len(cap.allocs):
-        folded = to_folded(cap).encode("utf-8")
-        items.append(_download(folded, f"{stem}.folded", "text/plain",
+        items.append(_download(folded.encode("utf-8"), f"{stem}.folded", "text/plain",
                                "folded stacks", "FlameGraph's format: "
                                "<code>flamegraph.pl FILE &gt; flame.svg</code>, or open it in "
                                "speedscope", out_dir))
@@ -269,10 +273,9 @@ def _downloads(cap: Capture, stem: str, out_dir: Path | None) -> list[dict[str, 
     return items
 
 
-def _folded_preview(cap: Capture, lines: int = 5) -> dict[str, Any] | None:
+def _folded_preview(text: str, lines: int = 5) -> dict[str, Any] | None:
     """The first lines of the folded stacks (cut at 200 characters) and how many there are."""
-    from slabkit.analysis import to_folded
-    folded = to_folded(cap).splitlines()
+    folded = text.splitlines()
     if not folded:
         return None
     return {"count": len(folded), "first": "\n".join(line[:200] for line in folded[:lines])}
@@ -326,7 +329,12 @@ def render_report(cap: Capture, *, note: str | None = None, interactive: bool = 
     from slabkit._version import __version__
     from slabkit.ui.summary import summarize
 
+    from slabkit.analysis import to_folded, top_stacks
+
     summary = summarize(cap, top=top_n)
+    # computed once for the findings, the sections and the downloads
+    stacks = top_stacks(cap, min(top_n, 8), hide_allocator=True) if len(cap.frames) else None
+    folded = to_folded(cap)
     meta = cap.meta
     badge = present.sample_badge(cap)
     stem = stem or (Path(cap.path).name if cap.path is not None else cap.cache)
@@ -346,12 +354,13 @@ def render_report(cap: Capture, *, note: str | None = None, interactive: bool = 
         title=title, headline=headline, cache=cap.cache, badge=badge, note=note,
         when=when, backend=meta.get("backend"), kernel=meta.get("kernel_release"),
         counts=summary.counts,
-        findings=[_markup(f) for f in findings(cap, summary)],
-        sections=[_marked(s) for s in _sections(cap, summary, top_n=top_n,
+        findings=[_markup(f) for f in findings(cap, summary, stacks)],
+        sections=[_marked(s) for s in _sections(cap, summary, stacks, top_n=top_n,
                                                  interactive=interactive)],
-        downloads=[{**d, "use": _markup(d["use"])} for d in _downloads(cap, stem, out_dir)],
+        downloads=[{**d, "use": _markup(d["use"])}
+                   for d in _downloads(cap, folded, stem, out_dir)],
         how=how_captured(cap, summary), messages=summary.messages(),
-        folded_preview=_folded_preview(cap),
+        folded_preview=_folded_preview(folded),
         program=meta.get("program") or " ".join(meta.get("argv") or []),
         scripts=_markup(scripts), show_code=show_code, version=__version__,
         made=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -66,6 +66,7 @@ class FlameGraph(anywidget.AnyWidget):
         else:
             self.figure = flame_diff_figure(before, after, min_share=min_share)
         self._static_of = (cap, before, after) if static else None
+        self._png: bytes | None = None     # drawn at the first display, then kept
         super().__init__(_esm=_esm_source(), spec=figure_spec(self.figure), query=query,
                          **kwargs)
         self.add_class("slabkit-flame-widget")
@@ -75,9 +76,10 @@ class FlameGraph(anywidget.AnyWidget):
         if self._static_of is None:
             return bundle
         data = bundle[0] if isinstance(bundle, tuple) else bundle
-        png = static_png(*self._static_of)
-        if png:
-            data["image/png"] = base64.b64encode(png).decode("ascii")
+        if self._png is None:
+            self._png = static_png(*self._static_of) or b""
+        if self._png:
+            data["image/png"] = base64.b64encode(self._png).decode("ascii")
         return bundle
 
 

@@ -10,8 +10,6 @@ from slabkit.ui.html import (  # noqa: F401  (the widgets import them from here)
     cell,
     error_html,
     frame_html,
-    human_bytes,
-    int_text,
 )
 
 

@@ -10,10 +10,11 @@ import pandas as pd
 import traitlets
 
 import slabkit
+from slabkit.analysis import present
 from slabkit.errors import SlabkitError
 from slabkit.host.where import legacy_target
 from slabkit.ui.widgets.background import Background
-from slabkit.ui.widgets.html import error_html, human_bytes, int_text, style
+from slabkit.ui.widgets.html import error_html, style
 
 # --------------------------------------------------------------------------------------------
 # cache picker
@@ -164,9 +165,9 @@ class CachePicker(Background, W.VBox):
         grow = ""
         if "delta_bytes" in row.index:
             d = row["delta_bytes"]
-            grow = " " * 11 if pd.isna(d) else f"{'+' if d >= 0 else '-'}{human_bytes(abs(d)):>9} "
-        return (f"{name[:30]:<30} {grow}{human_bytes(row['memory_bytes']):>9}  "
-                f"{int_text(size):>6} B{merged}")
+            grow = " " * 11 if pd.isna(d) else f"{'+' if d >= 0 else '-'}{present.bytes_text(abs(d)):>9} "
+        return (f"{name[:30]:<30} {grow}{present.bytes_text(row['memory_bytes']):>9}  "
+                f"{present.count_text(size):>6} B{merged}")
 
     def _render(self) -> None:
         df = self.rows()
@@ -251,10 +252,10 @@ class CachePicker(Background, W.VBox):
         items = [
             ("kind", str(r["kind"]) + (f" ({r['kmalloc_type']})"
                                        if not pd.isna(r["kmalloc_type"]) else "")),
-            ("object size", f"{int_text(r['object_size'])} B (slot {int_text(r['objsize'])} B)"),
-            ("objects", (f"{int_text(r['active_objs'])} in use of "
-                         f"{int_text(r['num_objs'])} ({util})")),
-            ("memory", f"{human_bytes(r['memory_bytes'])} in {int_text(r['num_slabs'])} slabs"),
+            ("object size", f"{present.count_text(r['object_size'])} B (slot {present.count_text(r['objsize'])} B)"),
+            ("objects", (f"{present.count_text(r['active_objs'])} in use of "
+                         f"{present.count_text(r['num_objs'])} ({util})")),
+            ("memory", f"{present.bytes_text(r['memory_bytes'])} in {present.count_text(r['num_slabs'])} slabs"),
             ("merged into it", merged),
         ]
         if self.sort.value == "growth" and self.growth is not None:
@@ -262,7 +263,7 @@ class CachePicker(Background, W.VBox):
             if len(g):
                 g = g.iloc[0]
                 items.append(("growth", (f"{int(g['delta_objs']):+,} objects, "
-                                         f"{human_bytes(g['delta_bytes'])} in "
+                                         f"{present.bytes_text(g['delta_bytes'])} in "
                                          f"{float(g['seconds']):.1f} s")))
         body = "".join(f"<tr><th class='slabkit-text'>{html.escape(k)}</th>"
                        f"<td class='slabkit-text'>{v if k == 'merged into it' else html.escape(v)}"
