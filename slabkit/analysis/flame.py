@@ -37,10 +37,10 @@ from slabkit.errors import InvalidInput
 TREE_COLUMNS = ["id", "parent", "level", "label", "kind"]
 
 
-def _paths(cap: CaptureLike) -> tuple[list[list[str]], pd.DataFrame]:
-    """(the label of each path element by row, per-path weights): one row per (comm, stack)
-    with allocations; ``labels[i]`` is that row's path, the comm first, then the frames root
-    first (``[no stack]`` for allocations without one)."""
+def _paths(cap: CaptureLike) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """(names, paths, per-path weights): one path per (comm, stack) with allocations, as a
+    row of codes into ``names`` (sorted, so codes order as the names do): the comm first,
+    then the frames root first (``[no stack]`` for allocations without one), -1 after."""
     allocs, frames, _ = _unpack(cap)
     st = _prepare(frames)
     w = _weights(allocs, st)
@@ -52,35 +52,46 @@ def _paths(cap: CaptureLike) -> tuple[list[list[str]], pd.DataFrame]:
     g = pairs.groupby(["c", "s"], sort=False).agg(n=("n", "sum"), b=("b", "sum"),
                                                   known=("known", "any"))
     g = g[g["n"] > 0]
-    paths: list[list[str]] = []
-    for c, s in g.index:
-        if s == st.n:
-            path = [NO_STACK]
-        else:
-            start, length = int(st.starts[s]), int(st.lengths[s])
-            path = [str(x) for x in st.labels[st.label[start:start + length]][::-1]]
-        paths.append([str(cnames[c]), *path])
-    return paths, g.reset_index(drop=True)
+    labels = np.asarray(st.labels, dtype=object).astype(str)
+    comms = np.asarray(cnames, dtype=object).astype(str)
+    names = np.unique(np.concatenate([comms, labels, [NO_STACK]]))
+    # each stack's frames, root first, as codes (row st.n: allocations without a stack)
+    stacks = np.full((st.n + 1, max(int(st.lengths.max()) if st.n else 0, 1)), -1, np.int64)
+    if len(st.label):
+        stacks[st.row_stack, st.lengths[st.row_stack] - 1 - st.pos] = \
+            np.searchsorted(names, labels)[st.label]
+    stacks[st.n, 0] = np.searchsorted(names, NO_STACK)
+    c = g.index.get_level_values("c").to_numpy(np.int64)
+    s = g.index.get_level_values("s").to_numpy(np.int64)
+    paths = np.column_stack([np.searchsorted(names, comms)[c], stacks[s]])
+    return names, paths, g.reset_index(drop=True)
 
 
-def _tree(paths: list[list[str]], weights: dict[str, np.ndarray], *, by: str,
+def _joint(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Two captures' (names, paths) on one vocabulary, the paths of ``a`` first."""
+    names = np.union1d(a[0], b[0])
+    width = max(a[1].shape[1], b[1].shape[1])
+    out = []
+    for own, paths in (a, b):
+        codes = np.searchsorted(names, own)
+        joint = np.full((len(paths), width), -1, np.int64)
+        joint[:, :paths.shape[1]] = np.where(paths >= 0, codes[np.maximum(paths, 0)], -1)
+        out.append(joint)
+    return names, np.vstack(out)
+
+
+def _tree(names: np.ndarray, P: np.ndarray, weights: dict[str, np.ndarray], *, by: str,
           min_share: float) -> pd.DataFrame:
-    """The tree of ``paths`` (label lists, level 1 first) with each weight summed per node;
-    nodes whose ``by`` weight is below ``min_share`` of the total are dropped with their
-    descendants. Columns: id, parent (-1 for the root), level, label, kind, the weights,
-    x0 and width (shares of the ``by`` total)."""
-    total = float(np.sum(weights[by])) if len(paths) else 0.0
+    """The tree of the paths ``P`` (rows of codes into ``names``, level 1 first) with each
+    weight summed per node; nodes whose ``by`` weight is below ``min_share`` of the total
+    are dropped with their descendants. Columns: id, parent (-1 for the root), level,
+    label, kind, the weights, x0 and width (shares of the ``by`` total)."""
+    total = float(np.sum(weights[by])) if len(P) else 0.0
     columns = TREE_COLUMNS + list(weights) + ["x0", "width"]
     if total <= 0:
         return pd.DataFrame({c: [] for c in columns})
-    names, codes = np.unique(np.array([x for p in paths for x in p], dtype=object).astype(str),
-                             return_inverse=True)
-    depth = max(len(p) for p in paths)
-    P = np.full((len(paths), depth), -1, dtype=np.int64)   # codes are alphabetical ranks
-    at = 0
-    for i, p in enumerate(paths):
-        P[i, :len(p)] = codes[at:at + len(p)]
-        at += len(p)
+    depth = P.shape[1]
     order = np.lexsort(P.T[::-1])
     P = P[order]
     w = {k: np.asarray(v, dtype=np.float64)[order] for k, v in weights.items()}
@@ -136,8 +147,8 @@ def flame_tree(cap: CaptureLike, *, value: str = "count", min_share: float = 0.0
     """
     if value not in ("count", "bytes"):
         raise InvalidInput(f"value must be 'count' or 'bytes', not {value!r}")
-    paths, g = _paths(cap)
-    df = _tree(paths, {"count": g["n"].to_numpy(), "bytes": g["b"].to_numpy(),
+    names, paths, g = _paths(cap)
+    df = _tree(names, paths, {"count": g["n"].to_numpy(), "bytes": g["b"].to_numpy(),
                        "known": g["known"].to_numpy(dtype=np.float64)},
                by="count" if value == "count" else "bytes", min_share=min_share)
     out = df[TREE_COLUMNS].copy()
@@ -166,15 +177,16 @@ def flame_diff(before: CaptureLike, after: CaptureLike, *, min_share: float = 0.
     """
     durations = _durations({"the before capture": before, "the after capture": after},
                            "a difference flame graph")
-    pa, ga = _paths(before)
-    pb, gb = _paths(after)
+    names_a, pa, ga = _paths(before)
+    names_b, pb, gb = _paths(after)
+    names, paths = _joint((names_a, pa), (names_b, pb))
     na, nb = ga["n"].to_numpy(), gb["n"].to_numpy()
     weights = {"a_count": np.concatenate([na, np.zeros(len(nb))]),
                "b_count": np.concatenate([np.zeros(len(na)), nb]),
                "a_per_s": np.concatenate([na / durations[0], np.zeros(len(nb))]),
                "b_per_s": np.concatenate([np.zeros(len(na)), nb / durations[1]])}
     weights["mean_per_s"] = (weights["a_per_s"] + weights["b_per_s"]) / 2
-    df = _tree(pa + pb, weights, by="mean_per_s", min_share=min_share)
+    df = _tree(names, paths, weights, by="mean_per_s", min_share=min_share)
     out = df[TREE_COLUMNS].copy()
     for k in ("a_count", "b_count"):
         out[k] = pd.array(np.rint(df[k].to_numpy(np.float64)).astype(np.int64), dtype="Int64")
